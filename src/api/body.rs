@@ -1,0 +1,247 @@
+//! The chat request body, parsed only as far as routing needs: the top-level
+//! fields are kept in order as raw JSON and written back unchanged, except
+//! `model` (the upstream name) and `stream_options` (usage for pricing).
+
+use std::fmt;
+
+use bytes::Bytes;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+pub struct ChatBody {
+    fields: Vec<(String, Box<RawValue>)>,
+    model: Option<String>,
+    stream: bool,
+    /// The client asked for `stream_options.include_usage`.
+    client_wants_usage: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct BodyError {
+    pub message: String,
+    pub param: Option<&'static str>,
+}
+
+fn bad(message: impl Into<String>, param: Option<&'static str>) -> BodyError {
+    BodyError {
+        message: message.into(),
+        param,
+    }
+}
+
+struct Fields(Vec<(String, Box<RawValue>)>);
+
+impl<'de> Deserialize<'de> for Fields {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Fields;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(entry) = map.next_entry::<String, Box<RawValue>>()? {
+                    out.push(entry);
+                }
+                Ok(Fields(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl ChatBody {
+    pub fn parse(bytes: &[u8]) -> Result<ChatBody, BodyError> {
+        let Fields(fields) = serde_json::from_slice(bytes)
+            .map_err(|e| bad(format!("the request body is not a JSON object: {e}"), None))?;
+        let raw = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.get());
+
+        let model = match raw("model") {
+            None | Some("null") => None,
+            Some(v) => Some(
+                serde_json::from_str::<String>(v)
+                    .map_err(|_| bad("'model' must be a string", Some("model")))?,
+            ),
+        };
+        let stream = match raw("stream") {
+            None | Some("null") => false,
+            Some(v) => serde_json::from_str::<bool>(v)
+                .map_err(|_| bad("'stream' must be a boolean", Some("stream")))?,
+        };
+        match raw("messages") {
+            None | Some("null") => {
+                return Err(bad("'messages' is required", Some("messages")));
+            }
+            Some(v) => {
+                let list = serde_json::from_str::<Vec<IgnoredAny>>(v)
+                    .map_err(|_| bad("'messages' must be an array", Some("messages")))?;
+                if list.is_empty() {
+                    return Err(bad("'messages' must not be empty", Some("messages")));
+                }
+            }
+        }
+        #[derive(Deserialize)]
+        struct StreamOptions {
+            #[serde(default)]
+            include_usage: Option<bool>,
+        }
+        let client_wants_usage = raw("stream_options")
+            .and_then(|v| serde_json::from_str::<StreamOptions>(v).ok())
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false);
+        Ok(ChatBody {
+            fields,
+            model,
+            stream,
+            client_wants_usage,
+        })
+    }
+
+    pub fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+
+    pub fn stream(&self) -> bool {
+        self.stream
+    }
+
+    pub fn client_wants_usage(&self) -> bool {
+        self.client_wants_usage
+    }
+
+    /// A top-level field as raw JSON text.
+    pub fn raw(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.get())
+    }
+
+    /// The body for an OpenAI-compatible upstream: every field as sent, `model`
+    /// set to `upstream_model`, and on a stream `stream_options.include_usage`
+    /// added when `ask_usage`.
+    pub fn render(&self, upstream_model: &str, ask_usage: bool) -> Bytes {
+        let ask_usage = ask_usage && self.stream;
+        let mut out = Vec::with_capacity(
+            self.fields
+                .iter()
+                .map(|(k, v)| k.len() + v.get().len() + 4)
+                .sum::<usize>()
+                + upstream_model.len()
+                + 64,
+        );
+        out.push(b'{');
+        let mut first = true;
+        let mut put_key = |out: &mut Vec<u8>, key: &str| {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            write_json_string(out, key);
+            out.push(b':');
+        };
+        let mut saw_model = false;
+        let mut saw_options = false;
+        for (key, value) in &self.fields {
+            match key.as_str() {
+                "model" => {
+                    if saw_model {
+                        continue;
+                    }
+                    saw_model = true;
+                    put_key(&mut out, key);
+                    write_json_string(&mut out, upstream_model);
+                }
+                "stream_options" if ask_usage => {
+                    saw_options = true;
+                    put_key(&mut out, key);
+                    let mut opts: serde_json::Map<String, serde_json::Value> =
+                        serde_json::from_str(value.get()).unwrap_or_default();
+                    opts.insert("include_usage".into(), serde_json::Value::Bool(true));
+                    out.extend_from_slice(serde_json::Value::Object(opts).to_string().as_bytes());
+                }
+                _ => {
+                    put_key(&mut out, key);
+                    out.extend_from_slice(value.get().as_bytes());
+                }
+            }
+        }
+        if !saw_model {
+            put_key(&mut out, "model");
+            write_json_string(&mut out, upstream_model);
+        }
+        if ask_usage && !saw_options {
+            put_key(&mut out, "stream_options");
+            out.extend_from_slice(br#"{"include_usage":true}"#);
+        }
+        out.push(b'}');
+        Bytes::from(out)
+    }
+
+    /// The whole body as a JSON value (for providers that translate it).
+    pub fn to_value(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.fields
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), serde_json::from_str(v.get()).ok()?)))
+            .collect()
+    }
+}
+
+fn write_json_string(out: &mut Vec<u8>, s: &str) {
+    // serde_json's escaping of a &str cannot fail
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_fields_and_rewrites_model() {
+        let body = br#"{"model":"plan","messages":[{"role":"user","content":"hi"}],"temperature":0.2,"tools":[{"type":"function"}]}"#;
+        let b = ChatBody::parse(body).unwrap();
+        assert_eq!(b.model(), Some("plan"));
+        assert!(!b.stream());
+        let out = b.render("moonshotai/kimi-k2", true);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"model":"moonshotai/kimi-k2","messages":[{"role":"user","content":"hi"}],"temperature":0.2,"tools":[{"type":"function"}]}"#
+        );
+    }
+
+    #[test]
+    fn asks_for_stream_usage_without_losing_client_options() {
+        let body = br#"{"messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":false,"x":1}}"#;
+        let b = ChatBody::parse(body).unwrap();
+        assert!(b.stream());
+        assert!(!b.client_wants_usage());
+        let out: serde_json::Value = serde_json::from_slice(&b.render("m", true)).unwrap();
+        assert_eq!(out["stream_options"]["include_usage"], true);
+        assert_eq!(out["stream_options"]["x"], 1);
+        assert_eq!(out["model"], "m");
+        let plain: serde_json::Value = serde_json::from_slice(&b.render("m", false)).unwrap();
+        assert_eq!(plain["stream_options"]["include_usage"], false);
+    }
+
+    #[test]
+    fn rejects_what_the_spec_rejects() {
+        let cases: &[(&[u8], Option<&str>)] = &[
+            (b"not json", None),
+            (b"[1,2]", None),
+            (br#"{"model":"x"}"#, Some("messages")),
+            (br#"{"model":"x","messages":[]}"#, Some("messages")),
+            (br#"{"model":"x","messages":"hi"}"#, Some("messages")),
+            (
+                br#"{"model":"x","messages":[{}],"stream":"yes"}"#,
+                Some("stream"),
+            ),
+            (br#"{"model":7,"messages":[{}]}"#, Some("model")),
+        ];
+        for (body, param) in cases {
+            let err = ChatBody::parse(body).err().unwrap();
+            assert_eq!(err.param, *param, "{}", String::from_utf8_lossy(body));
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! The fallback chain: one explicit ordered loop over the route's steps, with
+//! one deadline around it, recording every attempt (SPEC 4.2). Classification
+//! is `classify`; delays are `backoff`; model health is `health`. This is the
+//! only place that retries.
+
+pub mod backoff;
+pub mod classify;
+pub mod health;
+
+use std::future::Future;
+use std::time::Duration;
+
+use http::StatusCode;
+use tokio::time::Instant;
+
+use classify::{classify, health_effect, HealthEffect};
+pub use classify::{AttemptOutcome, Verdict};
+use health::{earliest, Permit, Unavailable};
+
+use crate::config::ModelId;
+use crate::providers::UpstreamError;
+use crate::routing::Route;
+use crate::runtime::Runtime;
+
+/// One upstream attempt, as reported in metrics, logs and `all_models_failed`.
+#[derive(Clone, Debug)]
+pub struct AttemptRecord {
+    /// Index into `Runtime::targets`.
+    pub target: usize,
+    pub model: ModelId,
+    /// 1-based, across the whole request.
+    pub attempt: u32,
+    pub status: Option<u16>,
+    pub outcome: AttemptOutcome,
+    pub error: Option<String>,
+    pub elapsed: Duration,
+}
+
+/// What the loop did, whatever the result.
+#[derive(Debug, Default)]
+pub struct Run {
+    pub attempts: Vec<AttemptRecord>,
+    /// Targets that got at least one attempt, in order.
+    pub tried: Vec<usize>,
+}
+
+/// The attempt that answered.
+pub struct Served<T> {
+    pub target: usize,
+    pub model: ModelId,
+    pub value: T,
+    /// Held while a stream is open (the model's concurrency slot); its
+    /// outcome is reported when the stream ends. None when already reported.
+    pub permit: Option<Permit>,
+}
+
+#[derive(Debug)]
+pub enum Failure {
+    /// The client's request is wrong (a 400/413/422 from the first tier):
+    /// the upstream's answer goes back as is.
+    Fatal(UpstreamError),
+    AllFailed {
+        status: StatusCode,
+        retry_after: Option<Duration>,
+    },
+}
+
+/// How long an attempt may take: streaming attempts are bounded by the
+/// first-token timeout, others by the tier's timeout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Complete,
+    Stream,
+}
+
+/// Run `call` down the route until an attempt succeeds, the chain is
+/// exhausted, `max_total_attempts` is reached or `deadline` passes.
+pub async fn execute<T, F, Fut>(
+    rt: &Runtime,
+    route: &Route,
+    deadline: Instant,
+    mode: Mode,
+    mut call: F,
+) -> (Run, Result<Served<T>, Failure>)
+where
+    F: FnMut(ModelId, Duration) -> Fut,
+    Fut: Future<Output = Result<T, UpstreamError>>,
+{
+    let cfg = &rt.config;
+    let policy = &cfg.policy;
+    let mut run = Run::default();
+    let mut total: u32 = 0;
+    let mut deadline_hit = false;
+    let mut back_at: Option<Instant> = None;
+    // after a context-length failure: only models with a larger window
+    let mut min_window: Option<u64> = None;
+    // a delay owed before the next attempt, if there is one
+    let mut pending_delay = Duration::ZERO;
+
+    'steps: for step in &route.steps {
+        let target = &rt.targets[step.target];
+        if !target.enabled {
+            continue;
+        }
+        let n = target.models.len();
+        let start = match target.strategy {
+            crate::config::Strategy::Ordered => 0,
+            crate::config::Strategy::RoundRobin => {
+                target.rr.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            }
+        };
+        let mut cursor = 0usize;
+        let mut tier_attempts: u32 = 0;
+        loop {
+            if tier_attempts > step.max_retries {
+                break;
+            }
+            if total >= policy.max_total_attempts {
+                break 'steps;
+            }
+            // next eligible model, in strategy order, skipping unavailable ones
+            let mut picked = None;
+            let mut now = Instant::now();
+            for k in 0..n {
+                let idx = (start + cursor + k) % n;
+                let model = target.models[idx];
+                let m = &cfg.models[model];
+                if !m.enabled {
+                    continue;
+                }
+                if let Some(w) = min_window {
+                    if m.context_window.is_none_or(|mw| mw <= w) {
+                        continue;
+                    }
+                }
+                match rt.health[model].admit(now) {
+                    Ok(permit) => {
+                        cursor += k + 1;
+                        picked = Some((idx, model, permit));
+                        break;
+                    }
+                    Err(why) => {
+                        back_at = earliest(
+                            back_at,
+                            why.until().or(match why {
+                                Unavailable::Saturated | Unavailable::Probing => {
+                                    Some(now + Duration::from_secs(1))
+                                }
+                                _ => None,
+                            }),
+                        )
+                    }
+                }
+            }
+            let Some((idx, model, permit)) = picked else {
+                break;
+            };
+            if !pending_delay.is_zero() {
+                if now + pending_delay < deadline {
+                    tokio::time::sleep(pending_delay).await;
+                    now = Instant::now();
+                }
+                pending_delay = Duration::ZERO;
+            }
+            if now >= deadline {
+                deadline_hit = true;
+                break 'steps;
+            }
+            if run.tried.last() != Some(&step.target) {
+                if let Some(&from) = run.tried.last() {
+                    rt_fallback(rt, from, step.target);
+                }
+                run.tried.push(step.target);
+            }
+            let first_tier = run.tried.len() == 1;
+            let per_attempt = match mode {
+                Mode::Complete => target.timeout,
+                Mode::Stream => target.first_token_timeout,
+            };
+            let remaining = deadline - now;
+            let limit = per_attempt.min(remaining);
+            total += 1;
+            tier_attempts += 1;
+            let metrics = &target.metrics[idx];
+            let started = Instant::now();
+            let result = match tokio::time::timeout(limit, call(model, limit)).await {
+                Ok(r) => r,
+                Err(_) => Err(UpstreamError::Timeout),
+            };
+            let elapsed = started.elapsed();
+            metrics.upstream_duration.observe(elapsed.as_secs_f64());
+            let err = match result {
+                Ok(value) => {
+                    metrics.outcomes[AttemptOutcome::Success.index()].inc();
+                    run.attempts.push(AttemptRecord {
+                        target: step.target,
+                        model,
+                        attempt: total,
+                        status: Some(200),
+                        outcome: AttemptOutcome::Success,
+                        error: None,
+                        elapsed,
+                    });
+                    let permit = match mode {
+                        Mode::Complete => {
+                            permit.record(HealthEffect::Success);
+                            None
+                        }
+                        Mode::Stream => Some(permit),
+                    };
+                    return (
+                        run,
+                        Ok(Served {
+                            target: step.target,
+                            model,
+                            value,
+                            permit,
+                        }),
+                    );
+                }
+                Err(e) => e,
+            };
+            if matches!(err, UpstreamError::Timeout) && limit == remaining {
+                deadline_hit = true;
+            }
+            let outcome = classify::outcome(&err);
+            metrics.outcomes[outcome.index()].inc();
+            permit.record(health_effect(&err));
+            run.attempts.push(AttemptRecord {
+                target: step.target,
+                model,
+                attempt: total,
+                status: err.status(),
+                outcome,
+                error: Some(err.to_string()),
+                elapsed,
+            });
+            if deadline_hit {
+                break 'steps;
+            }
+            match classify(&err, first_tier) {
+                Verdict::Fatal => return (run, Err(Failure::Fatal(err))),
+                Verdict::Fallback => {
+                    pending_delay = between_tiers(policy, tier_attempts);
+                    break;
+                }
+                Verdict::ContextLength => {
+                    if let Some(w) = cfg.models[model].context_window {
+                        min_window = Some(min_window.map_or(w, |m| m.max(w)));
+                    }
+                    break;
+                }
+                Verdict::Retry => {
+                    if tier_attempts > step.max_retries || total >= policy.max_total_attempts {
+                        pending_delay = between_tiers(policy, tier_attempts);
+                        break;
+                    }
+                    let retry_after = match &err {
+                        UpstreamError::Status { retry_after, .. } if policy.respect_retry_after => {
+                            *retry_after
+                        }
+                        _ => None,
+                    };
+                    let delay = match retry_after {
+                        // longer than we would ever wait: fall back at once
+                        Some(ra) if ra > policy.backoff_max => break,
+                        Some(ra) => ra,
+                        None => backoff::delay(policy, tier_attempts, rand::random::<f64>()),
+                    };
+                    if Instant::now() + delay >= deadline {
+                        // a backoff that would outlast the deadline is not slept
+                        break;
+                    }
+                    metrics.retries.inc();
+                    pending_delay = delay;
+                }
+            }
+        }
+    }
+
+    let status_and_retry = give_up_status(rt, route, &run, deadline_hit, back_at);
+    (run, Err(status_and_retry))
+}
+
+fn between_tiers(policy: &crate::config::Policy, tier_attempts: u32) -> Duration {
+    if policy.backoff_between_tiers {
+        backoff::delay(policy, tier_attempts.max(1), rand::random::<f64>())
+    } else {
+        Duration::ZERO
+    }
+}
+
+fn rt_fallback(rt: &Runtime, from: usize, to: usize) {
+    // labels resolved here: a fallback is the rare path
+    rt.metrics
+        .fallbacks
+        .with_label_values(&[&rt.targets[from].label, &rt.targets[to].label])
+        .inc();
+}
+
+/// 502, or 504 when every failure was a timeout or the deadline ran out, or
+/// 429 when every failure was a 429; 503 when no attempt could be made.
+fn give_up_status(
+    rt: &Runtime,
+    route: &Route,
+    run: &Run,
+    deadline_hit: bool,
+    back_at: Option<Instant>,
+) -> Failure {
+    let outcomes = || run.attempts.iter().map(|a| a.outcome);
+    if run.attempts.is_empty() {
+        if deadline_hit {
+            return Failure::AllFailed {
+                status: StatusCode::GATEWAY_TIMEOUT,
+                retry_after: None,
+            };
+        }
+        return Failure::AllFailed {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            retry_after: back_at.map(health::until),
+        };
+    }
+    if deadline_hit || outcomes().all(|o| o == AttemptOutcome::Timeout) {
+        return Failure::AllFailed {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            retry_after: None,
+        };
+    }
+    if outcomes().all(|o| o == AttemptOutcome::RateLimited) {
+        // when the first of the chain's models is back
+        let back = route
+            .steps
+            .iter()
+            .flat_map(|s| rt.targets[s.target].models.iter())
+            .filter_map(|&m| rt.health[m].resting_until())
+            .min();
+        return Failure::AllFailed {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            retry_after: back.map(health::until),
+        };
+    }
+    Failure::AllFailed {
+        status: StatusCode::BAD_GATEWAY,
+        retry_after: None,
+    }
+}

@@ -1,0 +1,331 @@
+//! The commands behind the binary: `serve` and `check`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use crate::config::{Config, ProviderKind, Strategy};
+use crate::cost::Usd;
+use crate::metrics::Metrics;
+use crate::runtime::Runtime;
+use crate::server::{self, AppState};
+
+/// Validate and describe a config. Exit 1 when it is invalid.
+pub fn check(path: &Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(cfg) => {
+            print!("{}", describe(&cfg));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn price(nanos_per_mtok: u64) -> String {
+    Usd::from_femto(i128::from(nanos_per_mtok) * 1_000_000).to_string()
+}
+
+/// The human summary `check` prints.
+pub fn describe(cfg: &Config) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "config {} is valid", cfg.path.display());
+    let _ = writeln!(s, "\nproviders:");
+    for p in &cfg.providers {
+        let _ = writeln!(
+            s,
+            "  {:<16} kind={:<9} {}{}{}",
+            p.name,
+            p.kind.as_str(),
+            if p.base_url.is_empty() {
+                "(in-process)".to_string()
+            } else {
+                p.base_url.clone()
+            },
+            if p.key.is_some() { "  key=set" } else { "" },
+            if p.enabled { "" } else { "  DISABLED" },
+        );
+        if let ProviderKind::Mock(m) = &p.kind {
+            let _ = writeln!(
+                s,
+                "  {:<16} latency={}ms chunk_delay={}ms fail_rate={} fail_status={}",
+                "",
+                m.latency.as_millis(),
+                m.chunk_delay.as_millis(),
+                m.fail_rate,
+                m.fail_status
+            );
+        }
+    }
+    let _ = writeln!(s, "\nmodels (USD per Mtok in/out):");
+    for m in &cfg.models {
+        let _ = writeln!(
+            s,
+            "  {:<16} {}:{}  in={} out={}{}{}{}{}",
+            m.name,
+            cfg.providers[m.provider].name,
+            m.upstream,
+            price(m.prices.input),
+            price(m.prices.output),
+            if m.prices.per_request > 0 {
+                format!(" per_request={}", price(m.prices.per_request))
+            } else {
+                String::new()
+            },
+            m.context_window
+                .map(|w| format!(" context={w}"))
+                .unwrap_or_default(),
+            if m.max_concurrency > 0 {
+                format!(" max_concurrency={}", m.max_concurrency)
+            } else {
+                String::new()
+            },
+            if m.enabled { "" } else { "  DISABLED" },
+        );
+    }
+    let _ = writeln!(s, "\ntiers:");
+    for t in &cfg.tiers {
+        let chain: Vec<&str> = t
+            .chain
+            .iter()
+            .map(|&c| cfg.tiers[c].name.as_str())
+            .collect();
+        let models: Vec<&str> = t
+            .models
+            .iter()
+            .map(|&m| cfg.models[m].name.as_str())
+            .collect();
+        let usable = t.enabled && t.models.iter().any(|&m| cfg.models[m].enabled);
+        let _ = writeln!(
+            s,
+            "  {:<16} {} chain={} models=[{}] strategy={} timeout={}ms first_token={}ms retries={}{}{}",
+            t.name,
+            if t.free { "free" } else { "paid" },
+            chain.join(" -> "),
+            models.join(", "),
+            match t.strategy { Strategy::Ordered => "ordered", Strategy::RoundRobin => "round_robin" },
+            t.timeout.as_millis(),
+            t.first_token_timeout.as_millis(),
+            t.max_retries,
+            t.escalate.map(|e| format!(" escalate_after={} to={}", e.after, cfg.tiers[e.to].name)).unwrap_or_default(),
+            if usable { "" } else { "  SKIPPED (nothing enabled)" },
+        );
+    }
+    if !cfg.tasks.is_empty() {
+        let _ = writeln!(s, "\ntasks:");
+        for t in &cfg.tasks {
+            let chain: Vec<&str> = t
+                .chain
+                .iter()
+                .map(|&c| cfg.tiers[c].name.as_str())
+                .collect();
+            let _ = writeln!(
+                s,
+                "  {:<16} chain={}{}{}",
+                t.name,
+                chain.join(" -> "),
+                t.max_retries
+                    .map(|r| format!(" retries={r}"))
+                    .unwrap_or_default(),
+                if t.minor {
+                    " minor (paid tiers skipped)"
+                } else {
+                    ""
+                },
+            );
+        }
+    }
+    let p = &cfg.policy;
+    let _ = writeln!(
+        s,
+        "\npolicy: max_total_attempts={} backoff={}..{}ms jitter={} between_tiers={} respect_retry_after={} request_timeout={}ms",
+        p.max_total_attempts,
+        p.backoff_base.as_millis(),
+        p.backoff_max.as_millis(),
+        p.backoff_jitter,
+        p.backoff_between_tiers,
+        p.respect_retry_after,
+        cfg.server.request_timeout.as_millis()
+    );
+    let _ = writeln!(
+        s,
+        "circuit breaker: {}",
+        if cfg.breaker.failure_threshold == 0 {
+            "off".to_string()
+        } else {
+            format!(
+                "open after {} failures for {}ms",
+                cfg.breaker.failure_threshold,
+                cfg.breaker.open.as_millis()
+            )
+        }
+    );
+    let _ = writeln!(
+        s,
+        "auth: {}",
+        if cfg.auth_required() {
+            format!(
+                "{} gateway key(s), {} named key(s)",
+                cfg.gateway_keys.len(),
+                cfg.keys.len()
+            )
+        } else {
+            "none (open)".to_string()
+        }
+    );
+    let inactive = inactive_features(cfg);
+    if !inactive.is_empty() {
+        let _ = writeln!(s, "\naccepted but not active yet: {}", inactive.join(", "));
+    }
+    s
+}
+
+/// Keys that validate but whose feature has not landed yet.
+fn inactive_features(cfg: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if cfg.budget.is_some() {
+        out.push("[budget]");
+    }
+    if cfg.keys.iter().any(|k| k.daily.is_some()) {
+        out.push("keys.*.daily_usd");
+    }
+    if cfg.tiers.iter().any(|t| t.escalate.is_some()) {
+        out.push("tiers.*.escalate");
+    }
+    if cfg.ledger.path.is_some() {
+        out.push("[ledger]");
+    }
+    if cfg
+        .providers
+        .iter()
+        .any(|p| p.kind == ProviderKind::Anthropic)
+    {
+        out.push("kind = \"anthropic\" (served as OpenAI-compatible until the translation lands)");
+    }
+    out
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    if format.eq_ignore_ascii_case("json") {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Run the gateway until SIGTERM/SIGINT; reload on SIGHUP.
+pub fn serve(path: &Path, log_format: &str) -> ExitCode {
+    init_logging(log_format);
+    let cfg = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if cfg.server.worker_threads > 0 {
+        builder.worker_threads(cfg.server.worker_threads);
+    }
+    let tokio_rt = match builder.enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match tokio_rt.block_on(run(path, cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(path: &Path, cfg: Config) -> Result<(), String> {
+    let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
+    let listen = cfg.server.listen;
+    if !cfg.auth_required() && !listen.ip().is_loopback() {
+        tracing::warn!(%listen, "no gateway keys configured and listening beyond loopback: anyone who can reach this port can spend your upstream credit");
+    }
+    let runtime = Runtime::build(cfg, &metrics)?;
+    let state = AppState::new(runtime, Arc::clone(&metrics));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    tracing::info!(%listen, config = %path.display(), "cascade is serving");
+    spawn_reloader(path.to_path_buf(), state.clone());
+    server::serve(listener, state, shutdown_signal())
+        .await
+        .map_err(|e| format!("server error: {e}"))?;
+    tracing::info!("cascade stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// SIGHUP: load the file off to the side and swap it in; refuse an invalid one.
+fn spawn_reloader(path: std::path::PathBuf, state: AppState) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let result = Config::load(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|cfg| Runtime::build(cfg, state.metrics()));
+            match result {
+                Ok(rt) => {
+                    state.swap_runtime(rt);
+                    state
+                        .metrics()
+                        .config_reloads
+                        .with_label_values(&["ok"])
+                        .inc();
+                    tracing::info!(config = %path.display(), "config reloaded");
+                }
+                Err(e) => {
+                    state
+                        .metrics()
+                        .config_reloads
+                        .with_label_values(&["rejected"])
+                        .inc();
+                    tracing::error!(config = %path.display(), "config reload refused, the old config stays in force: {e}");
+                }
+            }
+        }
+    });
+}

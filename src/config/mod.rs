@@ -1,0 +1,290 @@
+//! Configuration: load (file + `CASCADE__*` environment) -> raw serde types ->
+//! validated runtime types. Every error names the file, the key and the problem.
+
+mod raw;
+mod validate;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+
+use crate::cost::{Prices, Usd};
+use crate::secret::Secret;
+
+pub type ProviderId = usize;
+pub type ModelId = usize;
+pub type TierId = usize;
+pub type TaskId = usize;
+
+/// The environment the config reads: `CASCADE__*` overrides and the
+/// variables that hold secrets. Tests pass their own.
+pub type Env = HashMap<String, String>;
+
+/// The process environment.
+pub fn process_env() -> Env {
+    std::env::vars().collect()
+}
+
+#[derive(Debug)]
+pub struct Config {
+    pub path: PathBuf,
+    pub server: Server,
+    pub policy: Policy,
+    pub providers: Vec<Provider>,
+    pub models: Vec<Model>,
+    pub tiers: Vec<Tier>,
+    pub tasks: Vec<Task>,
+    pub keys: Vec<NamedKey>,
+    /// Unnamed gateway keys from `server.api_keys_env`.
+    pub gateway_keys: Vec<Secret>,
+    pub admin_key: Option<Secret>,
+    pub budget: Option<Budget>,
+    pub baseline_model: Option<ModelId>,
+    pub ledger: Ledger,
+    pub breaker: Breaker,
+    names: HashMap<String, Name>,
+}
+
+/// What a client-facing name refers to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Name {
+    Task(TaskId),
+    Tier(TierId),
+    Model(ModelId),
+}
+
+#[derive(Debug)]
+pub struct Server {
+    pub listen: SocketAddr,
+    pub worker_threads: usize,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub shutdown_delay: Duration,
+    pub api_keys_env: String,
+    pub admin_key_env: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub max_total_attempts: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub backoff_jitter: bool,
+    pub backoff_between_tiers: bool,
+    pub respect_retry_after: bool,
+    pub default_timeout: Duration,
+    pub default_first_token_timeout: Duration,
+    pub default_max_retries: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Auth {
+    Bearer,
+    ApiKey,
+    XApiKey,
+    None,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct MockSettings {
+    pub latency: Duration,
+    pub chunk_delay: Duration,
+    pub fail_rate: f64,
+    pub fail_status: u16,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ProviderKind {
+    OpenAi,
+    Anthropic,
+    Mock(MockSettings),
+}
+
+impl ProviderKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ProviderKind::OpenAi => "openai",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Mock(_) => "mock",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Provider {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub base_url: String,
+    pub key: Option<Secret>,
+    pub auth: Auth,
+    pub query: Vec<(String, String)>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub connect_timeout: Duration,
+    pub stream_usage: bool,
+    pub enabled: bool,
+}
+
+#[derive(Debug)]
+pub struct Model {
+    pub name: String,
+    pub provider: ProviderId,
+    pub upstream: String,
+    pub prices: Prices,
+    pub context_window: Option<u64>,
+    pub max_output_tokens: Option<u64>,
+    pub max_concurrency: u32,
+    /// The model's own `enabled` and its provider's.
+    pub enabled: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    Ordered,
+    RoundRobin,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Escalate {
+    pub after: u32,
+    pub to: TierId,
+}
+
+#[derive(Debug)]
+pub struct Tier {
+    pub name: String,
+    pub models: Vec<ModelId>,
+    pub strategy: Strategy,
+    pub timeout: Duration,
+    pub first_token_timeout: Duration,
+    pub max_retries: u32,
+    /// This tier followed by its `fallback` list.
+    pub chain: Vec<TierId>,
+    pub escalate: Option<Escalate>,
+    pub enabled: bool,
+    /// Every model of the tier costs nothing.
+    pub free: bool,
+}
+
+#[derive(Debug)]
+pub struct Task {
+    pub name: String,
+    pub tier: TierId,
+    pub chain: Vec<TierId>,
+    pub max_retries: Option<u32>,
+    pub minor: bool,
+}
+
+#[derive(Debug)]
+pub struct NamedKey {
+    pub name: String,
+    pub key: Secret,
+    /// None: every tier.
+    pub allowed_tiers: Option<Vec<TierId>>,
+    pub daily: Option<Usd>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnExhausted {
+    FreeOnly,
+    Reject,
+}
+
+#[derive(Debug)]
+pub struct Budget {
+    pub daily: Option<Usd>,
+    pub monthly: Option<Usd>,
+    pub session: Option<Usd>,
+    pub on_exhausted: OnExhausted,
+}
+
+#[derive(Debug)]
+pub struct Ledger {
+    /// None: disabled.
+    pub path: Option<PathBuf>,
+    pub flush_interval: Duration,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Breaker {
+    /// 0: no circuit breaking and no 429 rests.
+    pub failure_threshold: u32,
+    pub open: Duration,
+}
+
+impl Config {
+    /// Load and validate `path` with the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, &process_env())
+    }
+
+    /// Load and validate `path`, reading overrides and secrets from `env`.
+    pub fn load_with_env(path: &Path, env: &Env) -> Result<Config, ConfigError> {
+        let raw = validate::read_raw(path, env)?;
+        validate::validate(path, raw, env)
+    }
+
+    /// What a request's `model` (or a routing header) names.
+    pub fn lookup(&self, name: &str) -> Option<Name> {
+        self.names.get(name).copied()
+    }
+
+    /// Every name a client may send, sorted: tasks, tiers and models.
+    pub fn client_names(&self) -> Vec<(&str, Name)> {
+        let mut all: Vec<(&str, Name)> = self.names.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        all.sort_by(|a, b| a.0.cmp(b.0));
+        all
+    }
+
+    pub fn tier_by_name(&self, name: &str) -> Option<TierId> {
+        self.tiers.iter().position(|t| t.name == name)
+    }
+
+    pub fn model_provider(&self, model: ModelId) -> &Provider {
+        &self.providers[self.models[model].provider]
+    }
+
+    /// Whether any gateway key (named or not) is configured.
+    pub fn auth_required(&self) -> bool {
+        !self.gateway_keys.is_empty() || !self.keys.is_empty()
+    }
+}
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub problem: String,
+}
+
+/// Everything wrong with a config file.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: String,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            if p.key.is_empty() {
+                write!(f, "{}: {}", self.file, p.problem)?;
+            } else {
+                write!(f, "{}: {}: {}", self.file, p.key, p.problem)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,245 @@
+//! Raw configuration as written in the file: serde types with defaults and
+//! `deny_unknown_fields`. Nothing here is trusted; `super::validate` turns it
+//! into runtime types whose invariants hold.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub server: RawServer,
+    pub keys: BTreeMap<String, RawKey>,
+    pub policy: RawPolicy,
+    pub providers: BTreeMap<String, RawProvider>,
+    pub models: BTreeMap<String, RawModel>,
+    pub tiers: BTreeMap<String, RawTier>,
+    pub tasks: BTreeMap<String, RawTask>,
+    pub budget: Option<RawBudget>,
+    pub cost: RawCost,
+    pub ledger: RawLedger,
+    pub circuit_breaker: RawBreaker,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    pub listen: String,
+    pub worker_threads: u64,
+    pub max_body_bytes: u64,
+    pub request_timeout_ms: i64,
+    pub shutdown_grace_ms: i64,
+    pub shutdown_delay_ms: i64,
+    pub api_keys_env: String,
+    pub admin_key_env: String,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            worker_threads: 0,
+            max_body_bytes: 4 * 1024 * 1024,
+            request_timeout_ms: 120_000,
+            shutdown_grace_ms: 30_000,
+            shutdown_delay_ms: 0,
+            api_keys_env: "CASCADE_API_KEYS".into(),
+            admin_key_env: "CASCADE_ADMIN_KEY".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    pub key_env: String,
+    #[serde(default)]
+    pub allowed_tiers: Option<Vec<String>>,
+    #[serde(default)]
+    pub daily_usd: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPolicy {
+    pub max_total_attempts: i64,
+    pub backoff_base_ms: i64,
+    pub backoff_max_ms: i64,
+    pub backoff_jitter: bool,
+    pub backoff_between_tiers: bool,
+    pub respect_retry_after: bool,
+    pub default_timeout_ms: i64,
+    pub default_first_token_timeout_ms: i64,
+    pub default_max_retries: i64,
+}
+
+impl Default for RawPolicy {
+    fn default() -> Self {
+        Self {
+            max_total_attempts: 6,
+            backoff_base_ms: 500,
+            backoff_max_ms: 8000,
+            backoff_jitter: true,
+            backoff_between_tiers: false,
+            respect_retry_after: true,
+            default_timeout_ms: 60_000,
+            default_first_token_timeout_ms: 30_000,
+            default_max_retries: 2,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    pub kind: String,
+    #[serde(default)]
+    pub base_url: Option<String>,
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    #[serde(default)]
+    pub api_key_file: Option<String>,
+    #[serde(default)]
+    pub auth: Option<String>,
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub connect_timeout_ms: Option<i64>,
+    #[serde(default)]
+    pub stream_usage: Option<bool>,
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    // mock only
+    #[serde(default)]
+    pub latency_ms: Option<i64>,
+    #[serde(default)]
+    pub chunk_delay_ms: Option<i64>,
+    #[serde(default)]
+    pub fail_rate: Option<f64>,
+    #[serde(default)]
+    pub fail_status: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    pub provider: String,
+    pub model: String,
+    #[serde(default)]
+    pub input_usd_per_mtok: f64,
+    #[serde(default)]
+    pub output_usd_per_mtok: f64,
+    #[serde(default)]
+    pub cache_read_usd_per_mtok: Option<f64>,
+    #[serde(default)]
+    pub cache_write_usd_per_mtok: Option<f64>,
+    #[serde(default)]
+    pub usd_per_request: f64,
+    #[serde(default)]
+    pub context_window: Option<i64>,
+    #[serde(default)]
+    pub max_output_tokens: Option<i64>,
+    #[serde(default)]
+    pub max_concurrency: i64,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTier {
+    pub models: Vec<String>,
+    #[serde(default)]
+    pub strategy: Option<String>,
+    #[serde(default)]
+    pub timeout_ms: Option<i64>,
+    #[serde(default)]
+    pub first_token_timeout_ms: Option<i64>,
+    #[serde(default)]
+    pub max_retries: Option<i64>,
+    #[serde(default)]
+    pub fallback: Vec<String>,
+    #[serde(default)]
+    pub escalate: Option<RawEscalate>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEscalate {
+    pub after_consecutive_failures: i64,
+    pub to: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTask {
+    pub tier: String,
+    #[serde(default)]
+    pub chain: Option<Vec<String>>,
+    #[serde(default)]
+    pub max_retries: Option<i64>,
+    #[serde(default)]
+    pub minor: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    #[serde(default)]
+    pub daily_usd: Option<f64>,
+    #[serde(default)]
+    pub monthly_usd: Option<f64>,
+    #[serde(default)]
+    pub session_usd: Option<f64>,
+    #[serde(default)]
+    pub on_exhausted: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCost {
+    pub baseline_model: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLedger {
+    pub path: String,
+    pub flush_interval_ms: i64,
+    pub url: Option<String>,
+}
+
+impl Default for RawLedger {
+    fn default() -> Self {
+        Self {
+            path: "data/cascade.db".into(),
+            flush_interval_ms: 100,
+            url: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawBreaker {
+    pub failure_threshold: i64,
+    pub open_ms: i64,
+}
+
+impl Default for RawBreaker {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 5,
+            open_ms: 30_000,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}

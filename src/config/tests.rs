@@ -1,0 +1,157 @@
+use super::*;
+
+fn load(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let dir = std::env::temp_dir().join(format!("cascade-cfg-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("c.toml");
+    std::fs::write(&path, toml).unwrap();
+    let env: Env = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let r = Config::load_with_env(&path, &env);
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
+
+const BASE: &str = r#"
+[providers.or]
+kind = "openai"
+base_url = "https://openrouter.ai/api/v1"
+api_key_env = "OR_KEY"
+
+[models.kimi]
+provider = "or"
+model = "moonshotai/kimi-k2"
+input_usd_per_mtok = 0.6
+output_usd_per_mtok = 2.5
+
+[models.llama]
+provider = "or"
+model = "meta-llama/llama-3.1-8b-instruct:free"
+
+[tiers.paid]
+models = ["kimi"]
+fallback = ["free"]
+
+[tiers.free]
+models = ["llama"]
+timeout_ms = 8000
+"#;
+
+fn problems(e: ConfigError) -> String {
+    e.to_string()
+}
+
+#[test]
+fn a_valid_file_resolves_chains_and_prices() {
+    let cfg = load(BASE, &[("OR_KEY", "sk-or")]).unwrap();
+    let paid = cfg.tier_by_name("paid").unwrap();
+    let free = cfg.tier_by_name("free").unwrap();
+    assert_eq!(cfg.tiers[paid].chain, vec![paid, free]);
+    assert!(!cfg.tiers[paid].free);
+    assert!(cfg.tiers[free].free);
+    assert_eq!(cfg.tiers[free].timeout, Duration::from_millis(8000));
+    assert_eq!(cfg.tiers[paid].timeout, cfg.policy.default_timeout);
+    assert_eq!(
+        cfg.lookup("kimi"),
+        Some(Name::Model(
+            cfg.models.iter().position(|m| m.name == "kimi").unwrap()
+        ))
+    );
+    assert_eq!(cfg.providers[0].auth, Auth::Bearer);
+}
+
+#[test]
+fn environment_overrides_keys() {
+    let cfg = load(
+        BASE,
+        &[
+            ("OR_KEY", "k"),
+            ("CASCADE__SERVER__LISTEN", "0.0.0.0:9000"),
+            ("CASCADE__POLICY__MAX_TOTAL_ATTEMPTS", "3"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(cfg.server.listen.to_string(), "0.0.0.0:9000");
+    assert_eq!(cfg.policy.max_total_attempts, 3);
+}
+
+#[test]
+fn errors_name_the_file_the_key_and_the_problem() {
+    let e = problems(
+        load(
+            &format!("{BASE}\n[server]\nlisten_port = 1\n"),
+            &[("OR_KEY", "k")],
+        )
+        .unwrap_err(),
+    );
+    assert!(
+        e.contains("c.toml") && e.contains("server") && e.contains("listen_port"),
+        "{e}"
+    );
+
+    let e = problems(load(BASE, &[]).unwrap_err());
+    assert!(
+        e.contains("providers.or.api_key_env") && e.contains("OR_KEY"),
+        "{e}"
+    );
+
+    let bad = BASE.replace("fallback = [\"free\"]", "fallback = [\"nope\"]");
+    let e = problems(load(&bad, &[("OR_KEY", "k")]).unwrap_err());
+    assert!(
+        e.contains("tiers.paid.fallback") && e.contains("\"nope\""),
+        "{e}"
+    );
+
+    let bad = BASE.replace("output_usd_per_mtok = 2.5", "output_usd_per_mtok = -1");
+    let e = problems(load(&bad, &[("OR_KEY", "k")]).unwrap_err());
+    assert!(
+        e.contains("models.kimi.output_usd_per_mtok") && e.contains("negative"),
+        "{e}"
+    );
+
+    let bad = format!("{BASE}\n[tasks.free]\ntier = \"free\"\n");
+    let e = problems(load(&bad, &[("OR_KEY", "k")]).unwrap_err());
+    assert!(e.contains("tasks.free") && e.contains("unique"), "{e}");
+
+    let bad = format!("{BASE}\n[budget]\ndaily_usd = 1.0\n[ledger]\npath = \"\"\n");
+    let e = problems(load(&bad, &[("OR_KEY", "k")]).unwrap_err());
+    assert!(e.contains("budget") && e.contains("ledger"), "{e}");
+
+    let bad = BASE.replace("[tiers.free]", "[tiers.\"fr.ee\"]");
+    assert!(load(&bad, &[("OR_KEY", "k")]).is_err());
+
+    let bad = BASE.replace("timeout_ms = 8000", "timeout_ms = -5");
+    let e = problems(load(&bad, &[("OR_KEY", "k")]).unwrap_err());
+    assert!(e.contains("tiers.free.timeout_ms"), "{e}");
+
+    let bad = BASE.replace("timeout_ms = 8000", "timeout_ms = \"soon\"");
+    let e = problems(load(&bad, &[("OR_KEY", "k")]).unwrap_err());
+    assert!(e.contains("tiers.free.timeout_ms"), "{e}");
+}
+
+#[test]
+fn a_disabled_provider_needs_no_key() {
+    let cfg = BASE.replace(
+        "api_key_env = \"OR_KEY\"",
+        "api_key_env = \"OR_KEY\"\nenabled = false",
+    );
+    let cfg = load(&cfg, &[]).unwrap();
+    assert!(cfg.models.iter().all(|m| !m.enabled));
+}
+
+#[test]
+fn yaml_is_accepted_by_extension() {
+    let dir = std::env::temp_dir().join(format!("cascade-yaml-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("c.yaml");
+    std::fs::write(
+        &path,
+        "providers:\n  m:\n    kind: mock\nmodels:\n  a:\n    provider: m\n    model: a\ntiers:\n  t:\n    models: [a]\n",
+    )
+    .unwrap();
+    let cfg = Config::load_with_env(&path, &Env::new()).unwrap();
+    assert_eq!(cfg.tiers[0].name, "t");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,235 @@
+//! Money, exactly. Amounts are integer femto-dollars (1e-15 USD): prices are
+//! held as nano-dollars per million tokens, so `tokens * price` is exact and
+//! nothing is accumulated in floating point.
+
+use std::fmt;
+use std::iter::Sum;
+use std::ops::{Add, AddAssign, Sub};
+
+/// An amount of US dollars, exact to 1e-15.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Usd(i128);
+
+const FEMTO_PER_NANO: i128 = 1_000_000;
+const NANO_PER_USD: i128 = 1_000_000_000;
+
+impl Usd {
+    pub const ZERO: Usd = Usd(0);
+
+    /// From a configured dollar figure, rounded to the nano-dollar.
+    pub fn from_dollars(dollars: f64) -> Usd {
+        Usd(((dollars * 1e9).round() as i128) * FEMTO_PER_NANO)
+    }
+
+    pub fn from_femto(femto: i128) -> Usd {
+        Usd(femto)
+    }
+
+    pub fn femto(self) -> i128 {
+        self.0
+    }
+
+    pub fn is_zero(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Rounded to whole nano-dollars, half away from zero.
+    pub fn nanos(self) -> i128 {
+        let half = FEMTO_PER_NANO / 2;
+        if self.0 >= 0 {
+            (self.0 + half) / FEMTO_PER_NANO
+        } else {
+            (self.0 - half) / FEMTO_PER_NANO
+        }
+    }
+
+    /// As a JSON number rounded to 9 decimals.
+    pub fn to_json(self) -> serde_json::Value {
+        serde_json::Number::from_f64(self.nanos() as f64 / 1e9)
+            .map(serde_json::Value::Number)
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn as_f64(self) -> f64 {
+        self.0 as f64 / 1e15
+    }
+}
+
+/// Plain decimal dollars, up to 9 decimals, trailing zeros trimmed:
+/// `0.0000275`, `1.5`, `0`. Never exponent notation.
+impl fmt::Display for Usd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let nanos = self.nanos();
+        let sign = if nanos < 0 { "-" } else { "" };
+        let abs = nanos.abs();
+        let whole = abs / NANO_PER_USD;
+        let frac = abs % NANO_PER_USD;
+        if frac == 0 {
+            return write!(f, "{sign}{whole}");
+        }
+        let digits = format!("{frac:09}");
+        write!(f, "{sign}{whole}.{}", digits.trim_end_matches('0'))
+    }
+}
+
+impl Add for Usd {
+    type Output = Usd;
+    fn add(self, rhs: Usd) -> Usd {
+        Usd(self.0 + rhs.0)
+    }
+}
+
+impl AddAssign for Usd {
+    fn add_assign(&mut self, rhs: Usd) {
+        self.0 += rhs.0;
+    }
+}
+
+impl Sub for Usd {
+    type Output = Usd;
+    fn sub(self, rhs: Usd) -> Usd {
+        Usd(self.0 - rhs.0)
+    }
+}
+
+impl Sum for Usd {
+    fn sum<I: Iterator<Item = Usd>>(iter: I) -> Usd {
+        iter.fold(Usd::ZERO, Add::add)
+    }
+}
+
+/// A model's prices, in nano-dollars per million tokens (per call for
+/// `per_request`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Prices {
+    pub input: u64,
+    pub output: u64,
+    pub cache_read: u64,
+    pub cache_write: u64,
+    pub per_request: u64,
+}
+
+impl Prices {
+    /// A model with any non-zero price is paid.
+    pub fn is_free(&self) -> bool {
+        self.input == 0
+            && self.output == 0
+            && self.cache_read == 0
+            && self.cache_write == 0
+            && self.per_request == 0
+    }
+}
+
+/// Token counts in the OpenAI sense: `prompt` includes `cached` (cache reads)
+/// and `cache_write` tokens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt: u64,
+    pub completion: u64,
+    pub cached: u64,
+    pub cache_write: u64,
+}
+
+impl Usage {
+    pub fn add(&mut self, other: Usage) {
+        self.prompt += other.prompt;
+        self.completion += other.completion;
+        self.cached += other.cached;
+        self.cache_write += other.cache_write;
+    }
+}
+
+/// The price of one successful call with this usage.
+pub fn cost(prices: &Prices, usage: &Usage) -> Usd {
+    let cached = usage.cached.min(usage.prompt);
+    let written = usage.cache_write.min(usage.prompt - cached);
+    let plain = usage.prompt - cached - written;
+    let per_mtok = i128::from(plain) * i128::from(prices.input)
+        + i128::from(cached) * i128::from(prices.cache_read)
+        + i128::from(written) * i128::from(prices.cache_write)
+        + i128::from(usage.completion) * i128::from(prices.output);
+    // nano-dollars per Mtok times tokens = 1e-9 / 1e6 dollars = femto-dollars.
+    Usd(per_mtok + i128::from(prices.per_request) * FEMTO_PER_NANO)
+}
+
+/// The price of tokens billed on a call that did not serve the request: no
+/// per-request fee, only what the provider bills for tokens.
+pub fn token_cost(prices: &Prices, usage: &Usage) -> Usd {
+    let no_fee = Prices {
+        per_request: 0,
+        ..*prices
+    };
+    cost(&no_fee, usage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prices(input: f64, output: f64) -> Prices {
+        Prices {
+            input: (input * 1e9) as u64,
+            output: (output * 1e9) as u64,
+            cache_read: (input * 1e9) as u64,
+            cache_write: (input * 1e9) as u64,
+            per_request: 0,
+        }
+    }
+
+    #[test]
+    fn formats_plain_decimals() {
+        assert_eq!(Usd::from_femto(27_500_000_000).to_string(), "0.0000275");
+        assert_eq!(Usd::ZERO.to_string(), "0");
+        assert_eq!(Usd::from_dollars(1.5).to_string(), "1.5");
+        assert_eq!(Usd::from_dollars(-0.25).to_string(), "-0.25");
+        // half a nano-dollar rounds away from zero
+        assert_eq!(Usd::from_femto(500_000).to_string(), "0.000000001");
+        assert_eq!(Usd::from_femto(-500_000).to_string(), "-0.000000001");
+        assert_eq!(Usd::from_femto(499_999).to_string(), "0");
+    }
+
+    #[test]
+    fn prices_tokens_exactly() {
+        // kimi-k2: 0.60 in, 2.50 out per Mtok; 10 in, 9 out
+        let p = prices(0.60, 2.50);
+        let u = Usage {
+            prompt: 10,
+            completion: 9,
+            ..Usage::default()
+        };
+        assert_eq!(cost(&p, &u).to_string(), "0.0000285");
+        // summing many small costs stays exact
+        let total: Usd = (0..1000).map(|_| cost(&p, &u)).sum();
+        assert_eq!(total.to_string(), "0.0285");
+    }
+
+    #[test]
+    fn cached_tokens_use_cache_read_price() {
+        let p = Prices {
+            input: 1_000_000_000,
+            output: 0,
+            cache_read: 100_000_000,
+            cache_write: 1_000_000_000,
+            per_request: 1_000,
+        };
+        let u = Usage {
+            prompt: 1_000_000,
+            completion: 0,
+            cached: 500_000,
+            cache_write: 0,
+        };
+        // 0.5 Mtok at $1 + 0.5 Mtok at $0.1 + $0.000001 per request
+        assert_eq!(cost(&p, &u).to_string(), "0.550001");
+        assert_eq!(token_cost(&p, &u).to_string(), "0.55");
+    }
+
+    #[test]
+    fn free_means_every_price_zero() {
+        assert!(Prices::default().is_free());
+        let fee_only = Prices {
+            per_request: 1,
+            ..Prices::default()
+        };
+        assert!(!fee_only.is_free());
+    }
+}

@@ -1,0 +1,215 @@
+//! The Prometheus registry and typed handles (SPEC 6). Label values come from
+//! config names and enums, never from client-supplied strings.
+
+use prometheus::{
+    Counter, CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub attempts: IntCounterVec,
+    pub fallbacks: IntCounterVec,
+    pub retries: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_duration: HistogramVec,
+    pub ttft: HistogramVec,
+    pub tokens: IntCounterVec,
+    pub cost: CounterVec,
+    pub savings: Counter,
+    pub circuit_open: IntGaugeVec,
+    pub escalations: IntCounterVec,
+    pub in_flight: IntGauge,
+    pub key_cost: CounterVec,
+    pub client_disconnects: IntCounterVec,
+    pub ledger_dropped: IntCounter,
+    pub config_reloads: IntCounterVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0,
+];
+
+fn counter(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn histogram(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<HistogramVec, prometheus::Error> {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+        labels,
+    )?;
+    r.register(Box::new(h.clone()))?;
+    Ok(h)
+}
+
+fn float_counter(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<CounterVec, prometheus::Error> {
+    let c = CounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let r = Registry::new();
+        let savings = Counter::new(
+            "cascade_savings_usd_total",
+            "Baseline price minus actual cost, in USD",
+        )?;
+        r.register(Box::new(savings.clone()))?;
+        let in_flight = IntGauge::new("cascade_in_flight_requests", "Requests being served")?;
+        r.register(Box::new(in_flight.clone()))?;
+        let ledger_dropped = IntCounter::new(
+            "cascade_ledger_dropped_total",
+            "Ledger rows dropped because the writer's queue was full",
+        )?;
+        r.register(Box::new(ledger_dropped.clone()))?;
+        let circuit_open = IntGaugeVec::new(
+            Opts::new("cascade_circuit_open", "1 while a model's circuit is open"),
+            &["model"],
+        )?;
+        r.register(Box::new(circuit_open.clone()))?;
+        Ok(Metrics {
+            requests: counter(
+                &r,
+                "cascade_requests_total",
+                "Chat completion requests",
+                &["tier", "outcome"],
+            )?,
+            attempts: counter(
+                &r,
+                "cascade_attempts_total",
+                "Upstream attempts",
+                &["tier", "model", "outcome"],
+            )?,
+            fallbacks: counter(
+                &r,
+                "cascade_fallbacks_total",
+                "Falls from one tier to the next",
+                &["from_tier", "to_tier"],
+            )?,
+            retries: counter(
+                &r,
+                "cascade_retries_total",
+                "Same-tier retries, by the model that failed",
+                &["tier", "model"],
+            )?,
+            request_duration: histogram(
+                &r,
+                "cascade_request_duration_seconds",
+                "Request latency",
+                &["tier"],
+            )?,
+            upstream_duration: histogram(
+                &r,
+                "cascade_upstream_duration_seconds",
+                "Upstream attempt latency",
+                &["tier", "model"],
+            )?,
+            ttft: histogram(
+                &r,
+                "cascade_time_to_first_token_seconds",
+                "Time to first token per attempt",
+                &["tier", "model"],
+            )?,
+            tokens: counter(
+                &r,
+                "cascade_tokens_total",
+                "Tokens",
+                &["tier", "model", "kind"],
+            )?,
+            cost: float_counter(
+                &r,
+                "cascade_cost_usd_total",
+                "Spend in USD",
+                &["tier", "model"],
+            )?,
+            savings,
+            circuit_open,
+            escalations: counter(
+                &r,
+                "cascade_escalations_total",
+                "Escalations",
+                &["from_tier", "to_tier"],
+            )?,
+            in_flight,
+            key_cost: float_counter(
+                &r,
+                "cascade_key_cost_usd_total",
+                "Spend per named key in USD",
+                &["key"],
+            )?,
+            client_disconnects: counter(
+                &r,
+                "cascade_client_disconnects_total",
+                "Clients gone before the answer ended",
+                &["tier"],
+            )?,
+            ledger_dropped,
+            config_reloads: counter(
+                &r,
+                "cascade_config_reloads_total",
+                "Config reloads",
+                &["result"],
+            )?,
+            registry: r,
+        })
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let families = self.registry.gather();
+        if TextEncoder::new().encode(&families, &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Handles for one (tier label, model) pair, resolved once at load so the
+/// request path does no label hashing.
+#[derive(Clone)]
+pub struct AttemptMetrics {
+    pub outcomes: [IntCounter; 6],
+    pub retries: IntCounter,
+    pub upstream_duration: Histogram,
+    pub ttft: Histogram,
+    pub prompt_tokens: IntCounter,
+    pub completion_tokens: IntCounter,
+    pub cost: Counter,
+}
+
+impl AttemptMetrics {
+    pub fn new(m: &Metrics, tier: &str, model: &str) -> AttemptMetrics {
+        use crate::chain::AttemptOutcome;
+        AttemptMetrics {
+            outcomes: AttemptOutcome::ALL
+                .map(|o| m.attempts.with_label_values(&[tier, model, o.as_str()])),
+            retries: m.retries.with_label_values(&[tier, model]),
+            upstream_duration: m.upstream_duration.with_label_values(&[tier, model]),
+            ttft: m.ttft.with_label_values(&[tier, model]),
+            prompt_tokens: m.tokens.with_label_values(&[tier, model, "prompt"]),
+            completion_tokens: m.tokens.with_label_values(&[tier, model, "completion"]),
+            cost: m.cost.with_label_values(&[tier, model]),
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Upstream calls. One client per provider, built once at load: the
+//! OpenAI-compatible HTTP client, and the in-process mock. Providers know
+//! nothing of chains or servers: they send one request and say what happened.
+
+mod mock;
+mod openai;
+pub mod stream;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderMap;
+
+use crate::api::ChatBody;
+use crate::config::{Model, Provider, ProviderKind};
+use crate::cost::Usage;
+
+pub use openai::FORWARDED_HEADERS;
+pub use stream::{Chunk, ChunkKind, UpstreamStream};
+
+/// One upstream call: the client's body, the model to send it to, and the
+/// client headers that may be forwarded.
+pub struct UpstreamRequest<'a> {
+    pub body: &'a ChatBody,
+    pub model: &'a Model,
+    pub headers: &'a HeaderMap,
+}
+
+/// A successful non-streaming answer: the body to return as is, and its usage.
+#[derive(Debug)]
+pub struct Completion {
+    pub body: Bytes,
+    pub usage: Option<Usage>,
+}
+
+/// What went wrong with an upstream call. Messages never hold credentials.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("timed out")]
+    Timeout,
+    #[error("connection failed: {0}")]
+    Connect(String),
+    #[error("HTTP {status}: {message}")]
+    Status {
+        status: u16,
+        message: String,
+        retry_after: Option<Duration>,
+        /// The error says the context length was exceeded.
+        context_length: bool,
+        /// The upstream's body, for client errors returned as is.
+        body: Bytes,
+    },
+    #[error("unparseable response: {0}")]
+    BadBody(String),
+    #[error("error in a 200 response: {0}")]
+    ErrorInBody(String),
+    /// The stream broke after it started (reset, bad event, idle too long).
+    #[error("stream interrupted: {0}")]
+    MidStream(String),
+}
+
+impl UpstreamError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            UpstreamError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// Whether an upstream error message says the prompt did not fit.
+pub fn is_context_length(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "context_length_exceeded",
+        "context length",
+        "context window",
+        "maximum context",
+        "prompt is too long",
+        "too many tokens",
+        "input is too long",
+    ]
+    .iter()
+    .any(|needle| m.contains(needle))
+}
+
+pub enum Client {
+    OpenAi(openai::OpenAiClient),
+    Mock(mock::MockClient),
+}
+
+impl Client {
+    pub fn new(provider: &Provider) -> Result<Client, String> {
+        Ok(match &provider.kind {
+            ProviderKind::OpenAi | ProviderKind::Anthropic => {
+                Client::OpenAi(openai::OpenAiClient::new(provider)?)
+            }
+            ProviderKind::Mock(settings) => Client::Mock(mock::MockClient::new(settings.clone())),
+        })
+    }
+
+    pub async fn complete(&self, req: UpstreamRequest<'_>) -> Result<Completion, UpstreamError> {
+        match self {
+            Client::OpenAi(c) => c.complete(req).await,
+            Client::Mock(c) => c.complete(req).await,
+        }
+    }
+
+    /// Open a stream: resolves once the upstream accepted the request (its
+    /// status is known); chunks follow on the returned stream.
+    pub async fn stream(&self, req: UpstreamRequest<'_>) -> Result<UpstreamStream, UpstreamError> {
+        match self {
+            Client::OpenAi(c) => c.stream(req).await,
+            Client::Mock(c) => c.stream(req).await,
+        }
+    }
+}
+
+/// Classify a complete 200 body: a completion with its usage, an error
+/// carried in a 200, or garbage.
+pub fn parse_completion(body: Bytes) -> Result<Completion, UpstreamError> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(default)]
+        choices: Option<serde::de::IgnoredAny>,
+        #[serde(default)]
+        error: Option<serde_json::Value>,
+        #[serde(default)]
+        usage: Option<crate::api::WireUsage>,
+    }
+    let probe: Probe = serde_json::from_slice(&body)
+        .map_err(|e| UpstreamError::BadBody(format!("not JSON: {e}")))?;
+    if let Some(err) = probe.error.filter(|e| !e.is_null()) {
+        let msg = crate::api::upstream_error_message(&serde_json::json!({ "error": err }))
+            .unwrap_or_else(|| "an error object".into());
+        return Err(UpstreamError::ErrorInBody(truncate(msg)));
+    }
+    if probe.choices.is_none() {
+        return Err(UpstreamError::BadBody(
+            "no 'choices' in the response".into(),
+        ));
+    }
+    Ok(Completion {
+        usage: probe.usage.as_ref().map(Usage::from),
+        body,
+    })
+}
+
+/// Upstream messages are kept short in attempt lists and logs.
+pub fn truncate(mut s: String) -> String {
+    const MAX: usize = 300;
+    if s.len() > MAX {
+        let mut end = MAX;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
+}

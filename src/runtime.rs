@@ -1,0 +1,120 @@
+//! Everything a request needs, resolved once at load (and swapped whole on
+//! reload): the validated config, one HTTP client per provider, each model's
+//! health, and per-target metric handles.
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::Histogram;
+
+use crate::chain::health::Health;
+use crate::config::{Config, ModelId, Strategy, TierId};
+use crate::metrics::{AttemptMetrics, Metrics};
+use crate::providers::Client;
+
+/// Something a chain step can point at: a tier, or (for requests naming a
+/// model directly) a single model.
+pub struct Target {
+    /// The tier name, or `model:NAME` for a direct model request.
+    pub label: String,
+    pub tier: Option<TierId>,
+    pub models: Vec<ModelId>,
+    pub strategy: Strategy,
+    pub timeout: Duration,
+    pub first_token_timeout: Duration,
+    pub max_retries: u32,
+    pub free: bool,
+    pub enabled: bool,
+    /// Aligned with `models`.
+    pub metrics: Vec<AttemptMetrics>,
+    pub request_duration: Histogram,
+    /// Where the next round-robin request starts.
+    pub rr: AtomicUsize,
+}
+
+pub struct Runtime {
+    pub config: Arc<Config>,
+    /// One per provider.
+    pub clients: Vec<Arc<Client>>,
+    /// One per model.
+    pub health: Vec<Arc<Health>>,
+    /// Tiers first (same index as `config.tiers`), then one per model.
+    pub targets: Vec<Target>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Runtime {
+    pub fn build(config: Config, metrics: &Arc<Metrics>) -> Result<Runtime, String> {
+        let clients = config
+            .providers
+            .iter()
+            .map(|p| Client::new(p).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let health = config
+            .models
+            .iter()
+            .map(|m| {
+                Arc::new(Health::new(
+                    config.breaker,
+                    m.max_concurrency,
+                    metrics.circuit_open.with_label_values(&[&m.name]),
+                ))
+            })
+            .collect();
+        let mut targets = Vec::with_capacity(config.tiers.len() + config.models.len());
+        for (i, t) in config.tiers.iter().enumerate() {
+            targets.push(Target {
+                label: t.name.clone(),
+                tier: Some(i),
+                metrics: t
+                    .models
+                    .iter()
+                    .map(|&m| AttemptMetrics::new(metrics, &t.name, &config.models[m].name))
+                    .collect(),
+                request_duration: metrics.request_duration.with_label_values(&[&t.name]),
+                models: t.models.clone(),
+                strategy: t.strategy,
+                timeout: t.timeout,
+                first_token_timeout: t.first_token_timeout,
+                max_retries: t.max_retries,
+                free: t.free,
+                enabled: t.enabled,
+                rr: AtomicUsize::new(0),
+            });
+        }
+        let p = &config.policy;
+        for (i, m) in config.models.iter().enumerate() {
+            let label = format!("model:{}", m.name);
+            targets.push(Target {
+                metrics: vec![AttemptMetrics::new(metrics, &label, &m.name)],
+                request_duration: metrics.request_duration.with_label_values(&[&label]),
+                label,
+                tier: None,
+                models: vec![i],
+                strategy: Strategy::Ordered,
+                timeout: p.default_timeout,
+                first_token_timeout: p.default_first_token_timeout,
+                max_retries: p.default_max_retries,
+                free: m.prices.is_free(),
+                enabled: true,
+                rr: AtomicUsize::new(0),
+            });
+        }
+        Ok(Runtime {
+            config: Arc::new(config),
+            clients,
+            health,
+            targets,
+            metrics: Arc::clone(metrics),
+        })
+    }
+
+    pub fn tier_target(&self, tier: TierId) -> usize {
+        tier
+    }
+
+    pub fn model_target(&self, model: ModelId) -> usize {
+        self.config.tiers.len() + model
+    }
+}

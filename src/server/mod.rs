@@ -1,0 +1,138 @@
+//! HTTP: the routes table, shared state, and graceful serving. Only this
+//! module knows axum.
+
+mod auth;
+mod chat;
+mod headers;
+mod ops;
+mod stream;
+
+use std::future::{Future, IntoFuture};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::error::GatewayError;
+use crate::metrics::Metrics;
+use crate::runtime::Runtime;
+
+/// State shared by every request. The runtime is swapped whole on reload;
+/// a request keeps the one it started with.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    runtime: ArcSwap<Runtime>,
+    metrics: Arc<Metrics>,
+    ready: AtomicBool,
+}
+
+impl AppState {
+    pub fn new(runtime: Runtime, metrics: Arc<Metrics>) -> Self {
+        Self {
+            inner: Arc::new(Shared {
+                runtime: ArcSwap::from_pointee(runtime),
+                metrics,
+                ready: AtomicBool::new(true),
+            }),
+        }
+    }
+
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.inner.runtime.load_full()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    pub fn swap_runtime(&self, runtime: Runtime) {
+        self.inner.runtime.store(Arc::new(runtime));
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.inner.ready.store(ready, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::SeqCst)
+    }
+}
+
+/// The routes table.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat::completions))
+        .route("/v1/models", get(ops::models))
+        .route("/v1/cascade/status", get(ops::status))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        // the chat handler enforces server.max_body_bytes itself, with a 413
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+async fn not_found(req: Request) -> Response {
+    GatewayError::NotFound(req.uri().path().to_string()).into_response()
+}
+
+async fn method_not_allowed(req: Request) -> Response {
+    GatewayError::MethodNotAllowed(req.method().to_string()).into_response()
+}
+
+/// Serve until `shutdown` resolves, then drain (SPEC 1): /readyz turns 503 at
+/// once, connections are still accepted for `shutdown_delay`, then the
+/// listener closes and in-flight requests get `shutdown_grace` to finish.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (delay, grace) = {
+        let rt = state.runtime();
+        (
+            rt.config.server.shutdown_delay,
+            rt.config.server.shutdown_grace,
+        )
+    };
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
+    let drain_state = state.clone();
+    let stop_accepting = async move {
+        shutdown.await;
+        drain_state.set_ready(false);
+        tracing::info!(
+            delay_ms = delay.as_millis() as u64,
+            "shutting down: not ready, draining"
+        );
+        tokio::time::sleep(delay).await;
+        let _ = closed_tx.send(());
+    };
+    let server = axum::serve(listener, app(state)).with_graceful_shutdown(stop_accepting);
+    let server = server.into_future();
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => return r,
+        _ = closed_rx => {}
+    }
+    match tokio::time::timeout(grace, server).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "shutdown grace ran out; closing the remaining connections"
+            );
+            Ok(())
+        }
+    }
+}

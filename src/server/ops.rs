@@ -1,0 +1,115 @@
+//! Everything but chat: models, health, readiness, metrics, status.
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::{auth, AppState};
+use crate::chain::health::{until, Circuit};
+use crate::config::Name;
+
+pub async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    if state.is_ready() {
+        (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "draining"})),
+        )
+            .into_response()
+    }
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics().render(),
+    )
+        .into_response()
+}
+
+pub async fn models(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let rt = state.runtime();
+    if let Err(e) = auth::client(&rt.config, &headers) {
+        return e.into_response();
+    }
+    let data: Vec<Value> = rt
+        .config
+        .client_names()
+        .into_iter()
+        .map(|(name, what)| {
+            let kind = match what {
+                Name::Task(_) => "task",
+                Name::Tier(_) => "tier",
+                Name::Model(_) => "model",
+            };
+            json!({"id": name, "object": "model", "created": 0, "owned_by": "cascade", "cascade_kind": kind})
+        })
+        .collect();
+    Json(json!({"object": "list", "data": data})).into_response()
+}
+
+pub async fn status(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let rt = state.runtime();
+    let cfg = &rt.config;
+    if let Err(e) = auth::admin(cfg, &headers) {
+        return e.into_response();
+    }
+    let tier_names =
+        |ids: &[usize]| -> Vec<&str> { ids.iter().map(|&t| cfg.tiers[t].name.as_str()).collect() };
+    let tiers: Vec<Value> = cfg
+        .tiers
+        .iter()
+        .map(|t| {
+            json!({
+                "name": t.name,
+                "models": t.models.iter().map(|&m| cfg.models[m].name.as_str()).collect::<Vec<_>>(),
+                "chain": tier_names(&t.chain),
+                "free": t.free,
+                "enabled": t.enabled,
+                "strategy": match t.strategy { crate::config::Strategy::Ordered => "ordered", crate::config::Strategy::RoundRobin => "round_robin" },
+                "timeout_ms": t.timeout.as_millis() as u64,
+                "first_token_timeout_ms": t.first_token_timeout.as_millis() as u64,
+                "max_retries": t.max_retries,
+                "escalate": t.escalate.map(|e| json!({"after_consecutive_failures": e.after, "to": cfg.tiers[e.to].name})),
+            })
+        })
+        .collect();
+    let tasks: Vec<Value> = cfg
+        .tasks
+        .iter()
+        .map(|t| json!({"name": t.name, "tier": cfg.tiers[t.tier].name, "chain": tier_names(&t.chain), "minor": t.minor}))
+        .collect();
+    let models: Vec<Value> = cfg
+        .models
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let h = &rt.health[i];
+            let (circuit, open_ms) = match h.circuit() {
+                Circuit::Closed { .. } => ("closed", None),
+                Circuit::Open { until: t } => ("open", Some(until(t).as_millis() as u64)),
+                Circuit::HalfOpen { .. } => ("half_open", None),
+            };
+            json!({
+                "name": m.name,
+                "provider": cfg.providers[m.provider].name,
+                "enabled": m.enabled,
+                "circuit": circuit,
+                "open_for_ms": open_ms,
+                "resting_for_ms": h.resting_until().map(|t| until(t).as_millis() as u64),
+                "in_flight": h.in_flight(),
+            })
+        })
+        .collect();
+    Json(json!({"tiers": tiers, "tasks": tasks, "models": models})).into_response()
+}

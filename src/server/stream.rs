@@ -1,0 +1,354 @@
+//! Streaming (SPEC 4.5). `start` holds an upstream stream until its first
+//! content (so the chain can still retry or fall back); `Relay` then forwards
+//! each event as it arrives, bounds the idle gap, and ends with the closing
+//! cost comment and `[DONE]`, or with an error event when the upstream breaks.
+//! Whatever happens, the request is accounted once, when the relay ends or is
+//! dropped (client gone).
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::chat::{self, InFlight, RequestOutcome};
+use crate::chain::classify::{self, HealthEffect};
+use crate::chain::health::Permit;
+use crate::chain::{AttemptOutcome, Run};
+use crate::cost::{self, Usage, Usd};
+use crate::providers::{Chunk, ChunkKind, UpstreamError, UpstreamStream};
+use crate::routing::Route;
+use crate::runtime::Runtime;
+
+/// An upstream stream that has produced its first content.
+pub struct Started {
+    upstream: UpstreamStream,
+    buffered: Vec<Chunk>,
+    ttft: Duration,
+}
+
+/// Open the stream and read until the first content, tool-call, reasoning or
+/// finish delta. Role-only chunks are held back; a failure before content is
+/// a failed attempt like any other.
+pub async fn start(
+    open: impl Future<Output = Result<UpstreamStream, UpstreamError>>,
+) -> Result<Started, UpstreamError> {
+    let t0 = Instant::now();
+    let mut upstream = open.await?;
+    let mut buffered = Vec::new();
+    loop {
+        match upstream.next().await {
+            None => {
+                return Err(UpstreamError::MidStream(
+                    "the stream ended before any content".into(),
+                ))
+            }
+            Some(Err(e)) => return Err(e),
+            Some(Ok(c)) => match c.kind {
+                ChunkKind::Preamble | ChunkKind::UsageOnly => buffered.push(c),
+                ChunkKind::Content => {
+                    buffered.push(c);
+                    return Ok(Started {
+                        upstream,
+                        buffered,
+                        ttft: t0.elapsed(),
+                    });
+                }
+                ChunkKind::Done => {
+                    return Err(UpstreamError::BadBody(
+                        "the stream ended without any content".into(),
+                    ))
+                }
+            },
+        }
+    }
+}
+
+/// What the relay needs to account for the request when it ends.
+pub struct RelayContext {
+    pub rt: Arc<Runtime>,
+    pub route: Route,
+    pub run: Run,
+    pub target: usize,
+    pub model: usize,
+    pub permit: Option<Permit>,
+    pub client_wants_usage: bool,
+    pub prompt_chars_estimate: usize,
+    pub request_id: String,
+    pub key: Option<String>,
+    pub key_label: String,
+    pub started: Instant,
+    /// Held until the stream ends.
+    pub _in_flight: InFlight,
+}
+
+enum Phase {
+    Relaying,
+    Closing(VecDeque<Bytes>),
+    Ended,
+}
+
+pub struct Relay {
+    ctx: RelayContext,
+    upstream: UpstreamStream,
+    pending: VecDeque<Chunk>,
+    idle: Duration,
+    usage: Option<Usage>,
+    text_len: usize,
+    phase: Phase,
+    accounted: bool,
+    attempt_started: Instant,
+}
+
+fn event(data: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(data.len() + 8);
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
+impl Relay {
+    pub fn new(ctx: RelayContext, started: Started) -> Self {
+        let t = &ctx.rt.targets[ctx.target];
+        if let Some(i) = t.models.iter().position(|&m| m == ctx.model) {
+            t.metrics[i].ttft.observe(started.ttft.as_secs_f64());
+        }
+        let idle = t.timeout;
+        let attempt_started = Instant::now()
+            .checked_sub(
+                ctx.run
+                    .attempts
+                    .last()
+                    .map_or(Duration::ZERO, |a| a.elapsed),
+            )
+            .unwrap_or_else(Instant::now);
+        Self {
+            idle,
+            upstream: started.upstream,
+            pending: started.buffered.into(),
+            ctx,
+            usage: None,
+            text_len: 0,
+            phase: Phase::Relaying,
+            accounted: false,
+            attempt_started,
+        }
+    }
+
+    pub fn into_stream(self) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
+        futures_util::stream::unfold(self, |mut relay| async move {
+            let next = relay.next_bytes().await?;
+            Some((Ok(next), relay))
+        })
+    }
+
+    async fn next_bytes(&mut self) -> Option<Bytes> {
+        loop {
+            match &mut self.phase {
+                Phase::Ended => return None,
+                Phase::Closing(queue) => match queue.pop_front() {
+                    Some(b) => return Some(b),
+                    None => {
+                        self.phase = Phase::Ended;
+                        return None;
+                    }
+                },
+                Phase::Relaying => {}
+            }
+            let next = match self.pending.pop_front() {
+                Some(c) => Ok(c),
+                None => match tokio::time::timeout(self.idle, self.upstream.next()).await {
+                    Err(_) => Err(UpstreamError::Timeout),
+                    Ok(None) => Err(UpstreamError::MidStream(
+                        "the upstream closed the stream".into(),
+                    )),
+                    Ok(Some(r)) => r,
+                },
+            };
+            match next {
+                Ok(c) => {
+                    if c.usage.is_some() {
+                        self.usage = c.usage;
+                    }
+                    self.text_len += c.text_len;
+                    match c.kind {
+                        ChunkKind::Done => {
+                            let comment = self.account(None);
+                            self.phase = Phase::Closing(VecDeque::from([
+                                comment,
+                                Bytes::from_static(b"data: [DONE]\n\n"),
+                            ]));
+                        }
+                        ChunkKind::UsageOnly if !self.ctx.client_wants_usage => {}
+                        _ => return Some(event(&c.data)),
+                    }
+                }
+                Err(e) => {
+                    let message = match &e {
+                        UpstreamError::Timeout => format!(
+                            "the upstream sent nothing for {} ms; the stream was cut",
+                            self.idle.as_millis()
+                        ),
+                        other => format!("the upstream stream broke: {other}"),
+                    };
+                    let error = json!({"error": {
+                        "message": message,
+                        "type": "upstream_error",
+                        "param": null,
+                        "code": "stream_interrupted",
+                    }});
+                    let comment = self.account(Some(&e));
+                    self.phase = Phase::Closing(VecDeque::from([
+                        event(error.to_string().as_bytes()),
+                        comment,
+                    ]));
+                }
+            }
+        }
+    }
+
+    /// Usage as reported, or estimated from what was seen.
+    fn usage(&self) -> (Usage, bool) {
+        match self.usage {
+            Some(u) => (u, false),
+            None => (
+                Usage {
+                    prompt: (self.ctx.prompt_chars_estimate as u64).div_ceil(4),
+                    completion: (self.text_len as u64).div_ceil(4),
+                    ..Usage::default()
+                },
+                true,
+            ),
+        }
+    }
+
+    /// Count, price and log the request once. `failure`: the upstream broke
+    /// mid-stream. Returns the closing comment.
+    fn account(&mut self, failure: Option<&UpstreamError>) -> Bytes {
+        self.accounted = true;
+        let rt = Arc::clone(&self.ctx.rt);
+        let cfg = &rt.config;
+        let (usage, estimated) = self.usage();
+        let prices = &cfg.models[self.ctx.model].prices;
+        let (price, savings) = if failure.is_none() {
+            let c = cost::cost(prices, &usage);
+            (c, chat::savings(&rt, &self.ctx.route, &usage, c))
+        } else {
+            // billed tokens of a broken stream: spent, and wasted
+            (cost::token_cost(prices, &usage), Usd::ZERO)
+        };
+        let target = &rt.targets[self.ctx.target];
+        let idx = target.models.iter().position(|&m| m == self.ctx.model);
+        let outcome = match failure {
+            None => AttemptOutcome::Success,
+            Some(e) => classify::outcome(e),
+        };
+        if let Some(i) = idx {
+            target.metrics[i].outcomes[outcome.index()].inc();
+            target.metrics[i]
+                .upstream_duration
+                .observe(self.attempt_started.elapsed().as_secs_f64());
+        }
+        if let Some(permit) = self.ctx.permit.take() {
+            permit.record(match failure {
+                None => HealthEffect::Success,
+                Some(e) => classify::health_effect(e),
+            });
+        }
+        let named = self
+            .ctx
+            .key
+            .as_ref()
+            .and_then(|k| cfg.keys.iter().find(|nk| &nk.name == k));
+        let caller = match named {
+            Some(k) => super::auth::Caller::Named(k),
+            None => super::auth::Caller::Anonymous,
+        };
+        chat::account_success(
+            &rt,
+            self.ctx.target,
+            self.ctx.model,
+            &usage,
+            price,
+            savings,
+            caller,
+        );
+        let request_outcome = if failure.is_none() {
+            RequestOutcome::Success
+        } else {
+            RequestOutcome::Failed
+        };
+        let elapsed = self.ctx.started.elapsed();
+        chat::finish_request(
+            &rt,
+            &target.label,
+            request_outcome,
+            elapsed,
+            Some(self.ctx.target),
+        );
+        chat::log_request(
+            &rt,
+            &self.ctx.request_id,
+            &self.ctx.key_label,
+            Some(&self.ctx.route),
+            Some(&self.ctx.run),
+            Some(self.ctx.model),
+            200,
+            elapsed,
+            price,
+            Some(&usage),
+        );
+        if let Some(e) = failure {
+            tracing::warn!(request_id = %self.ctx.request_id, error = %e, "stream interrupted after it started");
+        }
+        let mut report = json!({
+            "cost_usd": price.to_json(),
+            "prompt_tokens": usage.prompt,
+            "completion_tokens": usage.completion,
+            "savings_usd": savings.to_json(),
+        });
+        if estimated {
+            report["usage_estimated"] = json!(true);
+        }
+        Bytes::from(format!(": cascade {report}\n\n"))
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if self.accounted {
+            return;
+        }
+        // the client went away mid-stream: the upstream is cancelled with
+        // this relay; its tokens so far are still priced
+        let rt = Arc::clone(&self.ctx.rt);
+        let label = rt.targets[self.ctx.target].label.clone();
+        rt.metrics
+            .client_disconnects
+            .with_label_values(&[&label])
+            .inc();
+        self.accounted = true;
+        let (usage, _) = self.usage();
+        let price = cost::token_cost(&rt.config.models[self.ctx.model].prices, &usage);
+        let target = &rt.targets[self.ctx.target];
+        if let Some(i) = target.models.iter().position(|&m| m == self.ctx.model) {
+            target.metrics[i].prompt_tokens.inc_by(usage.prompt);
+            target.metrics[i].completion_tokens.inc_by(usage.completion);
+            target.metrics[i].cost.inc_by(price.as_f64());
+        }
+        chat::finish_request(
+            &rt,
+            &label,
+            RequestOutcome::ClientError,
+            self.ctx.started.elapsed(),
+            Some(self.ctx.target),
+        );
+        tracing::info!(request_id = %self.ctx.request_id, tier = %label, cost_usd = %price, "client disconnected mid-stream; upstream cancelled");
+    }
+}
