@@ -1,0 +1,5 @@
+pub mod gateway;
+pub mod upstream;
+
+pub use gateway::Gateway;
+pub use upstream::{Step, StreamScript, Upstream};
