@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Integration tests: the gateway on an ephemeral port against a scripted
 //! upstream, over real HTTP. One binary, modules per area.
 
