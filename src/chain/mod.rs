@@ -188,10 +188,14 @@ where
                 Err(_) => Err(UpstreamError::Timeout),
             };
             let elapsed = started.elapsed();
-            metrics.upstream_duration.observe(elapsed.as_secs_f64());
             let err = match result {
                 Ok(value) => {
-                    metrics.outcomes[AttemptOutcome::Success.index()].inc();
+                    // a stream's attempt is counted when the stream ends:
+                    // it may still break
+                    if mode == Mode::Complete {
+                        metrics.upstream_duration.observe(elapsed.as_secs_f64());
+                        metrics.outcomes[AttemptOutcome::Success.index()].inc();
+                    }
                     run.attempts.push(AttemptRecord {
                         target: step.target,
                         model,
@@ -223,6 +227,7 @@ where
             if matches!(err, UpstreamError::Timeout) && limit == remaining {
                 deadline_hit = true;
             }
+            metrics.upstream_duration.observe(elapsed.as_secs_f64());
             let outcome = classify::outcome(&err);
             metrics.outcomes[outcome.index()].inc();
             permit.record(health_effect(&err));

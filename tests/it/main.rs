@@ -6,6 +6,7 @@ mod common;
 
 mod chain;
 mod http;
+mod protection;
 mod routing;
 mod streaming;
 

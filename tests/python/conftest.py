@@ -1,0 +1,466 @@
+"""Fixtures for the OpenAI-SDK client tests.
+
+A session starts:
+
+* a scripted OpenAI-compatible upstream (``ScriptedUpstream``), a
+  ``ThreadingHTTPServer`` on 127.0.0.1:0 whose behaviour is chosen by the
+  request body's ``model``;
+* the gateway binary (``$CASCADE_BIN``, default ``target/debug/cascade``
+  relative to the repository root) with a config written from
+  ``GATEWAY_CONFIG`` into a temporary directory, listening on a free port
+  given through ``CASCADE__SERVER__LISTEN``.
+
+The gateway's stdout/stderr go to ``gateway.log`` in that temporary
+directory; a failing test gets the log's tail appended to its report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+READY_TIMEOUT_S = 20.0
+
+# Loopback traffic must never go through a proxy from the environment, for
+# the SDK (httpx), urllib or the gateway (reqwest) alike.
+for _var in ("NO_PROXY", "no_proxy"):
+    _hosts = [h for h in os.environ.get(_var, "").split(",") if h]
+    for _h in ("127.0.0.1", "localhost"):
+        if _h not in _hosts:
+            _hosts.append(_h)
+    os.environ[_var] = ",".join(_hosts)
+
+
+# The gateway config. Only keys from SPEC.md section 2: unknown keys are a
+# startup error. {upstream_port} is the scripted upstream's runtime port.
+GATEWAY_CONFIG = """\
+[server]
+request_timeout_ms = 20000
+
+[ledger]
+path = ""
+
+[policy]
+backoff_base_ms = 10
+backoff_max_ms = 50
+
+[circuit_breaker]
+failure_threshold = 0
+
+[providers.mock]
+kind = "mock"
+
+[providers.broken]
+kind = "mock"
+fail_rate = 1.0
+fail_status = 503
+
+[providers.scripted]
+kind = "openai"
+base_url = "http://127.0.0.1:{upstream_port}/v1"
+auth = "none"
+
+[models.fast-model]
+provider = "mock"
+model = "mock-1"
+input_usd_per_mtok = 1.0
+output_usd_per_mtok = 2.0
+
+[models.dead-model]
+provider = "broken"
+model = "dead"
+
+[models.cutter]
+provider = "scripted"
+model = "cut-stream"
+
+[models.cutter-abort]
+provider = "scripted"
+model = "cut-stream-abort"
+
+[models.echo]
+provider = "scripted"
+model = "echo-1"
+
+[tiers.fast]
+models = ["fast-model"]
+
+[tiers.dead]
+models = ["dead-model"]
+max_retries = 0
+
+[tiers.cutting]
+models = ["cutter"]
+max_retries = 0
+
+[tiers.cutting-abort]
+models = ["cutter-abort"]
+max_retries = 0
+
+[tiers.scripted]
+models = ["echo"]
+max_retries = 0
+
+[tasks.plan]
+tier = "fast"
+"""
+
+
+# --------------------------------------------------------------------------
+# The scripted upstream
+# --------------------------------------------------------------------------
+
+#: What the scripted upstream streams before it cuts a ``cut-stream*`` answer.
+CUT_PIECES = ["Hello ", "world"]
+
+
+@dataclass
+class Recorded:
+    """One request the scripted upstream received."""
+
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class ScriptedUpstream:
+    server: ThreadingHTTPServer
+    requests: list[Recorded] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    def record(self, rec: Recorded) -> None:
+        with self.lock:
+            self.requests.append(rec)
+
+    def find(self, request_id: str) -> list[Recorded]:
+        """The requests that carried ``x-request-id: request_id``."""
+        with self.lock:
+            return [r for r in self.requests if r.headers.get("x-request-id") == request_id]
+
+
+def _chunk(model: str, delta: dict, finish: str | None = None, seq: int = 0) -> dict:
+    return {
+        "id": f"chatcmpl-scripted-{seq}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+
+
+def _last_user_text(body: Any) -> str:
+    for m in reversed(body.get("messages") or []):
+        if m.get("role") == "user" and isinstance(m.get("content"), str):
+            return m["content"]
+    return ""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    upstream: ScriptedUpstream  # set on the subclass made per server
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass  # keep pytest output clean
+
+    # -- helpers -----------------------------------------------------------
+    def _send_json(self, status: int, obj: Any) -> None:
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _sse(self, obj: Any) -> bytes:
+        data = obj if isinstance(obj, str) else json.dumps(obj)
+        return f"data: {data}\n\n".encode()
+
+    # -- routes ------------------------------------------------------------
+    def do_GET(self) -> None:  # noqa: N802
+        self._send_json(404, {"error": {"message": "not here", "type": "invalid_request_error"}})
+
+    def do_POST(self) -> None:  # noqa: N802
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            body = None
+        self.upstream.record(
+            Recorded(
+                path=self.path,
+                headers={k.lower(): v for k, v in self.headers.items()},
+                body=body,
+            )
+        )
+        if self.path.split("?")[0] != "/v1/chat/completions" or not isinstance(body, dict):
+            self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request_error"}})
+            return
+
+        model = body.get("model", "")
+        stream = body.get("stream") is True
+        if stream and model == "cut-stream":
+            self._cut_stream(model, chunked=False)
+        elif stream and model == "cut-stream-abort":
+            self._cut_stream(model, chunked=True)
+        elif stream:
+            self._full_stream(model, body)
+        else:
+            self._completion(model, body)
+
+    def _completion(self, model: str, body: dict) -> None:
+        text = f"echo: {_last_user_text(body)}"
+        self._send_json(
+            200,
+            {
+                "id": "chatcmpl-scripted",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+            },
+        )
+
+    def _full_stream(self, model: str, body: dict) -> None:
+        """A well-formed stream: role, content pieces, finish, usage, [DONE]."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        text = f"echo: {_last_user_text(body)}"
+        events: list[Any] = [_chunk(model, {"role": "assistant", "content": ""})]
+        events += [_chunk(model, {"content": p}) for p in re.findall(r"\S+\s*|\s+", text)]
+        events.append(_chunk(model, {}, "stop"))
+        usage = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+        events.append({**_chunk(model, {}), "choices": [], "usage": usage})
+        events.append("[DONE]")
+        for e in events:
+            self.wfile.write(self._sse(e))
+            self.wfile.flush()
+        self.close_connection = True
+
+    def _cut_stream(self, model: str, *, chunked: bool) -> None:
+        """Two content chunks, then the connection closes without [DONE].
+
+        ``chunked=False``: a close-delimited body that simply ends (a clean
+        EOF, only the missing [DONE] tells it was cut).
+        ``chunked=True``: chunked transfer encoding closed without the final
+        zero-length chunk (the HTTP body itself is broken).
+        """
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        events = [_chunk(model, {"role": "assistant", "content": ""})]
+        events += [_chunk(model, {"content": p}, seq=i) for i, p in enumerate(CUT_PIECES)]
+        for e in events:
+            data = self._sse(e)
+            if chunked:
+                data = f"{len(data):x}\r\n".encode() + data + b"\r\n"
+            self.wfile.write(data)
+            self.wfile.flush()
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def _start_upstream() -> ScriptedUpstream:
+    handler = type("ScriptedHandler", (_Handler,), {})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    upstream = ScriptedUpstream(server=server)
+    handler.upstream = upstream
+    threading.Thread(target=server.serve_forever, name="scripted-upstream", daemon=True).start()
+    return upstream
+
+
+@pytest.fixture(scope="session")
+def upstream() -> ScriptedUpstream:
+    up = _start_upstream()
+    yield up
+    up.server.shutdown()
+    up.server.server_close()
+
+
+# --------------------------------------------------------------------------
+# The gateway process
+# --------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _gateway_bin() -> Path:
+    p = Path(os.environ.get("CASCADE_BIN", "target/debug/cascade"))
+    if not p.is_absolute():
+        p = REPO_ROOT / p
+    return p
+
+
+def _http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+
+
+@dataclass
+class Gateway:
+    port: int
+    proc: subprocess.Popen
+    log_path: Path
+    config_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    def get(self, path: str) -> tuple[int, str]:
+        return _http_get(self.url + path)
+
+    def metrics(self) -> str:
+        status, text = self.get("/metrics")
+        assert status == 200, f"/metrics answered {status}: {text[:500]}"
+        return text
+
+    def log_tail(self, n: int = 60) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError as e:
+            return f"(no gateway log: {e})"
+        return "\n".join(lines[-n:])
+
+
+_GATEWAY: Gateway | None = None
+
+
+@pytest.fixture(scope="session")
+def gateway(upstream: ScriptedUpstream, tmp_path_factory: pytest.TempPathFactory) -> Gateway:
+    global _GATEWAY
+    binary = _gateway_bin()
+    if not binary.is_file():
+        pytest.fail(f"gateway binary {binary} not found (set CASCADE_BIN or build it first)")
+
+    workdir = tmp_path_factory.mktemp("gateway")
+    config_path = workdir / "gateway.toml"
+    config_path.write_text(GATEWAY_CONFIG.format(upstream_port=upstream.port))
+    log_path = workdir / "gateway.log"
+
+    port = _free_port()
+    # Nothing from the developer's environment may change the gateway's
+    # behaviour (gateway keys, config path, overrides).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CASCADE")}
+    env["CASCADE__SERVER__LISTEN"] = f"127.0.0.1:{port}"
+    env.setdefault("RUST_LOG", "info")
+    env["NO_COLOR"] = "1"  # a plain-text log file
+
+    log = open(log_path, "wb")  # noqa: SIM115 - closed at teardown
+    proc = subprocess.Popen(
+        [str(binary), "serve", "--config", str(config_path)],
+        cwd=workdir,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    gw = Gateway(port=port, proc=proc, log_path=log_path, config_path=config_path)
+
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    last = "no answer yet"
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(
+                    f"gateway exited with status {proc.returncode} before becoming ready; log:\n"
+                    + gw.log_tail(200)
+                )
+            try:
+                status, text = _http_get(gw.url + "/readyz", timeout=1.0)
+                if status == 200:
+                    break
+                last = f"HTTP {status}: {text[:200]}"
+            except OSError as e:
+                last = repr(e)
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"gateway not ready on {gw.url}/readyz after {READY_TIMEOUT_S}s "
+                    f"(last: {last}); log:\n" + gw.log_tail(200)
+                )
+            time.sleep(0.05)  # bounded polling of /readyz, not synchronisation
+
+        _GATEWAY = gw
+        yield gw
+    finally:
+        _GATEWAY = None
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture()
+def client(gateway: Gateway) -> openai.OpenAI:
+    """An SDK client with its default retries (max_retries=2).
+
+    The timeout is bounded so that a hung gateway fails the test instead of
+    hanging the suite (the SDK's default is 10 minutes).
+    """
+    c = openai.OpenAI(base_url=gateway.base_url, api_key="unused", timeout=30.0)
+    yield c
+    c.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and _GATEWAY is not None:
+        report.sections.append(
+            (f"gateway log ({_GATEWAY.log_path})", _GATEWAY.log_tail())
+        )
