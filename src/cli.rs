@@ -11,6 +11,41 @@ use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::server::{self, AppState};
 
+/// Print the cost report from the ledger the config names.
+pub fn report(path: &Path, since: &str) -> ExitCode {
+    let cfg = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let window = match crate::ledger::Window::parse(since) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(ledger) = &cfg.ledger.path else {
+        eprintln!(
+            "{}: ledger.path is empty: there is no ledger to report from",
+            path.display()
+        );
+        return ExitCode::FAILURE;
+    };
+    match crate::ledger::report_at(ledger, window, crate::ledger::time::now_ms()) {
+        Ok(r) => {
+            print!("{}", crate::ledger::render_table(&r));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Validate and describe a config. Exit 1 when it is invalid.
 pub fn check(path: &Path) -> ExitCode {
     match Config::load(path) {
@@ -165,6 +200,28 @@ pub fn describe(cfg: &Config) -> String {
     );
     let _ = writeln!(
         s,
+        "ledger: {}",
+        cfg.ledger
+            .path
+            .as_ref()
+            .map_or("off".to_string(), |p| format!(
+                "{} (flush every {}ms)",
+                p.display(),
+                cfg.ledger.flush_interval.as_millis()
+            ))
+    );
+    if let Some(b) = &cfg.budget {
+        let _ = writeln!(
+            s,
+            "budget: daily={} monthly={} session={} on_exhausted={:?}",
+            b.daily.map_or("-".into(), |u| u.to_string()),
+            b.monthly.map_or("-".into(), |u| u.to_string()),
+            b.session.map_or("-".into(), |u| u.to_string()),
+            b.on_exhausted
+        );
+    }
+    let _ = writeln!(
+        s,
         "auth: {}",
         if cfg.auth_required() {
             format!(
@@ -186,18 +243,6 @@ pub fn describe(cfg: &Config) -> String {
 /// Keys that validate but whose feature has not landed yet.
 fn inactive_features(cfg: &Config) -> Vec<&'static str> {
     let mut out = Vec::new();
-    if cfg.budget.is_some() {
-        out.push("[budget]");
-    }
-    if cfg.keys.iter().any(|k| k.daily.is_some()) {
-        out.push("keys.*.daily_usd");
-    }
-    if cfg.tiers.iter().any(|t| t.escalate.is_some()) {
-        out.push("tiers.*.escalate");
-    }
-    if cfg.ledger.path.is_some() {
-        out.push("[ledger]");
-    }
     if cfg
         .providers
         .iter()
@@ -260,16 +305,17 @@ async fn run(path: &Path, cfg: Config) -> Result<(), String> {
         tracing::warn!(%listen, "no gateway keys configured and listening beyond loopback: anyone who can reach this port can spend your upstream credit");
     }
     let runtime = Runtime::build(cfg, &metrics)?;
-    let state = AppState::new(runtime, Arc::clone(&metrics));
+    let state = AppState::new(runtime, Arc::clone(&metrics))?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     tracing::info!(%listen, config = %path.display(), "cascade is serving");
     spawn_reloader(path.to_path_buf(), state.clone());
-    server::serve(listener, state, shutdown_signal())
+    server::serve(listener, state.clone(), shutdown_signal())
         .await
         .map_err(|e| format!("server error: {e}"))?;
-    tracing::info!("cascade stopped");
+    state.close();
+    tracing::info!("ledger flushed; cascade stopped");
     Ok(())
 }
 

@@ -5,10 +5,12 @@
 //! `config`, `api`, `error`, `cost` and `metrics` as leaves used by all.
 
 pub mod api;
+pub mod budget;
 pub mod chain;
 pub mod config;
 pub mod cost;
 pub mod error;
+pub mod ledger;
 pub mod metrics;
 pub mod providers;
 pub mod routing;

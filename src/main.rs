@@ -33,11 +33,20 @@ enum Command {
         #[arg(long, env = "CASCADE_CONFIG", default_value = "config/cascade.toml")]
         config: PathBuf,
     },
+    /// Print the cost report from the ledger.
+    Report {
+        #[arg(long, env = "CASCADE_CONFIG", default_value = "config/cascade.toml")]
+        config: PathBuf,
+        /// Window: 24h, 7d or 30d.
+        #[arg(long, default_value = "24h")]
+        since: String,
+    },
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Check { config } => cascade::cli::check(&config),
         Command::Serve { config, log_format } => cascade::cli::serve(&config, &log_format),
+        Command::Report { config, since } => cascade::cli::report(&config, &since),
     }
 }

@@ -28,6 +28,8 @@ pub struct Route {
     pub steps: Vec<Step>,
     pub task: Option<TaskId>,
     pub minor: bool,
+    /// Started at the first tier's `escalate.to` (SPEC 4.4).
+    pub escalated: bool,
 }
 
 pub fn resolve(
@@ -159,7 +161,55 @@ pub fn resolve(
             }
         })
         .collect();
-    Ok(Route { steps, task, minor })
+    Ok(Route {
+        steps,
+        task,
+        minor,
+        escalated: false,
+    })
+}
+
+/// Escalation (SPEC 4.4): when the chain's first tier has `escalate` and an
+/// escalation is owed (or the client asks with `x-cascade-escalate: true`),
+/// start at `escalate.to`, then continue with the original chain. Returns
+/// the (from, to) tiers when it applied. A minor request, or a key not
+/// allowed the target tier, is never escalated (and owes nothing).
+pub fn escalate(
+    rt: &Runtime,
+    route: &mut Route,
+    asked: bool,
+    key: Option<&NamedKey>,
+) -> Option<(TierId, TierId)> {
+    let first = route.steps.first()?;
+    let from = rt.targets[first.target].tier?;
+    let esc = rt.config.tiers[from].escalate?;
+    let to_target = rt.tier_target(esc.to);
+    if route.minor && !rt.targets[to_target].free {
+        return None;
+    }
+    if let Some(allowed) = key.and_then(|k| k.allowed_tiers.as_ref()) {
+        if !allowed.contains(&esc.to) {
+            return None;
+        }
+    }
+    if !asked && !rt.escalation[from].take() {
+        return None;
+    }
+    let retries = route
+        .steps
+        .iter()
+        .find(|s| s.target == to_target)
+        .map_or(rt.targets[to_target].max_retries, |s| s.max_retries);
+    route.steps.retain(|s| s.target != to_target);
+    route.steps.insert(
+        0,
+        Step {
+            target: to_target,
+            max_retries: retries,
+        },
+    );
+    route.escalated = true;
+    Some((from, esc.to))
 }
 
 /// A tier target is allowed when listed; a direct model when it belongs to

@@ -2,7 +2,7 @@
 //! reload): the validated config, one HTTP client per provider, each model's
 //! health, and per-target metric handles.
 
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,7 +41,63 @@ pub struct Runtime {
     pub health: Vec<Arc<Health>>,
     /// Tiers first (same index as `config.tiers`), then one per model.
     pub targets: Vec<Target>,
+    /// One per tier.
+    pub escalation: Vec<Escalation>,
     pub metrics: Arc<Metrics>,
+}
+
+/// A tier's escalation state (SPEC 4.4): consecutive failed attempts across
+/// requests, and escalations owed to the next requests.
+#[derive(Debug, Default)]
+pub struct Escalation {
+    consecutive: AtomicU32,
+    pending: AtomicU32,
+}
+
+impl Escalation {
+    /// Count a failed attempt; when the count reaches `after` it starts again
+    /// from zero and one escalation is owed. Exact under concurrency: each
+    /// failure moves the count by one, and only the one reaching `after` fires.
+    pub fn failure(&self, after: u32) -> bool {
+        let mut cur = self.consecutive.load(Ordering::Acquire);
+        loop {
+            let next = if cur + 1 >= after { 0 } else { cur + 1 };
+            match self.consecutive.compare_exchange_weak(
+                cur,
+                next,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    if next == 0 {
+                        self.pending.fetch_add(1, Ordering::AcqRel);
+                        return true;
+                    }
+                    return false;
+                }
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    pub fn success(&self) {
+        self.consecutive.store(0, Ordering::Release);
+    }
+
+    /// Take one owed escalation, if any.
+    pub fn take(&self) -> bool {
+        self.pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| p.checked_sub(1))
+            .is_ok()
+    }
+
+    pub fn consecutive(&self) -> u32 {
+        self.consecutive.load(Ordering::Acquire)
+    }
+
+    pub fn pending(&self) -> u32 {
+        self.pending.load(Ordering::Acquire)
+    }
 }
 
 impl Runtime {
@@ -102,6 +158,7 @@ impl Runtime {
             });
         }
         Ok(Runtime {
+            escalation: config.tiers.iter().map(|_| Escalation::default()).collect(),
             config: Arc::new(config),
             clients,
             health,

@@ -56,6 +56,8 @@ pub struct Served<T> {
 
 #[derive(Debug)]
 pub enum Failure {
+    /// Every tier left was paid and a budget is spent (free_only).
+    BudgetExceeded,
     /// The client's request is wrong (a 400/413/422 from the first tier):
     /// the upstream's answer goes back as is.
     Fatal(UpstreamError),
@@ -80,6 +82,7 @@ pub async fn execute<T, F, Fut>(
     route: &Route,
     deadline: Instant,
     mode: Mode,
+    paid_allowed: &(dyn Fn() -> bool + Sync),
     mut call: F,
 ) -> (Run, Result<Served<T>, Failure>)
 where
@@ -96,6 +99,7 @@ where
     let mut min_window: Option<u64> = None;
     // a delay owed before the next attempt, if there is one
     let mut pending_delay = Duration::ZERO;
+    let mut budget_skipped = false;
 
     'steps: for step in &route.steps {
         let target = &rt.targets[step.target];
@@ -117,6 +121,11 @@ where
             }
             if total >= policy.max_total_attempts {
                 break 'steps;
+            }
+            // budgets are checked before every attempt on a paid tier
+            if !target.free && !paid_allowed() {
+                budget_skipped = true;
+                break;
             }
             // next eligible model, in strategy order, skipping unavailable ones
             let mut picked = None;
@@ -190,6 +199,9 @@ where
             let elapsed = started.elapsed();
             let err = match result {
                 Ok(value) => {
+                    if let Some(t) = target.tier {
+                        rt.escalation[t].success();
+                    }
                     // a stream's attempt is counted when the stream ends:
                     // it may still break
                     if mode == Mode::Complete {
@@ -231,6 +243,14 @@ where
             let outcome = classify::outcome(&err);
             metrics.outcomes[outcome.index()].inc();
             permit.record(health_effect(&err));
+            if let Some(esc) = target
+                .tier
+                .and_then(|t| cfg.tiers[t].escalate.map(|e| (t, e)))
+            {
+                if outcome != AttemptOutcome::ClientError {
+                    rt.escalation[esc.0].failure(esc.1.after);
+                }
+            }
             run.attempts.push(AttemptRecord {
                 target: step.target,
                 model,
@@ -283,6 +303,9 @@ where
         }
     }
 
+    if run.attempts.is_empty() && budget_skipped && !deadline_hit {
+        return (run, Err(Failure::BudgetExceeded));
+    }
     let status_and_retry = give_up_status(rt, route, &run, deadline_hit, back_at);
     (run, Err(status_and_retry))
 }

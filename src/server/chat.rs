@@ -1,5 +1,6 @@
 //! POST /v1/chat/completions: parse, authenticate, route, run the chain,
-//! answer with the SPEC 5 headers; count and log once per request.
+//! answer with the SPEC 5 headers. Every request is settled once (metrics,
+//! budget, ledger, log line) by `settle`, streams when they end.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,18 +14,21 @@ use tokio::time::Instant;
 
 use super::auth::{self, Caller};
 use super::headers::{apply, Report};
-use super::stream::{self, Started};
+use super::stream::{self, RelayContext};
 use super::AppState;
 use crate::api::ChatBody;
+use crate::budget;
 use crate::chain::{self, AttemptRecord, Failure, Mode, Run};
+use crate::config::OnExhausted;
 use crate::cost::{self, Usage, Usd};
 use crate::error::GatewayError;
+use crate::ledger::{time, AttemptRow, RequestRow};
 use crate::providers::{UpstreamError, UpstreamRequest};
 use crate::routing::{self, Route, RouteRequest};
 use crate::runtime::Runtime;
 
 /// The `outcome` label of cascade_requests_total.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RequestOutcome {
     Success,
     Failed,
@@ -70,75 +74,313 @@ impl Drop for InFlight {
     }
 }
 
+/// Everything known about a finished request.
+pub struct Settlement {
+    pub request_id: String,
+    /// The named key, if any.
+    pub key: Option<String>,
+    pub key_label: String,
+    pub session: Option<String>,
+    pub route: Option<Route>,
+    pub run: Option<Run>,
+    /// (target, model) that served.
+    pub served: Option<(usize, usize)>,
+    pub usage: Option<Usage>,
+    pub cost: Usd,
+    /// Billed on attempts that did not serve (a stream cut mid-way).
+    pub wasted: Usd,
+    pub savings: Usd,
+    pub status: u16,
+    pub outcome: RequestOutcome,
+    pub stream: bool,
+    pub started: Instant,
+}
+
+/// Count, spend, record and log a finished request, once. Returns what is
+/// left of the tightest budget that applies.
+pub fn settle(state: &AppState, rt: &Runtime, s: &Settlement) -> Option<Usd> {
+    let cfg = &rt.config;
+    let elapsed = s.started.elapsed();
+    let tier_label = s
+        .served
+        .map_or("none", |(t, _)| rt.targets[t].label.as_str());
+    rt.metrics
+        .requests
+        .with_label_values(&[tier_label, s.outcome.as_str()])
+        .inc();
+    match s.served {
+        Some((t, _)) => rt.targets[t]
+            .request_duration
+            .observe(elapsed.as_secs_f64()),
+        None => rt
+            .metrics
+            .request_duration
+            .with_label_values(&["none"])
+            .observe(elapsed.as_secs_f64()),
+    }
+    let spent = s.cost + s.wasted;
+    if let Some((target, model)) = s.served {
+        let t = &rt.targets[target];
+        if let (Some(i), Some(u)) = (t.models.iter().position(|&m| m == model), s.usage) {
+            let m = &t.metrics[i];
+            m.prompt_tokens.inc_by(u.prompt);
+            m.completion_tokens.inc_by(u.completion);
+            m.cost.inc_by(spent.as_f64());
+        }
+    }
+    if s.savings > Usd::ZERO {
+        rt.metrics.savings.inc_by(s.savings.as_f64());
+    }
+    if let Some(k) = &s.key {
+        rt.metrics
+            .key_cost
+            .with_label_values(&[k])
+            .inc_by(spent.as_f64());
+    }
+    let now = time::now_ms();
+    state
+        .budgets()
+        .record(s.key.as_deref(), s.session.as_deref(), spent, now);
+    if let (Some(ledger), Some(route)) = (state.ledger(), &s.route) {
+        ledger.record(ledger_row(rt, s, route, now, elapsed));
+    }
+    log_request(rt, s, elapsed);
+    let key = s
+        .key
+        .as_ref()
+        .and_then(|k| cfg.keys.iter().find(|nk| &nk.name == k));
+    state
+        .budgets()
+        .remaining(cfg, key, s.session.as_deref(), now)
+}
+
+fn ledger_row(
+    rt: &Runtime,
+    s: &Settlement,
+    route: &Route,
+    now: i64,
+    elapsed: Duration,
+) -> RequestRow {
+    let cfg = &rt.config;
+    let label = |t: usize| rt.targets[t].label.clone();
+    let nanos = |u: Usd| u.nanos() as i64;
+    let usage = s.usage.unwrap_or_default();
+    let first = route.steps.first().map(|st| st.target);
+    RequestRow {
+        id: s.request_id.clone(),
+        ts_ms: now,
+        task: route.task.map(|t| cfg.tasks[t].name.clone()),
+        key: s.key.clone(),
+        session: s.session.clone(),
+        chain: s.run.as_ref().map_or(String::new(), |r| chain_label(rt, r)),
+        first_tier: first.map(label),
+        tier: s.served.map(|(t, _)| label(t)),
+        model: s.served.map(|(_, m)| cfg.models[m].name.clone()),
+        free: s.served.is_some_and(|(t, _)| rt.targets[t].free),
+        fallback: s.served.is_some_and(|(t, _)| Some(t) != first),
+        escalated: route.escalated,
+        status: s.status,
+        stream: s.stream,
+        prompt_tokens: usage.prompt,
+        completion_tokens: usage.completion,
+        cost_nanos: nanos(s.cost),
+        savings_nanos: nanos(s.savings),
+        wasted_nanos: nanos(s.wasted),
+        latency_ms: elapsed.as_millis() as u64,
+        attempts: s
+            .run
+            .as_ref()
+            .map(|r| {
+                r.attempts
+                    .iter()
+                    .map(|a| AttemptRow {
+                        tier: label(a.target),
+                        model: cfg.models[a.model].name.clone(),
+                        attempt: a.attempt,
+                        outcome: a.outcome.as_str(),
+                        status: a.status,
+                        elapsed_ms: a.elapsed.as_millis() as u64,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+pub fn chain_label(rt: &Runtime, run: &Run) -> String {
+    run.tried
+        .iter()
+        .map(|&t| rt.targets[t].label.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn log_request(rt: &Runtime, s: &Settlement, elapsed: Duration) {
+    let chain = s.run.as_ref().map(|r| chain_label(rt, r));
+    let task = s
+        .route
+        .as_ref()
+        .and_then(|r| r.task)
+        .map(|t| rt.config.tasks[t].name.as_str());
+    let tier = s.served.map(|(t, _)| rt.targets[t].label.as_str());
+    let model = s.served.map(|(_, m)| rt.config.models[m].name.as_str());
+    tracing::info!(
+        target: "cascade::request",
+        request_id = %s.request_id,
+        key = %s.key_label,
+        task,
+        chain = chain.as_deref().unwrap_or(""),
+        tier,
+        model,
+        attempts = s.run.as_ref().map_or(0, |r| r.attempts.len()),
+        status = s.status,
+        outcome = s.outcome.as_str(),
+        stream = s.stream,
+        latency_ms = elapsed.as_secs_f64() * 1000.0,
+        cost_usd = %(s.cost + s.wasted),
+        prompt_tokens = s.usage.map(|u| u.prompt),
+        completion_tokens = s.usage.map(|u| u.completion),
+        "chat completion"
+    );
+}
+
+/// What the handler knows when it gives up.
+struct Refusal {
+    err: GatewayError,
+    run: Option<Run>,
+    route: Option<Route>,
+}
+
+impl From<GatewayError> for Refusal {
+    fn from(err: GatewayError) -> Self {
+        Refusal {
+            err,
+            run: None,
+            route: None,
+        }
+    }
+}
+
 pub async fn completions(State(state): State<AppState>, req: Request) -> Response {
     let started = Instant::now();
     let in_flight = InFlight::new(&state.metrics().in_flight);
     let rt = state.runtime();
     let (parts, body) = req.into_parts();
-    let request_id = parts
-        .headers
+    let headers = &parts.headers;
+    let request_id = headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 200)
         .map(str::to_string)
         .unwrap_or_else(new_request_id);
-
-    match handle(&rt, &parts.headers, body, &request_id, started, in_flight).await {
-        Ok(resp) => resp,
-        Err((err, run, route, key)) => {
-            let outcome = RequestOutcome::of(&err);
-            let status = err.status();
-            let mut resp = err.into_response();
-            let report = Report {
-                request_id: &request_id,
-                run: run.as_ref(),
-                served: None,
-                first_target: route
-                    .as_ref()
-                    .and_then(|r| r.steps.first().map(|s| s.target)),
-                cost: Usd::ZERO,
-                savings: Usd::ZERO,
-                cost_in_headers: true,
-            };
-            apply(resp.headers_mut(), &rt, &report);
-            finish_request(&rt, "none", outcome, started.elapsed(), None);
-            log_request(
+    let session = headers
+        .get("x-cascade-session")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.len() <= 200)
+        .map(str::to_string);
+    let caller = match auth::client(&rt.config, headers) {
+        Ok(c) => c,
+        Err(e) => {
+            return refuse(
+                &state,
                 &rt,
-                &request_id,
-                &key,
-                route.as_ref(),
-                run.as_ref(),
+                e.into(),
+                request_id,
                 None,
-                status.as_u16(),
-                started.elapsed(),
-                Usd::ZERO,
-                None,
-            );
-            resp
+                "-".into(),
+                session,
+                started,
+            )
         }
+    };
+    let key = caller.named().map(|k| k.name.clone());
+    let key_label = caller.label().to_string();
+    let ctx = Ctx {
+        state: &state,
+        rt: &rt,
+        headers,
+        request_id: &request_id,
+        caller,
+        session: session.as_deref(),
+        started,
+    };
+    match handle(&ctx, body, in_flight).await {
+        Ok(resp) => resp,
+        Err(refusal) => refuse(
+            &state, &rt, refusal, request_id, key, key_label, session, started,
+        ),
     }
 }
 
-type HandleError = (GatewayError, Option<Run>, Option<Route>, String);
-
-async fn handle(
-    rt: &Arc<Runtime>,
-    headers: &HeaderMap,
-    body: Body,
-    request_id: &str,
+#[allow(clippy::too_many_arguments)]
+fn refuse(
+    state: &AppState,
+    rt: &Runtime,
+    refusal: Refusal,
+    request_id: String,
+    key: Option<String>,
+    key_label: String,
+    session: Option<String>,
     started: Instant,
-    in_flight: InFlight,
-) -> Result<Response, HandleError> {
-    let cfg = &rt.config;
-    let caller = auth::client(cfg, headers).map_err(|e| (e, None, None, "-".to_string()))?;
-    let key_label = caller.label().to_string();
-    let early = |e: GatewayError| (e, None, None, key_label.clone());
+) -> Response {
+    let outcome = RequestOutcome::of(&refusal.err);
+    let status = refusal.err.status();
+    let first_target = refusal
+        .route
+        .as_ref()
+        .and_then(|r| r.steps.first().map(|s| s.target));
+    let escalated = refusal.route.as_ref().is_some_and(|r| r.escalated);
+    let s = Settlement {
+        request_id,
+        key,
+        key_label,
+        session,
+        route: refusal.route,
+        run: refusal.run,
+        served: None,
+        usage: None,
+        cost: Usd::ZERO,
+        wasted: Usd::ZERO,
+        savings: Usd::ZERO,
+        status: status.as_u16(),
+        outcome,
+        stream: false,
+        started,
+    };
+    let remaining = settle(state, rt, &s);
+    let mut resp = refusal.err.into_response();
+    let report = Report {
+        request_id: &s.request_id,
+        run: s.run.as_ref(),
+        served: None,
+        first_target,
+        cost: Usd::ZERO,
+        savings: Usd::ZERO,
+        cost_in_headers: true,
+        escalated,
+        budget_remaining: remaining,
+    };
+    apply(resp.headers_mut(), rt, &report);
+    resp
+}
 
-    let body = read_body(body, headers, cfg.server.max_body_bytes)
-        .await
-        .map_err(early)?;
-    let body =
-        ChatBody::parse(&body).map_err(|e| early(GatewayError::invalid(e.message, e.param)))?;
+struct Ctx<'a> {
+    state: &'a AppState,
+    rt: &'a Arc<Runtime>,
+    headers: &'a HeaderMap,
+    request_id: &'a str,
+    caller: Caller<'a>,
+    session: Option<&'a str>,
+    started: Instant,
+}
+
+async fn handle(ctx: &Ctx<'_>, body: Body, in_flight: InFlight) -> Result<Response, Refusal> {
+    let rt = ctx.rt;
+    let cfg = &rt.config;
+    let headers = ctx.headers;
+    let body = read_body(body, headers, cfg.server.max_body_bytes).await?;
+    let body = ChatBody::parse(&body).map_err(|e| GatewayError::invalid(e.message, e.param))?;
     let h = |name: &str| {
         headers
             .get(name)
@@ -156,159 +398,173 @@ async fn handle(
             .map(|v| v.to_str().unwrap_or("?")),
         minor_header: h("x-cascade-minor").is_some_and(|v| v.eq_ignore_ascii_case("true")),
     };
-    let route = routing::resolve(rt, &route_req, caller.named()).map_err(early)?;
-    let deadline = started + cfg.server.request_timeout;
-    let forwarded = forwardable(headers, request_id);
+    let key = ctx.caller.named();
+    let mut route = routing::resolve(rt, &route_req, key)?;
+
+    // a spent budget with on_exhausted = reject refuses everything
+    let budgets = ctx.state.budgets();
+    let remaining = || budgets.remaining(cfg, key, ctx.session, time::now_ms());
+    if budget::on_exhausted(cfg) == OnExhausted::Reject && remaining().is_some_and(|r| r.is_zero())
+    {
+        return Err(Refusal {
+            err: GatewayError::BudgetExceeded("the budget for this period is spent".into()),
+            run: None,
+            route: Some(route),
+        });
+    }
+    let asked = h("x-cascade-escalate").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    if let Some((from, to)) = routing::escalate(rt, &mut route, asked, key) {
+        rt.metrics
+            .escalations
+            .with_label_values(&[&cfg.tiers[from].name, &cfg.tiers[to].name])
+            .inc();
+    }
+    let paid_allowed = || remaining().is_none_or(|r| !r.is_zero());
+    let deadline = ctx.started + cfg.server.request_timeout;
+    let forwarded = forwardable(headers, ctx.request_id);
 
     if body.stream() {
-        return stream_completion(
-            rt, route, body, forwarded, deadline, request_id, caller, started, in_flight,
+        let (run, result) = chain::execute(
+            rt,
+            &route,
+            deadline,
+            Mode::Stream,
+            &paid_allowed,
+            |model, _limit| {
+                let client = &rt.clients[cfg.models[model].provider];
+                let req = UpstreamRequest {
+                    body: &body,
+                    model: &cfg.models[model],
+                    headers: &forwarded,
+                };
+                async move { stream::start(client.stream(req)).await }
+            },
         )
         .await;
+        let served = match result {
+            Ok(served) => served,
+            Err(failure) => return Err(give_up(rt, failure, run, route)),
+        };
+        let mut resp = Response::new(Body::empty());
+        let report = Report {
+            request_id: ctx.request_id,
+            run: Some(&run),
+            served: Some((served.target, served.model)),
+            first_target: route.steps.first().map(|s| s.target),
+            cost: Usd::ZERO,
+            savings: Usd::ZERO,
+            cost_in_headers: false,
+            escalated: route.escalated,
+            budget_remaining: remaining(),
+        };
+        apply(resp.headers_mut(), rt, &report);
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        let relay = stream::Relay::new(
+            RelayContext {
+                state: ctx.state.clone(),
+                rt: Arc::clone(rt),
+                client_wants_usage: body.client_wants_usage(),
+                prompt_chars_estimate: body.raw("messages").map_or(0, str::len),
+                permit: served.permit,
+                settlement: Settlement {
+                    request_id: ctx.request_id.to_string(),
+                    key: key.map(|k| k.name.clone()),
+                    key_label: ctx.caller.label().to_string(),
+                    session: ctx.session.map(str::to_string),
+                    route: Some(route),
+                    run: Some(run),
+                    served: Some((served.target, served.model)),
+                    usage: None,
+                    cost: Usd::ZERO,
+                    wasted: Usd::ZERO,
+                    savings: Usd::ZERO,
+                    status: 200,
+                    outcome: RequestOutcome::Success,
+                    stream: true,
+                    started: ctx.started,
+                },
+                _in_flight: in_flight,
+            },
+            served.value,
+        );
+        *resp.body_mut() = Body::from_stream(relay.into_stream());
+        return Ok(resp);
     }
 
-    let (run, result) = chain::execute(rt, &route, deadline, Mode::Complete, |model, _limit| {
-        let client = &rt.clients[cfg.models[model].provider];
-        client.complete(UpstreamRequest {
-            body: &body,
-            model: &cfg.models[model],
-            headers: &forwarded,
-        })
-    })
+    let (run, result) = chain::execute(
+        rt,
+        &route,
+        deadline,
+        Mode::Complete,
+        &paid_allowed,
+        |model, _limit| {
+            let client = &rt.clients[cfg.models[model].provider];
+            client.complete(UpstreamRequest {
+                body: &body,
+                model: &cfg.models[model],
+                headers: &forwarded,
+            })
+        },
+    )
     .await;
-
     let served = match result {
         Ok(served) => served,
-        Err(failure) => return Err(failure_response(rt, failure, run, route, key_label)),
+        Err(failure) => return Err(give_up(rt, failure, run, route)),
     };
     let completion = served.value;
     let usage = completion.usage.unwrap_or_default();
     let cost = cost::cost(&cfg.models[served.model].prices, &usage);
     let savings = savings(rt, &route, &usage, cost);
-    let target = &rt.targets[served.target];
-    account_success(
-        rt,
-        served.target,
-        served.model,
-        &usage,
+    let first_target = route.steps.first().map(|s| s.target);
+    let escalated = route.escalated;
+    let s = Settlement {
+        request_id: ctx.request_id.to_string(),
+        key: key.map(|k| k.name.clone()),
+        key_label: ctx.caller.label().to_string(),
+        session: ctx.session.map(str::to_string),
+        route: Some(route),
+        run: Some(run),
+        served: Some((served.target, served.model)),
+        usage: Some(usage),
         cost,
+        wasted: Usd::ZERO,
         savings,
-        caller,
-    );
-
+        status: 200,
+        outcome: RequestOutcome::Success,
+        stream: false,
+        started: ctx.started,
+    };
+    let budget_remaining = settle(ctx.state, rt, &s);
     let mut resp = Response::new(Body::from(completion.body));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
     let report = Report {
-        request_id,
-        run: Some(&run),
-        served: Some((served.target, served.model)),
-        first_target: route.steps.first().map(|s| s.target),
+        request_id: ctx.request_id,
+        run: s.run.as_ref(),
+        served: s.served,
+        first_target,
         cost,
         savings,
         cost_in_headers: true,
+        escalated,
+        budget_remaining,
     };
     apply(resp.headers_mut(), rt, &report);
-    finish_request(
-        rt,
-        &target.label,
-        RequestOutcome::Success,
-        started.elapsed(),
-        Some(served.target),
-    );
-    log_request(
-        rt,
-        request_id,
-        &key_label,
-        Some(&route),
-        Some(&run),
-        Some(served.model),
-        200,
-        started.elapsed(),
-        cost,
-        Some(&usage),
-    );
     Ok(resp)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn stream_completion(
-    rt: &Arc<Runtime>,
-    route: Route,
-    body: ChatBody,
-    forwarded: HeaderMap,
-    deadline: Instant,
-    request_id: &str,
-    caller: Caller<'_>,
-    started: Instant,
-    in_flight: InFlight,
-) -> Result<Response, HandleError> {
-    let cfg = &rt.config;
-    let key_label = caller.label().to_string();
-    let (run, result) = chain::execute(rt, &route, deadline, Mode::Stream, |model, _limit| {
-        let client = &rt.clients[cfg.models[model].provider];
-        let req = UpstreamRequest {
-            body: &body,
-            model: &cfg.models[model],
-            headers: &forwarded,
-        };
-        async move { stream::start(client.stream(req)).await }
-    })
-    .await;
-    let served = match result {
-        Ok(served) => served,
-        Err(failure) => return Err(failure_response(rt, failure, run, route, key_label)),
-    };
-    let Started { .. } = &served.value;
-    let mut resp = Response::new(Body::empty());
-    let report = Report {
-        request_id,
-        run: Some(&run),
-        served: Some((served.target, served.model)),
-        first_target: route.steps.first().map(|s| s.target),
-        cost: Usd::ZERO,
-        savings: Usd::ZERO,
-        cost_in_headers: false,
-    };
-    apply(resp.headers_mut(), rt, &report);
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    let relay = stream::Relay::new(
-        stream::RelayContext {
-            rt: Arc::clone(rt),
-            route,
-            run,
-            target: served.target,
-            model: served.model,
-            permit: served.permit,
-            client_wants_usage: body.client_wants_usage(),
-            prompt_chars_estimate: body.raw("messages").map_or(0, str::len),
-            request_id: request_id.to_string(),
-            key: caller.named().map(|k| k.name.clone()),
-            key_label,
-            started,
-            _in_flight: in_flight,
-        },
-        served.value,
-    );
-    *resp.body_mut() = Body::from_stream(relay.into_stream());
-    Ok(resp)
-}
-
-fn failure_response(
-    rt: &Runtime,
-    failure: Failure,
-    run: Run,
-    route: Route,
-    key: String,
-) -> HandleError {
+fn give_up(rt: &Runtime, failure: Failure, run: Run, route: Route) -> Refusal {
     let err = match failure {
+        Failure::BudgetExceeded => GatewayError::BudgetExceeded(
+            "the budget for this period is spent and every tier left is paid".into(),
+        ),
         Failure::Fatal(UpstreamError::Status {
             status,
             message,
@@ -330,7 +586,11 @@ fn failure_response(
             retry_after,
         },
     };
-    (err, Some(run), Some(route), key)
+    Refusal {
+        err,
+        run: Some(run),
+        route: Some(route),
+    }
 }
 
 fn give_up_message(rt: &Runtime, run: &Run, status: StatusCode) -> String {
@@ -341,15 +601,10 @@ fn give_up_message(rt: &Runtime, run: &Run, status: StatusCode) -> String {
             "no model of the chain could be tried: every one is circuit-open, rate-limited, saturated or disabled".into()
         };
     }
-    let tiers: Vec<&str> = run
-        .tried
-        .iter()
-        .map(|&t| rt.targets[t].label.as_str())
-        .collect();
     format!(
         "all models failed after {} attempt(s) on tier(s) {}",
         run.attempts.len(),
-        tiers.join(", ")
+        chain_label(rt, run).replace(',', ", ")
     )
 }
 
@@ -386,98 +641,6 @@ pub fn savings(rt: &Runtime, route: &Route, usage: &Usage, cost: Usd) -> Usd {
             .unwrap_or(Usd::ZERO),
     };
     baseline - cost
-}
-
-pub fn account_success(
-    rt: &Runtime,
-    target: usize,
-    model: usize,
-    usage: &Usage,
-    cost: Usd,
-    savings: Usd,
-    caller: Caller<'_>,
-) {
-    let t = &rt.targets[target];
-    if let Some(i) = t.models.iter().position(|&m| m == model) {
-        let m = &t.metrics[i];
-        m.prompt_tokens.inc_by(usage.prompt);
-        m.completion_tokens.inc_by(usage.completion);
-        m.cost.inc_by(cost.as_f64());
-    }
-    if savings > Usd::ZERO {
-        rt.metrics.savings.inc_by(savings.as_f64());
-    }
-    if let Some(k) = caller.named() {
-        rt.metrics
-            .key_cost
-            .with_label_values(&[&k.name])
-            .inc_by(cost.as_f64());
-    }
-}
-
-pub fn finish_request(
-    rt: &Runtime,
-    tier: &str,
-    outcome: RequestOutcome,
-    elapsed: Duration,
-    target: Option<usize>,
-) {
-    rt.metrics
-        .requests
-        .with_label_values(&[tier, outcome.as_str()])
-        .inc();
-    match target {
-        Some(t) => rt.targets[t]
-            .request_duration
-            .observe(elapsed.as_secs_f64()),
-        None => rt
-            .metrics
-            .request_duration
-            .with_label_values(&["none"])
-            .observe(elapsed.as_secs_f64()),
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-pub fn log_request(
-    rt: &Runtime,
-    request_id: &str,
-    key: &str,
-    route: Option<&Route>,
-    run: Option<&Run>,
-    model: Option<usize>,
-    status: u16,
-    elapsed: Duration,
-    cost: Usd,
-    usage: Option<&Usage>,
-) {
-    let chain = run.map(|r| {
-        r.tried
-            .iter()
-            .map(|&t| rt.targets[t].label.as_str())
-            .collect::<Vec<_>>()
-            .join(",")
-    });
-    let task = route
-        .and_then(|r| r.task)
-        .map(|t| rt.config.tasks[t].name.as_str());
-    let attempts = run.map_or(0, |r| r.attempts.len());
-    let served = model.map(|m| rt.config.models[m].name.as_str());
-    tracing::info!(
-        target: "cascade::request",
-        request_id,
-        key,
-        task,
-        chain = chain.as_deref().unwrap_or(""),
-        model = served,
-        attempts,
-        status,
-        latency_ms = elapsed.as_secs_f64() * 1000.0,
-        cost_usd = %cost,
-        prompt_tokens = usage.map(|u| u.prompt),
-        completion_tokens = usage.map(|u| u.completion),
-        "chat completion"
-    );
 }
 
 /// Read the body, refusing more than `max` bytes with a 413.

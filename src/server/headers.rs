@@ -18,6 +18,9 @@ pub struct Report<'a> {
     pub savings: Usd,
     /// Streams report cost in their closing comment instead.
     pub cost_in_headers: bool,
+    pub escalated: bool,
+    /// Left of the tightest budget that applies, after this request.
+    pub budget_remaining: Option<Usd>,
 }
 
 fn put(h: &mut HeaderMap, name: &'static str, value: &str) {
@@ -60,6 +63,15 @@ pub fn apply(h: &mut HeaderMap, rt: &Runtime, r: &Report<'_>) {
         "x-cascade-retries",
         &attempts.saturating_sub(1).to_string(),
     );
+    if r.escalated {
+        h.insert(
+            HeaderName::from_static("x-cascade-escalated"),
+            HeaderValue::from_static("true"),
+        );
+    }
+    if let Some(left) = r.budget_remaining {
+        put(h, "x-cascade-budget-remaining-usd", &left.to_string());
+    }
     if r.cost_in_headers {
         put(h, "x-cascade-cost-usd", &r.cost.to_string());
         put(h, "x-cascade-savings-usd", &r.savings.to_string());

@@ -18,7 +18,9 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::TcpListener;
 
+use crate::budget::Budgets;
 use crate::error::GatewayError;
+use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 
@@ -33,16 +35,54 @@ struct Shared {
     runtime: ArcSwap<Runtime>,
     metrics: Arc<Metrics>,
     ready: AtomicBool,
+    ledger: Option<Arc<Ledger>>,
+    budgets: Budgets,
 }
 
 impl AppState {
-    pub fn new(runtime: Runtime, metrics: Arc<Metrics>) -> Self {
-        Self {
+    /// Open the ledger the config names (if any), load budget spend from it.
+    pub fn new(runtime: Runtime, metrics: Arc<Metrics>) -> Result<Self, String> {
+        let cfg = Arc::clone(&runtime.config);
+        let ledger = match &cfg.ledger.path {
+            Some(path) => Some(Arc::new(
+                Ledger::open(
+                    path,
+                    cfg.ledger.flush_interval,
+                    metrics.ledger_dropped.clone(),
+                )
+                .map_err(|e| e.to_string())?,
+            )),
+            None => None,
+        };
+        let budgets = match &ledger {
+            Some(l) => {
+                Budgets::load(l, crate::ledger::time::now_ms()).map_err(|e| e.to_string())?
+            }
+            None => Budgets::default(),
+        };
+        Ok(Self {
             inner: Arc::new(Shared {
                 runtime: ArcSwap::from_pointee(runtime),
                 metrics,
                 ready: AtomicBool::new(true),
+                ledger,
+                budgets,
             }),
+        })
+    }
+
+    pub fn ledger(&self) -> Option<&Arc<Ledger>> {
+        self.inner.ledger.as_ref()
+    }
+
+    pub fn budgets(&self) -> &Budgets {
+        &self.inner.budgets
+    }
+
+    /// Flush and stop the ledger writer.
+    pub fn close(&self) {
+        if let Some(l) = &self.inner.ledger {
+            l.close();
         }
     }
 
@@ -73,6 +113,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/models", get(ops::models))
         .route("/v1/cascade/status", get(ops::status))
+        .route("/v1/cascade/costs", get(ops::costs))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

@@ -9,6 +9,8 @@ use serde_json::{json, Value};
 use super::{auth, AppState};
 use crate::chain::health::{until, Circuit};
 use crate::config::Name;
+use crate::error::GatewayError;
+use crate::ledger::Window;
 
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
@@ -69,7 +71,8 @@ pub async fn status(State(state): State<AppState>, headers: HeaderMap) -> Respon
     let tiers: Vec<Value> = cfg
         .tiers
         .iter()
-        .map(|t| {
+        .enumerate()
+        .map(|(i, t)| {
             json!({
                 "name": t.name,
                 "models": t.models.iter().map(|&m| cfg.models[m].name.as_str()).collect::<Vec<_>>(),
@@ -80,7 +83,12 @@ pub async fn status(State(state): State<AppState>, headers: HeaderMap) -> Respon
                 "timeout_ms": t.timeout.as_millis() as u64,
                 "first_token_timeout_ms": t.first_token_timeout.as_millis() as u64,
                 "max_retries": t.max_retries,
-                "escalate": t.escalate.map(|e| json!({"after_consecutive_failures": e.after, "to": cfg.tiers[e.to].name})),
+                "escalate": t.escalate.map(|e| json!({
+                    "after_consecutive_failures": e.after,
+                    "to": cfg.tiers[e.to].name,
+                    "consecutive_failures": rt.escalation[i].consecutive(),
+                    "pending": rt.escalation[i].pending(),
+                })),
             })
         })
         .collect();
@@ -111,5 +119,69 @@ pub async fn status(State(state): State<AppState>, headers: HeaderMap) -> Respon
             })
         })
         .collect();
-    Json(json!({"tiers": tiers, "tasks": tasks, "models": models})).into_response()
+    let now = crate::ledger::time::now_ms();
+    let budgets = state.budgets();
+    let budget = json!({
+        "remaining_usd": budgets.remaining(cfg, None, None, now).map(|u| u.to_json()),
+        "on_exhausted": match crate::budget::on_exhausted(cfg) {
+            crate::config::OnExhausted::FreeOnly => "free_only",
+            crate::config::OnExhausted::Reject => "reject",
+        },
+        "keys": cfg.keys.iter().filter(|k| k.daily.is_some()).map(|k| {
+            (k.name.clone(), budgets.remaining(cfg, Some(k), None, now).map(|u| u.to_json()).unwrap_or(Value::Null))
+        }).collect::<serde_json::Map<String, Value>>(),
+    });
+    let ledger = state.ledger().map(|l| {
+        json!({
+            "path": l.path().display().to_string(),
+            "rows_flushed": l.rows_flushed(),
+            "queued": l.queued(),
+        })
+    });
+    Json(json!({"tiers": tiers, "tasks": tasks, "models": models, "budget": budget, "ledger": ledger})).into_response()
+}
+
+#[derive(serde::Deserialize)]
+pub struct CostsQuery {
+    since: Option<String>,
+}
+
+/// GET /v1/cascade/costs?since=24h|7d|30d: the cost report from the ledger.
+pub async fn costs(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<CostsQuery>,
+) -> Response {
+    let rt = state.runtime();
+    if let Err(e) = auth::admin(&rt.config, &headers) {
+        return e.into_response();
+    }
+    let window = match Window::parse(q.since.as_deref().unwrap_or("24h")) {
+        Ok(w) => w,
+        Err(msg) => return GatewayError::invalid(msg, Some("since")).into_response(),
+    };
+    let Some(ledger) = state.ledger().cloned() else {
+        return GatewayError::NotFound(
+            "/v1/cascade/costs: the ledger is disabled (ledger.path is empty)".into(),
+        )
+        .into_response();
+    };
+    let now = crate::ledger::time::now_ms();
+    match tokio::task::spawn_blocking(move || ledger.report(window, now)).await {
+        Ok(Ok(report)) => Json(report.to_json()).into_response(),
+        Ok(Err(e)) => {
+            tracing::error!("cost report: {e}");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(crate::api::error_body(
+                    "the ledger could not be read",
+                    "server_error",
+                    None,
+                    "ledger_error",
+                )),
+            )
+                .into_response()
+        }
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
 }

@@ -16,11 +16,12 @@ use futures_util::{Stream, StreamExt};
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::chat::{self, InFlight, RequestOutcome};
+use super::chat::{self, InFlight, RequestOutcome, Settlement};
+use super::AppState;
 use crate::chain::classify::{self, HealthEffect};
 use crate::chain::health::Permit;
-use crate::chain::{AttemptOutcome, Run};
-use crate::cost::{self, Usage, Usd};
+use crate::chain::AttemptOutcome;
+use crate::cost::{self, Usage};
 use crate::providers::{Chunk, ChunkKind, UpstreamError, UpstreamStream};
 use crate::routing::Route;
 use crate::runtime::Runtime;
@@ -69,20 +70,15 @@ pub async fn start(
     }
 }
 
-/// What the relay needs to account for the request when it ends.
+/// What the relay needs to settle the request when it ends.
 pub struct RelayContext {
+    pub state: AppState,
     pub rt: Arc<Runtime>,
-    pub route: Route,
-    pub run: Run,
-    pub target: usize,
-    pub model: usize,
     pub permit: Option<Permit>,
     pub client_wants_usage: bool,
     pub prompt_chars_estimate: usize,
-    pub request_id: String,
-    pub key: Option<String>,
-    pub key_label: String,
-    pub started: Instant,
+    /// Filled in and settled when the stream ends.
+    pub settlement: Settlement,
     /// Held until the stream ends.
     pub _in_flight: InFlight,
 }
@@ -115,18 +111,15 @@ fn event(data: &[u8]) -> Bytes {
 
 impl Relay {
     pub fn new(ctx: RelayContext, started: Started) -> Self {
-        let t = &ctx.rt.targets[ctx.target];
-        if let Some(i) = t.models.iter().position(|&m| m == ctx.model) {
+        let (target, model) = ctx.settlement.served.unwrap_or_default();
+        let t = &ctx.rt.targets[target];
+        if let Some(i) = t.models.iter().position(|&m| m == model) {
             t.metrics[i].ttft.observe(started.ttft.as_secs_f64());
         }
         let idle = t.timeout;
+        let last = ctx.settlement.run.as_ref().and_then(|r| r.attempts.last());
         let attempt_started = Instant::now()
-            .checked_sub(
-                ctx.run
-                    .attempts
-                    .last()
-                    .map_or(Duration::ZERO, |a| a.elapsed),
-            )
+            .checked_sub(last.map_or(Duration::ZERO, |a| a.elapsed))
             .unwrap_or_else(Instant::now);
         Self {
             idle,
@@ -228,97 +221,69 @@ impl Relay {
         }
     }
 
-    /// Count, price and log the request once. `failure`: the upstream broke
-    /// mid-stream. Returns the closing comment.
+    /// Count, price and settle the request once. `failure`: the upstream
+    /// broke mid-stream. Returns the closing comment.
     fn account(&mut self, failure: Option<&UpstreamError>) -> Bytes {
         self.accounted = true;
         let rt = Arc::clone(&self.ctx.rt);
-        let cfg = &rt.config;
+        let (target_id, model) = self.ctx.settlement.served.unwrap_or_default();
         let (usage, estimated) = self.usage();
-        let prices = &cfg.models[self.ctx.model].prices;
-        let (price, savings) = if failure.is_none() {
-            let c = cost::cost(prices, &usage);
-            (c, chat::savings(&rt, &self.ctx.route, &usage, c))
-        } else {
-            // billed tokens of a broken stream: spent, and wasted
-            (cost::token_cost(prices, &usage), Usd::ZERO)
-        };
-        let target = &rt.targets[self.ctx.target];
-        let idx = target.models.iter().position(|&m| m == self.ctx.model);
-        let outcome = match failure {
-            None => AttemptOutcome::Success,
-            Some(e) => classify::outcome(e),
-        };
-        if let Some(i) = idx {
+        let prices = &rt.config.models[model].prices;
+        let s = &mut self.ctx.settlement;
+        s.usage = Some(usage);
+        match failure {
+            None => {
+                s.cost = cost::cost(prices, &usage);
+                s.savings = chat::savings(
+                    &rt,
+                    s.route.as_ref().map_or(&EMPTY_ROUTE, |r| r),
+                    &usage,
+                    s.cost,
+                );
+            }
+            Some(_) => {
+                // billed tokens of a broken stream: spent, and wasted
+                s.wasted = cost::token_cost(prices, &usage);
+                s.outcome = RequestOutcome::Failed;
+            }
+        }
+        let target = &rt.targets[target_id];
+        let outcome = failure.map_or(AttemptOutcome::Success, classify::outcome);
+        if let Some(i) = target.models.iter().position(|&m| m == model) {
             target.metrics[i].outcomes[outcome.index()].inc();
             target.metrics[i]
                 .upstream_duration
                 .observe(self.attempt_started.elapsed().as_secs_f64());
         }
         if let Some(permit) = self.ctx.permit.take() {
-            permit.record(match failure {
-                None => HealthEffect::Success,
-                Some(e) => classify::health_effect(e),
-            });
+            permit.record(failure.map_or(HealthEffect::Success, classify::health_effect));
         }
-        let named = self
-            .ctx
-            .key
-            .as_ref()
-            .and_then(|k| cfg.keys.iter().find(|nk| &nk.name == k));
-        let caller = match named {
-            Some(k) => super::auth::Caller::Named(k),
-            None => super::auth::Caller::Anonymous,
-        };
-        chat::account_success(
-            &rt,
-            self.ctx.target,
-            self.ctx.model,
-            &usage,
-            price,
-            savings,
-            caller,
-        );
-        let request_outcome = if failure.is_none() {
-            RequestOutcome::Success
-        } else {
-            RequestOutcome::Failed
-        };
-        let elapsed = self.ctx.started.elapsed();
-        chat::finish_request(
-            &rt,
-            &target.label,
-            request_outcome,
-            elapsed,
-            Some(self.ctx.target),
-        );
-        chat::log_request(
-            &rt,
-            &self.ctx.request_id,
-            &self.ctx.key_label,
-            Some(&self.ctx.route),
-            Some(&self.ctx.run),
-            Some(self.ctx.model),
-            200,
-            elapsed,
-            price,
-            Some(&usage),
-        );
         if let Some(e) = failure {
-            tracing::warn!(request_id = %self.ctx.request_id, error = %e, "stream interrupted after it started");
+            tracing::warn!(request_id = %s.request_id, error = %e, "stream interrupted after it started");
         }
+        let remaining = chat::settle(&self.ctx.state, &rt, s);
         let mut report = json!({
-            "cost_usd": price.to_json(),
+            "cost_usd": (s.cost + s.wasted).to_json(),
             "prompt_tokens": usage.prompt,
             "completion_tokens": usage.completion,
-            "savings_usd": savings.to_json(),
+            "savings_usd": s.savings.to_json(),
         });
         if estimated {
             report["usage_estimated"] = json!(true);
         }
+        if let Some(left) = remaining {
+            report["budget_remaining_usd"] = left.to_json();
+        }
         Bytes::from(format!(": cascade {report}\n\n"))
     }
 }
+
+static EMPTY_ROUTE: Route = Route {
+    steps: Vec::new(),
+    task: None,
+    minor: false,
+    escalated: false,
+};
 
 impl Drop for Relay {
     fn drop(&mut self) {
@@ -326,29 +291,22 @@ impl Drop for Relay {
             return;
         }
         // the client went away mid-stream: the upstream is cancelled with
-        // this relay; its tokens so far are still priced
+        // this relay; its tokens so far are still priced (the provider bills
+        // them) and recorded, with status 499
+        self.accounted = true;
         let rt = Arc::clone(&self.ctx.rt);
-        let label = rt.targets[self.ctx.target].label.clone();
+        let (target, model) = self.ctx.settlement.served.unwrap_or_default();
         rt.metrics
             .client_disconnects
-            .with_label_values(&[&label])
+            .with_label_values(&[&rt.targets[target].label])
             .inc();
-        self.accounted = true;
         let (usage, _) = self.usage();
-        let price = cost::token_cost(&rt.config.models[self.ctx.model].prices, &usage);
-        let target = &rt.targets[self.ctx.target];
-        if let Some(i) = target.models.iter().position(|&m| m == self.ctx.model) {
-            target.metrics[i].prompt_tokens.inc_by(usage.prompt);
-            target.metrics[i].completion_tokens.inc_by(usage.completion);
-            target.metrics[i].cost.inc_by(price.as_f64());
-        }
-        chat::finish_request(
-            &rt,
-            &label,
-            RequestOutcome::ClientError,
-            self.ctx.started.elapsed(),
-            Some(self.ctx.target),
-        );
-        tracing::info!(request_id = %self.ctx.request_id, tier = %label, cost_usd = %price, "client disconnected mid-stream; upstream cancelled");
+        let s = &mut self.ctx.settlement;
+        s.usage = Some(usage);
+        s.cost = cost::token_cost(&rt.config.models[model].prices, &usage);
+        s.outcome = RequestOutcome::ClientError;
+        s.status = 499;
+        chat::settle(&self.ctx.state, &rt, s);
+        tracing::info!(request_id = %s.request_id, "client disconnected mid-stream; upstream cancelled");
     }
 }

@@ -47,7 +47,7 @@ impl Gateway {
         let cfg = Config::load_with_env(&path, &env).unwrap_or_else(|e| panic!("config: {e}"));
         let metrics = Arc::new(Metrics::new().unwrap());
         let runtime = Runtime::build(cfg, &metrics).unwrap();
-        let state = AppState::new(runtime, metrics);
+        let state = AppState::new(runtime, metrics).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();

@@ -1,0 +1,308 @@
+//! The cost report (SPEC 5) from the ledger, as JSON or as a table.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use rusqlite::{params, Connection};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::cost::Usd;
+
+/// A report window: the last N hours or days.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub ms: i64,
+    pub label: &'static str,
+}
+
+impl Window {
+    /// `24h`, `7d` or `30d` (also any `Nh` / `Nd`).
+    pub fn parse(s: &str) -> Result<Window, String> {
+        let s = s.trim();
+        let label: &'static str = match s {
+            "24h" => "24h",
+            "7d" => "7d",
+            "30d" => "30d",
+            _ => "custom",
+        };
+        let (num, unit) = s.split_at(s.len().saturating_sub(1));
+        let n: i64 = num
+            .parse()
+            .map_err(|_| format!("since must look like 24h, 7d or 30d, got {s:?}"))?;
+        let unit_ms = match unit {
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return Err(format!("since must look like 24h, 7d or 30d, got {s:?}")),
+        };
+        if n <= 0 {
+            return Err(format!("since must be positive, got {s:?}"));
+        }
+        Ok(Window {
+            ms: n.saturating_mul(unit_ms),
+            label: if label == "custom" { "custom" } else { label },
+        })
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct TierLine {
+    pub calls: u64,
+    pub attempts: u64,
+    pub failures: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    #[serde(skip)]
+    pub cost_nanos: i64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ModelLine {
+    pub calls: u64,
+    pub failures: u64,
+    #[serde(skip)]
+    pub cost_nanos: i64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct KeyLine {
+    pub requests: u64,
+    #[serde(skip)]
+    pub cost_nanos: i64,
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub since: String,
+    pub requests: u64,
+    pub by_tier: BTreeMap<String, TierLine>,
+    pub by_model: BTreeMap<String, ModelLine>,
+    pub by_key: BTreeMap<String, KeyLine>,
+    pub cost_nanos: i64,
+    pub wasted_nanos: i64,
+    pub savings_nanos: i64,
+    pub free_requests: u64,
+    pub fallback_requests: u64,
+}
+
+fn usd(nanos: i64) -> Usd {
+    Usd::from_femto(i128::from(nanos) * 1_000_000)
+}
+
+impl Report {
+    pub fn total_nanos(&self) -> i64 {
+        self.cost_nanos + self.wasted_nanos
+    }
+
+    pub fn free_call_percentage(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            (self.free_requests as f64 * 100.0 / self.requests as f64 * 100.0).round() / 100.0
+        }
+    }
+
+    pub fn fallback_rate(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            (self.fallback_requests as f64 / self.requests as f64 * 10_000.0).round() / 10_000.0
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        let with_cost = |v: Value, nanos: i64| -> Value {
+            let mut v = v;
+            v["cost_usd"] = usd(nanos).to_json();
+            v
+        };
+        let tiers: serde_json::Map<String, Value> = self
+            .by_tier
+            .iter()
+            .map(|(k, t)| (k.clone(), with_cost(json!(t), t.cost_nanos)))
+            .collect();
+        let models: serde_json::Map<String, Value> = self
+            .by_model
+            .iter()
+            .map(|(k, m)| (k.clone(), with_cost(json!(m), m.cost_nanos)))
+            .collect();
+        let keys: serde_json::Map<String, Value> = self
+            .by_key
+            .iter()
+            .map(|(k, m)| (k.clone(), with_cost(json!(m), m.cost_nanos)))
+            .collect();
+        json!({
+            "since": self.since,
+            "requests": self.requests,
+            "by_tier": tiers,
+            "by_model": models,
+            "by_key": keys,
+            "total_cost_usd": usd(self.total_nanos()).to_json(),
+            "wasted_cost_usd": usd(self.wasted_nanos).to_json(),
+            "estimated_savings_usd": usd(self.savings_nanos).to_json(),
+            "free_call_percentage": self.free_call_percentage(),
+            "fallback_rate": self.fallback_rate(),
+        })
+    }
+}
+
+pub fn build(conn: &Connection, window: Window, now_ms: i64) -> rusqlite::Result<Report> {
+    let since = now_ms - window.ms;
+    let mut r = Report {
+        since: window.label.to_string(),
+        ..Report::default()
+    };
+    conn.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(cost_nanos), 0), COALESCE(SUM(wasted_nanos), 0), \
+         COALESCE(SUM(savings_nanos), 0), COALESCE(SUM(free AND tier IS NOT NULL), 0), \
+         COALESCE(SUM(fallback), 0) FROM requests WHERE ts_ms >= ?1",
+        params![since],
+        |row| {
+            r.requests = row.get::<_, i64>(0)? as u64;
+            r.cost_nanos = row.get(1)?;
+            r.wasted_nanos = row.get(2)?;
+            r.savings_nanos = row.get(3)?;
+            r.free_requests = row.get::<_, i64>(4)? as u64;
+            r.fallback_requests = row.get::<_, i64>(5)? as u64;
+            Ok(())
+        },
+    )?;
+    // served requests by tier and model
+    let mut stmt = conn.prepare(
+        "SELECT tier, model, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_nanos) \
+         FROM requests WHERE ts_ms >= ?1 AND tier IS NOT NULL GROUP BY tier, model",
+    )?;
+    let rows = stmt.query_map(params![since], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, i64>(2)? as u64,
+            row.get::<_, i64>(3)? as u64,
+            row.get::<_, i64>(4)? as u64,
+            row.get::<_, i64>(5)?,
+        ))
+    })?;
+    for row in rows {
+        let (tier, model, calls, prompt, completion, cost) = row?;
+        let t = r.by_tier.entry(tier).or_default();
+        t.calls += calls;
+        t.prompt_tokens += prompt;
+        t.completion_tokens += completion;
+        t.cost_nanos += cost;
+        let m = r.by_model.entry(model).or_default();
+        m.calls += calls;
+        m.cost_nanos += cost;
+    }
+    // attempts and failures by tier and model
+    let mut stmt = conn.prepare(
+        "SELECT tier, model, COUNT(*), SUM(outcome != 'success') FROM attempts \
+         WHERE ts_ms >= ?1 GROUP BY tier, model",
+    )?;
+    let rows = stmt.query_map(params![since], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, i64>(2)? as u64,
+            row.get::<_, i64>(3)? as u64,
+        ))
+    })?;
+    for row in rows {
+        let (tier, model, attempts, failures) = row?;
+        let t = r.by_tier.entry(tier).or_default();
+        t.attempts += attempts;
+        t.failures += failures;
+        r.by_model.entry(model).or_default().failures += failures;
+    }
+    // wasted spend belongs to the model that burned it
+    let mut stmt = conn.prepare(
+        "SELECT model, SUM(wasted_nanos) FROM requests WHERE ts_ms >= ?1 AND wasted_nanos != 0 \
+         AND model IS NOT NULL GROUP BY model",
+    )?;
+    let rows = stmt.query_map(params![since], |row| {
+        Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+    })?;
+    for row in rows {
+        let (model, wasted) = row?;
+        r.by_model.entry(model).or_default().cost_nanos += wasted;
+    }
+    let mut stmt = conn.prepare(
+        "SELECT key, COUNT(*), SUM(cost_nanos + wasted_nanos) FROM requests \
+         WHERE ts_ms >= ?1 AND key IS NOT NULL GROUP BY key",
+    )?;
+    let rows = stmt.query_map(params![since], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, i64>(1)? as u64,
+            row.get::<_, i64>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (key, requests, cost) = row?;
+        r.by_key.insert(
+            key,
+            KeyLine {
+                requests,
+                cost_nanos: cost,
+            },
+        );
+    }
+    Ok(r)
+}
+
+/// The report as a readable table.
+pub fn render_table(r: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "Cascade cost report, last {}", r.since);
+    let _ = writeln!(
+        s,
+        "\n{:<20} {:>8} {:>9} {:>9} {:>12} {:>12} {:>14}",
+        "tier", "calls", "attempts", "failures", "prompt tok", "compl tok", "cost USD"
+    );
+    for (name, t) in &r.by_tier {
+        let _ = writeln!(
+            s,
+            "{:<20} {:>8} {:>9} {:>9} {:>12} {:>12} {:>14}",
+            name,
+            t.calls,
+            t.attempts,
+            t.failures,
+            t.prompt_tokens,
+            t.completion_tokens,
+            usd(t.cost_nanos)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n{:<20} {:>8} {:>9} {:>14}",
+        "model", "calls", "failures", "cost USD"
+    );
+    for (name, m) in &r.by_model {
+        let _ = writeln!(
+            s,
+            "{:<20} {:>8} {:>9} {:>14}",
+            name,
+            m.calls,
+            m.failures,
+            usd(m.cost_nanos)
+        );
+    }
+    if !r.by_key.is_empty() {
+        let _ = writeln!(s, "\n{:<20} {:>8} {:>14}", "key", "requests", "cost USD");
+        for (name, k) in &r.by_key {
+            let _ = writeln!(
+                s,
+                "{:<20} {:>8} {:>14}",
+                name,
+                k.requests,
+                usd(k.cost_nanos)
+            );
+        }
+    }
+    let _ = writeln!(s, "\nrequests               {}", r.requests);
+    let _ = writeln!(s, "total cost             ${}", usd(r.total_nanos()));
+    let _ = writeln!(s, "  of which wasted      ${}", usd(r.wasted_nanos));
+    let _ = writeln!(s, "estimated savings      ${}", usd(r.savings_nanos));
+    let _ = writeln!(s, "free calls             {:.1}%", r.free_call_percentage());
+    let _ = writeln!(s, "fallback rate          {:.3}", r.fallback_rate());
+    s
+}

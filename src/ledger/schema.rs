@@ -1,0 +1,52 @@
+//! Versioned migrations (PRAGMA user_version). Append, never edit.
+
+use rusqlite::Connection;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the first release
+    "CREATE TABLE requests (
+        id TEXT NOT NULL,
+        ts_ms INTEGER NOT NULL,
+        task TEXT,
+        key TEXT,
+        session TEXT,
+        chain TEXT NOT NULL,
+        first_tier TEXT,
+        tier TEXT,
+        model TEXT,
+        free INTEGER NOT NULL,
+        fallback INTEGER NOT NULL,
+        escalated INTEGER NOT NULL,
+        status INTEGER NOT NULL,
+        stream INTEGER NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        cost_nanos INTEGER NOT NULL,
+        savings_nanos INTEGER NOT NULL,
+        wasted_nanos INTEGER NOT NULL,
+        latency_ms INTEGER NOT NULL
+    );
+    CREATE INDEX requests_ts ON requests (ts_ms);
+    CREATE TABLE attempts (
+        request_id TEXT NOT NULL,
+        ts_ms INTEGER NOT NULL,
+        tier TEXT NOT NULL,
+        model TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        status INTEGER,
+        elapsed_ms INTEGER NOT NULL
+    );
+    CREATE INDEX attempts_ts ON attempts (ts_ms);",
+];
+
+pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+        conn.execute_batch(&format!(
+            "BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;",
+            i + 1
+        ))?;
+    }
+    Ok(())
+}
