@@ -5,6 +5,7 @@
 mod common;
 
 mod chain;
+mod cost;
 mod http;
 mod protection;
 mod routing;
