@@ -26,12 +26,12 @@ fi
 step "pytest tests/python"
 CASCADE_BIN=target/debug/cascade .venv/bin/python -m pytest -q tests/python
 
-# --- 3. Hook: Prometheus / compose checks (later stage) ---------------------
-# e.g. promtool check config/rules, docker compose config -q, a scrape of
-# /metrics validated against the metric names of SPEC section 6.
+# --- 3. Deploy: the release binary the Dockerfile builds, compose, hadolint,
+#        a real Prometheus scraping the gateway, the Grafana dashboard ---------
+step "cargo build --release --locked (as the Dockerfile does)"
+cargo build --release --locked
 
-# --- 4. Hook: benchmark smoke (later stage) ---------------------------------
-# e.g. a short load run against config/demo.toml, asserting it completes and
-# writes its report under bench/out/.
+step "deploy checks"
+CASCADE_BIN=target/release/cascade scripts/check-deploy.sh
 
 step "all tests passed"

@@ -35,6 +35,8 @@ pub(super) fn read_raw(path: &Path, env: &Env) -> Result<RawConfig, ConfigError>
         .add_source(
             Environment::with_prefix("CASCADE")
                 .separator("__")
+                // an empty variable (compose's `${X:-}`) means unset
+                .ignore_empty(true)
                 .source(Some(overrides)),
         )
         .build()

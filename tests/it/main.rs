@@ -5,6 +5,7 @@
 mod common;
 
 mod chain;
+mod configs;
 mod cost;
 mod http;
 mod protection;

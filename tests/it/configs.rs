@@ -1,0 +1,97 @@
+//! The shipped configs pass `cascade check`; a broken one fails it.
+
+use std::process::Command;
+
+const SHIPPED: &[&str] = &[
+    "config/demo.toml",
+    "config/cascade.toml",
+    "config/examples/bughive.toml",
+    "config/examples/strategic-planner.toml",
+    "config/examples/strategic-planner-demo.toml",
+];
+
+fn check(path: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cascade"))
+        .args(["check", "--config", path])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("OPENROUTER_API_KEY", "dummy-or")
+        .env("ANTHROPIC_API_KEY", "dummy-ant")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn every_shipped_config_passes_check() {
+    for path in SHIPPED {
+        let out = check(path);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("tiers:") && stdout.contains("chain="),
+            "{path}: {stdout}"
+        );
+        assert!(
+            !stdout.contains("dummy-or") && !stdout.contains("dummy-ant"),
+            "check printed a key"
+        );
+    }
+}
+
+#[test]
+fn the_source_systems_are_expressed_exactly() {
+    let out = String::from_utf8(check("config/examples/bughive.toml").stdout).unwrap();
+    for line in [
+        "orchestrator     paid chain=orchestrator -> reasoning -> general",
+        "reasoning        paid chain=reasoning -> general -> fast",
+        "coding           paid chain=coding -> reasoning -> general",
+        "general          paid chain=general -> fast",
+        "fast             paid chain=fast ",
+    ] {
+        assert!(out.contains(line), "bughive: {line}\n{out}");
+    }
+    assert!(
+        out.contains("backoff=500..500ms jitter=false between_tiers=true"),
+        "{out}"
+    );
+    assert!(!out.contains("openai/"), "no OpenAI models");
+
+    let out = String::from_utf8(check("config/examples/strategic-planner.toml").stdout).unwrap();
+    for line in [
+        "kimi             paid chain=kimi -> llama -> ollama",
+        "llama            free chain=llama -> ollama",
+        "timeout=8000ms",
+        "escalate_after=3 to=kimi",
+        "plan             chain=llama -> ollama",
+        "replan_minor     chain=llama -> ollama minor",
+        "max_total_attempts=6",
+    ] {
+        assert!(out.contains(line), "planner: {line}\n{out}");
+    }
+}
+
+#[test]
+fn a_broken_config_fails_check_naming_file_and_key() {
+    let dir = crate::common::gateway::temp_dir();
+    let path = dir.0.join("broken.toml");
+    std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:1\"\nbogus = 1\n").unwrap();
+    let out = check(path.to_str().unwrap());
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("broken.toml") && err.contains("bogus"),
+        "{err}"
+    );
+    // a referenced key variable that is unset names the variable
+    let out = Command::new(env!("CARGO_BIN_EXE_cascade"))
+        .args(["check", "--config", "config/cascade.toml"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("OPENROUTER_API_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("OPENROUTER_API_KEY"));
+}
