@@ -1,21 +1,24 @@
 //! Upstream calls. One client per provider, built once at load: the
-//! OpenAI-compatible HTTP client, and the in-process mock. Providers know
-//! nothing of chains or servers: they send one request and say what happened.
+//! OpenAI-compatible HTTP client, the Anthropic Messages client (translating
+//! both ways), and the in-process mock. Providers know nothing of chains or
+//! servers: they send one request and say what happened.
 
+mod anthropic;
+mod http;
 mod mock;
 mod openai;
 pub mod stream;
 
 use std::time::Duration;
 
+use ::http::HeaderMap;
 use bytes::Bytes;
-use http::HeaderMap;
 
 use crate::api::ChatBody;
 use crate::config::{Model, Provider, ProviderKind};
 use crate::cost::Usage;
 
-pub use openai::FORWARDED_HEADERS;
+pub use http::FORWARDED_HEADERS;
 pub use stream::{Chunk, ChunkKind, UpstreamStream};
 
 /// One upstream call: the client's body, the model to send it to, and the
@@ -86,14 +89,16 @@ pub fn is_context_length(message: &str) -> bool {
 
 pub enum Client {
     OpenAi(openai::OpenAiClient),
+    Anthropic(anthropic::AnthropicClient),
     Mock(mock::MockClient),
 }
 
 impl Client {
     pub fn new(provider: &Provider) -> Result<Client, String> {
         Ok(match &provider.kind {
-            ProviderKind::OpenAi | ProviderKind::Anthropic => {
-                Client::OpenAi(openai::OpenAiClient::new(provider)?)
+            ProviderKind::OpenAi => Client::OpenAi(openai::OpenAiClient::new(provider)?),
+            ProviderKind::Anthropic => {
+                Client::Anthropic(anthropic::AnthropicClient::new(provider)?)
             }
             ProviderKind::Mock(settings) => Client::Mock(mock::MockClient::new(settings.clone())),
         })
@@ -102,6 +107,7 @@ impl Client {
     pub async fn complete(&self, req: UpstreamRequest<'_>) -> Result<Completion, UpstreamError> {
         match self {
             Client::OpenAi(c) => c.complete(req).await,
+            Client::Anthropic(c) => c.complete(req).await,
             Client::Mock(c) => c.complete(req).await,
         }
     }
@@ -111,6 +117,7 @@ impl Client {
     pub async fn stream(&self, req: UpstreamRequest<'_>) -> Result<UpstreamStream, UpstreamError> {
         match self {
             Client::OpenAi(c) => c.stream(req).await,
+            Client::Anthropic(c) => c.stream(req).await,
             Client::Mock(c) => c.stream(req).await,
         }
     }

@@ -339,6 +339,12 @@ async fn the_upstream_secret_never_comes_back_out() {
         .with_max_level(tracing::Level::TRACE)
         .with_writer(move || Buf(Arc::clone(&sink)))
         .finish();
+    // tracing caches each callsite's interest process-wide, computed when a
+    // thread first reaches it; while a single dispatcher is registered it asks
+    // only that thread's default, so a concurrent test (no subscriber) would
+    // cache "never" and this test would capture nothing. A second live
+    // dispatcher, made first, makes every registration ask all of them.
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let (up, gw) = gateway().await;

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod anthropic;
 mod chain;
 mod configs;
 mod cost;

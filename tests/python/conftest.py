@@ -2,9 +2,12 @@
 
 A session starts:
 
-* a scripted OpenAI-compatible upstream (``ScriptedUpstream``), a
-  ``ThreadingHTTPServer`` on 127.0.0.1:0 whose behaviour is chosen by the
-  request body's ``model``;
+* a scripted upstream (``ScriptedUpstream``), a ``ThreadingHTTPServer`` on
+  127.0.0.1:0 speaking the OpenAI Chat Completions API
+  (``/v1/chat/completions``, behaviour chosen by the request body's
+  ``model``) and Anthropic's Messages API (``/v1/messages``: an echo of the
+  last user text, or a tool call when the request has tools; streaming and
+  not);
 * the gateway binary (``$CASCADE_BIN``, default ``target/debug/cascade``
   relative to the repository root) with a config written from
   ``GATEWAY_CONFIG`` into a temporary directory, listening on a free port
@@ -75,6 +78,19 @@ kind = "openai"
 base_url = "http://127.0.0.1:{upstream_port}/v1"
 auth = "none"
 
+[providers.claude]
+kind = "anthropic"
+base_url = "http://127.0.0.1:{upstream_port}"
+api_key_env = "SCRIPTED_ANTHROPIC_KEY"
+
+[models.claude]
+provider = "claude"
+model = "claude-scripted"
+input_usd_per_mtok = 3.0
+output_usd_per_mtok = 15.0
+cache_read_usd_per_mtok = 0.30
+cache_write_usd_per_mtok = 3.75
+
 [models.fast-model]
 provider = "mock"
 model = "mock-1"
@@ -116,6 +132,10 @@ max_retries = 0
 models = ["echo"]
 max_retries = 0
 
+[tiers.anthropic]
+models = ["claude"]
+max_retries = 0
+
 [tasks.plan]
 tier = "fast"
 """
@@ -127,6 +147,22 @@ tier = "fast"
 
 #: What the scripted upstream streams before it cuts a ``cut-stream*`` answer.
 CUT_PIECES = ["Hello ", "world"]
+
+#: The key the gateway's Anthropic provider sends as ``x-api-key``.
+ANTHROPIC_KEY = "sk-ant-scripted-0000"
+
+#: The usage of every Anthropic answer (input excludes the cache tokens).
+ANTHROPIC_USAGE = {
+    "input_tokens": 20,
+    "output_tokens": 5,
+    "cache_read_input_tokens": 100,
+    "cache_creation_input_tokens": 10,
+}
+
+#: The tool call of an Anthropic answer to a request with tools: its text,
+#: then a call of the request's first tool with these arguments.
+TOOL_PREAMBLE = "Let me check."
+TOOL_INPUT = {"location": "Paris", "unit": "celsius"}
 
 
 @dataclass
@@ -213,6 +249,9 @@ class _Handler(BaseHTTPRequestHandler):
                 body=body,
             )
         )
+        if self.path.split("?")[0] == "/v1/messages" and isinstance(body, dict):
+            self._anthropic(body)
+            return
         if self.path.split("?")[0] != "/v1/chat/completions" or not isinstance(body, dict):
             self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request_error"}})
             return
@@ -296,6 +335,109 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+
+    # -- Anthropic's Messages API --------------------------------------------
+    def _anthropic(self, body: dict) -> None:
+        """A text echo, or (with tools) a text block and a tool_use block."""
+        model = body.get("model", "")
+        tools = body.get("tools") or []
+        blocks: list[dict] = []
+        if tools:
+            blocks.append({"type": "text", "text": TOOL_PREAMBLE})
+            blocks.append(
+                {"type": "tool_use", "id": "toolu_01A09q90qw90lq917835lq9", "name": tools[0]["name"], "input": TOOL_INPUT}
+            )
+        else:
+            blocks.append({"type": "text", "text": f"echo: {_anthropic_last_user_text(body)}"})
+        stop = "tool_use" if tools else "end_turn"
+        if body.get("stream") is True:
+            self._anthropic_stream(model, blocks, stop)
+            return
+        self._send_json(
+            200,
+            {
+                "id": "msg_013Zva2CMHLNnXjNJJKqJ2EF",
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": blocks,
+                "stop_reason": stop,
+                "stop_sequence": None,
+                "usage": ANTHROPIC_USAGE,
+            },
+        )
+
+    def _anthropic_stream(self, model: str, blocks: list[dict], stop: str) -> None:
+        """The Messages event sequence, as in Anthropic's streaming docs."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        start_usage = {**ANTHROPIC_USAGE, "output_tokens": 1}
+        events: list[dict] = [
+            {
+                "type": "message_start",
+                "message": {
+                    "id": "msg_1nZdL29xx5MUA1yADyHTEsnR8uuvGzszyY",
+                    "type": "message",
+                    "role": "assistant",
+                    "content": [],
+                    "model": model,
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": start_usage,
+                },
+            },
+            {"type": "ping"},
+        ]
+        for i, b in enumerate(blocks):
+            if b["type"] == "text":
+                events.append({"type": "content_block_start", "index": i, "content_block": {"type": "text", "text": ""}})
+                for piece in re.findall(r"\S+\s*|\s+", b["text"]):
+                    events.append(
+                        {"type": "content_block_delta", "index": i, "delta": {"type": "text_delta", "text": piece}}
+                    )
+            else:
+                events.append(
+                    {"type": "content_block_start", "index": i, "content_block": {**b, "input": {}}}
+                )
+                args = json.dumps(b["input"])
+                for piece in (args[:10], args[10:]):
+                    events.append(
+                        {
+                            "type": "content_block_delta",
+                            "index": i,
+                            "delta": {"type": "input_json_delta", "partial_json": piece},
+                        }
+                    )
+            events.append({"type": "content_block_stop", "index": i})
+        events.append(
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": stop, "stop_sequence": None},
+                "usage": {"output_tokens": ANTHROPIC_USAGE["output_tokens"]},
+            }
+        )
+        events.append({"type": "message_stop"})
+        for e in events:
+            self.wfile.write(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode())
+            self.wfile.flush()
+        self.close_connection = True
+
+
+def _anthropic_last_user_text(body: Any) -> str:
+    for m in reversed(body.get("messages") or []):
+        if m.get("role") != "user":
+            continue
+        content = m.get("content")
+        if isinstance(content, str):
+            return content
+        texts = [b.get("text", "") for b in content or [] if b.get("type") == "text"]
+        if texts:
+            return "".join(texts)
+    return ""
 
 
 def _start_upstream() -> ScriptedUpstream:
@@ -393,6 +535,7 @@ def gateway(upstream: ScriptedUpstream, tmp_path_factory: pytest.TempPathFactory
     # behaviour (gateway keys, config path, overrides).
     env = {k: v for k, v in os.environ.items() if not k.startswith("CASCADE")}
     env["CASCADE__SERVER__LISTEN"] = f"127.0.0.1:{port}"
+    env["SCRIPTED_ANTHROPIC_KEY"] = ANTHROPIC_KEY
     env.setdefault("RUST_LOG", "info")
     env["NO_COLOR"] = "1"  # a plain-text log file
 

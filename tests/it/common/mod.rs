@@ -1,4 +1,5 @@
 pub mod gateway;
+pub mod messages;
 pub mod upstream;
 
 pub use gateway::Gateway;

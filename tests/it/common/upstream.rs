@@ -1,4 +1,6 @@
-//! A scripted OpenAI-compatible upstream: a real HTTP server on 127.0.0.1:0.
+//! A scripted upstream: a real HTTP server on 127.0.0.1:0 speaking both the
+//! OpenAI Chat Completions API (`/v1/chat/completions`) and Anthropic's
+//! Messages API (`/v1/messages`, answers shaped like Anthropic's docs).
 //! Each upstream model name has a script of steps, consumed in order (the
 //! last one repeats). Every request is recorded, headers included.
 
@@ -39,6 +41,10 @@ pub enum Step {
     /// Wait, then do the inner step.
     Delay(u64, Box<Step>),
     Stream(StreamScript),
+    /// 200 with this JSON body, verbatim.
+    Json(Value),
+    /// 200 with these SSE events, verbatim: (event name or "", data).
+    Events(Vec<(&'static str, Value)>),
 }
 
 #[derive(Clone, Debug)]
@@ -77,7 +83,7 @@ pub struct Recorded {
 }
 
 #[derive(Default)]
-struct Inner {
+pub struct Inner {
     scripts: Mutex<HashMap<String, VecDeque<Step>>>,
     requests: Mutex<Vec<Recorded>>,
     streams_closed_early: AtomicUsize,
@@ -94,6 +100,7 @@ impl Upstream {
         let inner = Arc::new(Inner::default());
         let app = Router::new()
             .route("/v1/chat/completions", post(handle))
+            .route("/v1/messages", post(handle_messages))
             .with_state(Arc::clone(&inner));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -104,6 +111,11 @@ impl Upstream {
             base_url: format!("http://{addr}/v1"),
             inner,
         }
+    }
+
+    /// The server's root, for providers (Anthropic) that add `/v1` themselves.
+    pub fn root(&self) -> String {
+        self.base_url.trim_end_matches("/v1").to_string()
     }
 
     /// Script the answers for an upstream model name.
@@ -145,23 +157,39 @@ fn next_step(inner: &Inner, model: &str) -> Step {
     }
 }
 
+/// Record the request; its model's next step.
+fn record(inner: &Inner, uri: Uri, headers: HeaderMap, body: &Bytes) -> (String, Step) {
+    let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let model = body["model"].as_str().unwrap_or("").to_string();
+    inner.requests.lock().unwrap().push(Recorded {
+        model: model.clone(),
+        uri,
+        headers,
+        body,
+        at: Instant::now(),
+    });
+    let step = next_step(inner, &model);
+    (model, step)
+}
+
 async fn handle(
     State(inner): State<Arc<Inner>>,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let model = body["model"].as_str().unwrap_or("").to_string();
-    inner.requests.lock().unwrap().push(Recorded {
-        model: model.clone(),
-        uri,
-        headers,
-        body: body.clone(),
-        at: Instant::now(),
-    });
-    let step = next_step(&inner, &model);
+    let (model, step) = record(&inner, uri, headers, &body);
     respond(inner, &model, step).await
+}
+
+async fn handle_messages(
+    State(inner): State<Arc<Inner>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (model, step) = record(&inner, uri, headers, &body);
+    super::messages::respond(inner, &model, step).await
 }
 
 fn completion(model: &str, text: &str, prompt: u64, completion: u64) -> Value {
@@ -179,7 +207,7 @@ fn error_json(message: &str, code: &str) -> String {
     json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": code}}).to_string()
 }
 
-async fn respond(inner: Arc<Inner>, model: &str, step: Step) -> Response {
+pub async fn respond(inner: Arc<Inner>, model: &str, step: Step) -> Response {
     match step {
         Step::Ok => axum::Json(completion(model, &format!("ok from {model}"), 10, 5)).into_response(),
         Step::Text(t, p, c) => axum::Json(completion(model, t, p, c)).into_response(),
@@ -228,6 +256,24 @@ async fn respond(inner: Arc<Inner>, model: &str, step: Step) -> Response {
             Box::pin(respond(inner, model, *inner_step)).await
         }
         Step::Stream(script) => stream_response(inner, model, script),
+        Step::Json(v) => axum::Json(v).into_response(),
+        Step::Events(events) => {
+            let frames: Vec<Bytes> = events
+                .iter()
+                .map(|(name, data)| sse_frame(name, data))
+                .collect();
+            let last = frames.last().cloned().unwrap_or_default();
+            sse_response(inner, futures_util::stream::iter(frames.into_iter().map(Ok::<Bytes, std::io::Error>)), last)
+        }
+    }
+}
+
+/// One SSE event: `event: NAME` (when given), then `data: JSON`.
+pub fn sse_frame(name: &str, data: &Value) -> Bytes {
+    if name.is_empty() {
+        Bytes::from(format!("data: {data}\n\n"))
+    } else {
+        Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
     }
 }
 
@@ -256,10 +302,6 @@ fn chunk(model: &str, delta: Value, finish: Value) -> Bytes {
 
 fn stream_response(inner: Arc<Inner>, model: &str, script: StreamScript) -> Response {
     let model = model.to_string();
-    let mut guard = CloseGuard {
-        inner,
-        finished: false,
-    };
     let s = async_stream(move |tx| async move {
         for _ in 0..script.comments {
             tx.send(Ok(Bytes::from_static(b": processing\n\n")))
@@ -305,11 +347,25 @@ fn stream_response(inner: Arc<Inner>, model: &str, script: StreamScript) -> Resp
             .await
             .ok();
     });
+    sse_response(inner, s, Bytes::from_static(b"data: [DONE]\n\n"))
+}
+
+/// An event-stream response; a stream dropped before `last` was sent
+/// counts as closed early.
+pub fn sse_response(
+    inner: Arc<Inner>,
+    s: impl futures_util::Stream<Item = Item> + Send + 'static,
+    last: Bytes,
+) -> Response {
+    let mut guard = CloseGuard {
+        inner,
+        finished: false,
+    };
     let s = s.map(move |item| {
         // capture the whole guard: it must live, and drop, with the body
         let g: &mut CloseGuard = &mut guard;
         if let Ok(b) = &item {
-            if b.as_ref() == b"data: [DONE]\n\n" {
+            if *b == last {
                 g.finished = true;
             }
         }
@@ -323,11 +379,11 @@ fn stream_response(inner: Arc<Inner>, model: &str, script: StreamScript) -> Resp
         .into_response()
 }
 
-type Item = Result<Bytes, std::io::Error>;
+pub type Item = Result<Bytes, std::io::Error>;
 
 /// A stream fed by a task through a channel of one slot, so the producer
 /// waits for the consumer (the connection) and notices when it is gone.
-fn async_stream<F, Fut>(f: F) -> impl futures_util::Stream<Item = Item> + Send
+pub fn async_stream<F, Fut>(f: F) -> impl futures_util::Stream<Item = Item> + Send
 where
     F: FnOnce(tokio::sync::mpsc::Sender<Item>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,

@@ -1,0 +1,112 @@
+//! Anthropic's Messages API behind the OpenAI shape: requests are translated
+//! to `POST {base_url}/v1/messages`, answers, streams and errors back to
+//! OpenAI chat completions. The mapping is documented in docs/providers.md.
+
+mod request;
+mod response;
+mod stream;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue};
+
+use super::http::{is_sse, HttpUpstream};
+use super::{Completion, UpstreamError, UpstreamRequest, UpstreamStream};
+use crate::config::{Auth, Provider};
+
+/// The API version sent as `anthropic-version` (a provider `headers` entry
+/// may override it).
+pub const API_VERSION: &str = "2023-06-01";
+
+pub struct AnthropicClient {
+    up: HttpUpstream,
+}
+
+impl AnthropicClient {
+    pub fn new(p: &Provider) -> Result<Self, String> {
+        let mut defaults = HeaderMap::new();
+        defaults.insert("anthropic-version", HeaderValue::from_static(API_VERSION));
+        // Anthropic authenticates with x-api-key, whatever `auth` defaulted to
+        let auth = if p.auth == Auth::None {
+            Auth::None
+        } else {
+            Auth::XApiKey
+        };
+        let url = format!("{}/v1/messages", p.base_url);
+        Ok(Self {
+            up: HttpUpstream::new(p, &url, defaults, auth)?,
+        })
+    }
+
+    fn translate(&self, req: &UpstreamRequest<'_>) -> (Bytes, Option<String>) {
+        let t = request::translate(
+            &req.body.to_value(),
+            &req.model.upstream,
+            req.model.max_output_tokens,
+        );
+        (Bytes::from(t.body.to_string()), t.json_tool)
+    }
+
+    pub async fn complete(&self, req: UpstreamRequest<'_>) -> Result<Completion, UpstreamError> {
+        let (body, json_tool) = self.translate(&req);
+        let resp = self
+            .up
+            .send(req.headers, body, false)
+            .await
+            .map_err(|e| self.error(e))?;
+        let body = self.up.read(resp).await?;
+        let (completion, usage) =
+            response::completion(&body, json_tool.as_deref()).map_err(|e| self.up.scrub_err(e))?;
+        Ok(Completion {
+            body: Bytes::from(completion.to_string()),
+            usage: Some(usage),
+        })
+    }
+
+    pub async fn stream(&self, req: UpstreamRequest<'_>) -> Result<UpstreamStream, UpstreamError> {
+        let (body, json_tool) = self.translate(&req);
+        let resp = self
+            .up
+            .send(req.headers, body, true)
+            .await
+            .map_err(|e| self.error(e))?;
+        if !is_sse(&resp) {
+            // A JSON body where a stream was asked for: usually an error in a 200.
+            let body = self.up.read(resp).await?;
+            return Err(match response::completion(&body, None) {
+                Err(e) => self.up.scrub_err(e),
+                Ok(_) => {
+                    UpstreamError::BadBody("a JSON body where an event stream was asked for".into())
+                }
+            });
+        }
+        let translator = stream::Translator::new(json_tool);
+        Ok(stream::from_sse(resp.bytes_stream(), translator))
+    }
+
+    /// An error status keeps its classification; its Anthropic body (given
+    /// back as is to a client whose request was wrong) takes the OpenAI shape.
+    fn error(&self, e: UpstreamError) -> UpstreamError {
+        match e {
+            UpstreamError::Status {
+                status,
+                message,
+                retry_after,
+                context_length,
+                body,
+            } => {
+                let translated = serde_json::from_slice(&body)
+                    .ok()
+                    .and_then(|v| response::openai_error_body(&v, context_length))
+                    .map(|v| Bytes::from(self.up.scrub(v.to_string())));
+                UpstreamError::Status {
+                    status,
+                    message,
+                    retry_after,
+                    context_length,
+                    body: translated.unwrap_or(body),
+                }
+            }
+            other => other,
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Issue "Deploy and operate": the real binary under SIGTERM and SIGHUP.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common::gateway::{body, temp_dir};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn spawn(config: &Path, port: u16) -> Proc {
+    Proc(
+        Command::new(env!("CARGO_BIN_EXE_cascade"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("CASCADE__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn signal(p: &Proc, sig: &str) {
+    let status = Command::new("kill").args([sig, &p.0.id().to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+/// Bounded poll of `check` every 20 ms.
+async fn until<F, Fut>(what: &str, secs: u64, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn get_status(http: &reqwest::Client, url: &str) -> Option<u16> {
+    http.get(url).send().await.ok().map(|r| r.status().as_u16())
+}
+
+async fn metric(http: &reqwest::Client, base: &str, series: &str) -> f64 {
+    let Ok(resp) = http.get(format!("{base}/metrics")).send().await else {
+        return -1.0;
+    };
+    let text = resp.text().await.unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+const BASE: &str = r#"
+[server]
+shutdown_delay_ms = 300
+shutdown_grace_ms = 10000
+[ledger]
+path = ""
+[providers.slow]
+kind = "mock"
+latency_ms = 1200
+[providers.streamy]
+kind = "mock"
+latency_ms = 10
+chunk_delay_ms = 150
+[models.slow-model]
+provider = "slow"
+model = "s"
+[models.stream-model]
+provider = "streamy"
+model = "t"
+[tiers.slow]
+models = ["slow-model"]
+[tiers.streaming]
+models = ["stream-model"]
+"#;
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_and_streams_finish() {
+    let dir = temp_dir();
+    let config = dir.0.join("cascade.toml");
+    std::fs::write(&config, BASE).unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let mut gw = spawn(&config, port);
+    until("ready", 20, || async { get_status(&http, &format!("{url}/readyz")).await == Some(200) }).await;
+
+    let slow = {
+        let (http, url) = (http.clone(), url.clone());
+        tokio::spawn(async move {
+            let r = http.post(format!("{url}/v1/chat/completions")).json(&body("slow")).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        })
+    };
+    let stream = {
+        let (http, url) = (http.clone(), url.clone());
+        tokio::spawn(async move {
+            let b = json!({"model": "streaming", "stream": true, "messages": [{"role": "user", "content": "one two three four five six"}]});
+            let r = http.post(format!("{url}/v1/chat/completions")).json(&b).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        })
+    };
+    until("both requests in flight", 10, || async {
+        metric(&http, &url, "cascade_in_flight_requests").await >= 2.0
+    })
+    .await;
+    signal(&gw, "-TERM");
+    // not ready at once, while still accepting for shutdown_delay_ms
+    until("readyz 503", 5, || async { get_status(&http, &format!("{url}/readyz")).await == Some(503) }).await;
+
+    let (status, text) = slow.await.unwrap();
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert!(v["choices"][0]["message"]["content"].as_str().unwrap().contains("hello"));
+    let (status, text) = stream.await.unwrap();
+    assert_eq!(status, 200);
+    assert!(text.contains("six"), "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let code = loop {
+        if let Some(s) = gw.0.try_wait().unwrap() {
+            break s.code();
+        }
+        assert!(Instant::now() < deadline, "the process did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(code, Some(0));
+}
+
+#[tokio::test]
+async fn sighup_reloads_and_refuses_an_invalid_file() {
+    let dir = temp_dir();
+    let config = dir.0.join("cascade.toml");
+    std::fs::write(&config, BASE).unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let gw = spawn(&config, port);
+    until("ready", 20, || async { get_status(&http, &format!("{url}/readyz")).await == Some(200) }).await;
+    let ask = |model: &'static str| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            http.post(format!("{url}/v1/chat/completions"))
+                .json(&body(model))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(ask("fresh").await, 404);
+
+    // a new tier becomes routable
+    let added = format!("{BASE}\n[providers.quick]\nkind = \"mock\"\n[models.quick-model]\nprovider = \"quick\"\nmodel = \"q\"\n[tiers.fresh]\nmodels = [\"quick-model\"]\n");
+    std::fs::write(&config, &added).unwrap();
+    signal(&gw, "-HUP");
+    until("the reload", 10, || async {
+        metric(&http, &url, r#"cascade_config_reloads_total{result="ok"}"#).await >= 1.0
+    })
+    .await;
+    assert_eq!(ask("fresh").await, 200);
+
+    // an invalid file is refused; the old config keeps serving
+    std::fs::write(&config, "[server]\nlisten = 12\nnonsense = true\n").unwrap();
+    signal(&gw, "-HUP");
+    until("the refusal", 10, || async {
+        metric(&http, &url, r#"cascade_config_reloads_total{result="rejected"}"#).await >= 1.0
+    })
+    .await;
+    assert_eq!(ask("fresh").await, 200);
+    assert_eq!(get_status(&http, &format!("{url}/readyz")).await, Some(200));
+}
