@@ -233,24 +233,7 @@ pub fn describe(cfg: &Config) -> String {
             "none (open)".to_string()
         }
     );
-    let inactive = inactive_features(cfg);
-    if !inactive.is_empty() {
-        let _ = writeln!(s, "\naccepted but not active yet: {}", inactive.join(", "));
-    }
     s
-}
-
-/// Keys that validate but whose feature has not landed yet.
-fn inactive_features(cfg: &Config) -> Vec<&'static str> {
-    let mut out = Vec::new();
-    if cfg
-        .providers
-        .iter()
-        .any(|p| p.kind == ProviderKind::Anthropic)
-    {
-        out.push("kind = \"anthropic\" (served as OpenAI-compatible until the translation lands)");
-    }
-    out
 }
 
 fn init_logging(format: &str) {
@@ -304,7 +287,7 @@ async fn run(path: &Path, cfg: Config) -> Result<(), String> {
     if !cfg.auth_required() && !listen.ip().is_loopback() {
         tracing::warn!(%listen, "no gateway keys configured and listening beyond loopback: anyone who can reach this port can spend your upstream credit");
     }
-    let runtime = Runtime::build(cfg, &metrics)?;
+    let runtime = Runtime::build(cfg, &metrics, None)?;
     let state = AppState::new(runtime, Arc::clone(&metrics))?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -352,7 +335,7 @@ fn spawn_reloader(path: std::path::PathBuf, state: AppState) {
         while hup.recv().await.is_some() {
             let result = Config::load(&path)
                 .map_err(|e| e.to_string())
-                .and_then(|cfg| Runtime::build(cfg, state.metrics()));
+                .and_then(|cfg| Runtime::build(cfg, state.metrics(), Some(&state.runtime())));
             match result {
                 Ok(rt) => {
                     state.swap_runtime(rt);

@@ -42,7 +42,7 @@ pub struct Runtime {
     /// Tiers first (same index as `config.tiers`), then one per model.
     pub targets: Vec<Target>,
     /// One per tier.
-    pub escalation: Vec<Escalation>,
+    pub escalation: Vec<Arc<Escalation>>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -101,21 +101,66 @@ impl Escalation {
 }
 
 impl Runtime {
-    pub fn build(config: Config, metrics: &Arc<Metrics>) -> Result<Runtime, String> {
+    /// Resolve a config. With `previous` (a reload), provider clients, model
+    /// health and escalation counters are kept where nothing they depend on
+    /// changed, so pools stay warm and open circuits stay open.
+    pub fn build(
+        config: Config,
+        metrics: &Arc<Metrics>,
+        previous: Option<&Runtime>,
+    ) -> Result<Runtime, String> {
         let clients = config
             .providers
             .iter()
-            .map(|p| Client::new(p).map(Arc::new))
+            .map(|p| {
+                let kept = previous.and_then(|old| {
+                    let i = old.config.providers.iter().position(|op| op == p)?;
+                    Some(Arc::clone(&old.clients[i]))
+                });
+                match kept {
+                    Some(c) => Ok(c),
+                    None => Client::new(p).map(Arc::new),
+                }
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let health = config
             .models
             .iter()
             .map(|m| {
-                Arc::new(Health::new(
-                    config.breaker,
-                    m.max_concurrency,
-                    metrics.circuit_open.with_label_values(&[&m.name]),
-                ))
+                let kept = previous.and_then(|old| {
+                    let oc = &old.config;
+                    let i = oc.models.iter().position(|om| {
+                        om.name == m.name
+                            && om.upstream == m.upstream
+                            && om.max_concurrency == m.max_concurrency
+                            && oc.providers[om.provider] == config.providers[m.provider]
+                            && oc.breaker.failure_threshold == config.breaker.failure_threshold
+                            && oc.breaker.open == config.breaker.open
+                    })?;
+                    Some(Arc::clone(&old.health[i]))
+                });
+                kept.unwrap_or_else(|| {
+                    Arc::new(Health::new(
+                        config.breaker,
+                        m.max_concurrency,
+                        metrics.circuit_open.with_label_values(&[&m.name]),
+                    ))
+                })
+            })
+            .collect();
+        let escalation = config
+            .tiers
+            .iter()
+            .map(|t| {
+                previous
+                    .and_then(|old| {
+                        let i = old.config.tiers.iter().position(|ot| {
+                            ot.name == t.name
+                                && ot.escalate.map(|e| e.after) == t.escalate.map(|e| e.after)
+                        })?;
+                        Some(Arc::clone(&old.escalation[i]))
+                    })
+                    .unwrap_or_default()
             })
             .collect();
         let mut targets = Vec::with_capacity(config.tiers.len() + config.models.len());
@@ -158,7 +203,7 @@ impl Runtime {
             });
         }
         Ok(Runtime {
-            escalation: config.tiers.iter().map(|_| Escalation::default()).collect(),
+            escalation,
             config: Arc::new(config),
             clients,
             health,

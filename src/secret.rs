@@ -25,6 +25,14 @@ impl Secret {
     }
 }
 
+/// Equal values (used to tell whether a reloaded provider changed; not for
+/// checking presented credentials, which is `matches`).
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret([redacted])")

@@ -72,3 +72,52 @@ pub fn upstream_error_message(v: &Value) -> Option<String> {
         (None, None) => None,
     }
 }
+
+/// JSON text whose floats are plain decimals (up to 9 places, trailing zeros
+/// trimmed), never exponent notation: money in bodies and the closing stream
+/// comment reads `0.0000075`, not `7.5e-6`.
+pub fn to_plain_json(v: &Value) -> String {
+    struct Plain;
+    impl serde_json::ser::Formatter for Plain {
+        fn write_f64<W: ?Sized + std::io::Write>(
+            &mut self,
+            w: &mut W,
+            value: f64,
+        ) -> std::io::Result<()> {
+            w.write_all(plain_decimal(value).as_bytes())
+        }
+    }
+    let mut out = Vec::with_capacity(128);
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, Plain);
+    if serde::Serialize::serialize(v, &mut ser).is_err() {
+        return "null".into();
+    }
+    String::from_utf8(out).unwrap_or_else(|_| "null".into())
+}
+
+fn plain_decimal(v: f64) -> String {
+    if !v.is_finite() {
+        return "null".into();
+    }
+    let s = format!("{v:.9}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    match s {
+        "" | "-" | "-0" => "0".into(),
+        s => s.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floats_print_as_plain_decimals() {
+        let v =
+            json!({"a": 0.0000075, "b": 1.5, "c": 0.0, "d": 12, "e": 33.333333333333, "f": -0.25});
+        assert_eq!(
+            to_plain_json(&v),
+            r#"{"a":0.0000075,"b":1.5,"c":0,"d":12,"e":33.333333333,"f":-0.25}"#
+        );
+    }
+}

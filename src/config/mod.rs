@@ -115,7 +115,7 @@ impl ProviderKind {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Provider {
     pub name: String,
     pub kind: ProviderKind,

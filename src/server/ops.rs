@@ -138,7 +138,9 @@ pub async fn status(State(state): State<AppState>, headers: HeaderMap) -> Respon
             "queued": l.queued(),
         })
     });
-    Json(json!({"tiers": tiers, "tasks": tasks, "models": models, "budget": budget, "ledger": ledger})).into_response()
+    plain_json(
+        &json!({"tiers": tiers, "tasks": tasks, "models": models, "budget": budget, "ledger": ledger}),
+    )
 }
 
 #[derive(serde::Deserialize)]
@@ -168,7 +170,7 @@ pub async fn costs(
     };
     let now = crate::ledger::time::now_ms();
     match tokio::task::spawn_blocking(move || ledger.report(window, now)).await {
-        Ok(Ok(report)) => Json(report.to_json()).into_response(),
+        Ok(Ok(report)) => plain_json(&report.to_json()),
         Ok(Err(e)) => {
             tracing::error!("cost report: {e}");
             (
@@ -184,4 +186,13 @@ pub async fn costs(
         }
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
+}
+
+/// A JSON response whose money reads as plain decimals.
+fn plain_json(v: &Value) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::api::to_plain_json(v),
+    )
+        .into_response()
 }

@@ -274,7 +274,10 @@ impl Relay {
         if let Some(left) = remaining {
             report["budget_remaining_usd"] = left.to_json();
         }
-        Bytes::from(format!(": cascade {report}\n\n"))
+        Bytes::from(format!(
+            ": cascade {}\n\n",
+            crate::api::to_plain_json(&report)
+        ))
     }
 }
 

@@ -18,7 +18,11 @@ impl Drop for Proc {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn spawn(config: &Path, port: u16) -> Proc {
@@ -36,7 +40,10 @@ fn spawn(config: &Path, port: u16) -> Proc {
 }
 
 fn signal(p: &Proc, sig: &str) {
-    let status = Command::new("kill").args([sig, &p.0.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args([sig, &p.0.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
 }
 
@@ -102,12 +109,20 @@ async fn sigterm_lets_in_flight_requests_and_streams_finish() {
     let url = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     let mut gw = spawn(&config, port);
-    until("ready", 20, || async { get_status(&http, &format!("{url}/readyz")).await == Some(200) }).await;
+    until("ready", 20, || async {
+        get_status(&http, &format!("{url}/readyz")).await == Some(200)
+    })
+    .await;
 
     let slow = {
         let (http, url) = (http.clone(), url.clone());
         tokio::spawn(async move {
-            let r = http.post(format!("{url}/v1/chat/completions")).json(&body("slow")).send().await.unwrap();
+            let r = http
+                .post(format!("{url}/v1/chat/completions"))
+                .json(&body("slow"))
+                .send()
+                .await
+                .unwrap();
             (r.status().as_u16(), r.text().await.unwrap())
         })
     };
@@ -115,7 +130,12 @@ async fn sigterm_lets_in_flight_requests_and_streams_finish() {
         let (http, url) = (http.clone(), url.clone());
         tokio::spawn(async move {
             let b = json!({"model": "streaming", "stream": true, "messages": [{"role": "user", "content": "one two three four five six"}]});
-            let r = http.post(format!("{url}/v1/chat/completions")).json(&b).send().await.unwrap();
+            let r = http
+                .post(format!("{url}/v1/chat/completions"))
+                .json(&b)
+                .send()
+                .await
+                .unwrap();
             (r.status().as_u16(), r.text().await.unwrap())
         })
     };
@@ -125,12 +145,18 @@ async fn sigterm_lets_in_flight_requests_and_streams_finish() {
     .await;
     signal(&gw, "-TERM");
     // not ready at once, while still accepting for shutdown_delay_ms
-    until("readyz 503", 5, || async { get_status(&http, &format!("{url}/readyz")).await == Some(503) }).await;
+    until("readyz 503", 5, || async {
+        get_status(&http, &format!("{url}/readyz")).await == Some(503)
+    })
+    .await;
 
     let (status, text) = slow.await.unwrap();
     assert_eq!(status, 200);
     let v: Value = serde_json::from_str(&text).unwrap();
-    assert!(v["choices"][0]["message"]["content"].as_str().unwrap().contains("hello"));
+    assert!(v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .contains("hello"));
     let (status, text) = stream.await.unwrap();
     assert_eq!(status, 200);
     assert!(text.contains("six"), "{text}");
@@ -156,7 +182,10 @@ async fn sighup_reloads_and_refuses_an_invalid_file() {
     let url = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     let gw = spawn(&config, port);
-    until("ready", 20, || async { get_status(&http, &format!("{url}/readyz")).await == Some(200) }).await;
+    until("ready", 20, || async {
+        get_status(&http, &format!("{url}/readyz")).await == Some(200)
+    })
+    .await;
     let ask = |model: &'static str| {
         let (http, url) = (http.clone(), url.clone());
         async move {
@@ -185,9 +214,67 @@ async fn sighup_reloads_and_refuses_an_invalid_file() {
     std::fs::write(&config, "[server]\nlisten = 12\nnonsense = true\n").unwrap();
     signal(&gw, "-HUP");
     until("the refusal", 10, || async {
-        metric(&http, &url, r#"cascade_config_reloads_total{result="rejected"}"#).await >= 1.0
+        metric(
+            &http,
+            &url,
+            r#"cascade_config_reloads_total{result="rejected"}"#,
+        )
+        .await
+            >= 1.0
     })
     .await;
     assert_eq!(ask("fresh").await, 200);
     assert_eq!(get_status(&http, &format!("{url}/readyz")).await, Some(200));
+}
+
+#[tokio::test]
+async fn a_reload_keeps_clients_circuits_and_counters_of_what_did_not_change() {
+    use crate::common::gateway::load_config;
+    use crate::common::{Gateway, Step, Upstream};
+    use crate::{model, prelude_with, tier, ENV};
+    use std::sync::Arc;
+
+    let up = Upstream::start().await;
+    let base = format!(
+        "{}{}{}",
+        prelude_with(&up, "", 1),
+        model("m1", ""),
+        tier("a", &["m1"], "max_retries = 0"),
+    );
+    let gw = Gateway::start(&base, ENV).await;
+    up.script("m1", vec![Step::Status(503, "down")]);
+    assert_eq!(gw.ask("a").await.status(), 502); // threshold 1: the circuit opens
+    let old = gw.state.runtime();
+    let cfg = load_config(&format!("{base}{}", tier("b", &["m1"], "")), ENV);
+    gw.state.swap_runtime(
+        cascade::runtime::Runtime::build(cfg, gw.state.metrics(), Some(&old)).unwrap(),
+    );
+    let new = gw.state.runtime();
+    let up_idx = |rt: &cascade::runtime::Runtime| {
+        rt.config
+            .providers
+            .iter()
+            .position(|p| p.name == "up")
+            .unwrap()
+    };
+    assert!(
+        Arc::ptr_eq(&old.clients[up_idx(&old)], &new.clients[up_idx(&new)]),
+        "the pooled client is kept"
+    );
+    assert!(
+        Arc::ptr_eq(&old.health[0], &new.health[0]),
+        "the model's health is kept"
+    );
+    // still open after the reload: skipped, no attempt
+    let resp = gw.ask("b").await;
+    assert_eq!(resp.status(), 503);
+    assert_eq!(up.count("m1"), 1);
+
+    // a changed provider gets a new client
+    let cfg = load_config(&base.replace("HTTP-Referer", "X-Other"), ENV);
+    let newer = cascade::runtime::Runtime::build(cfg, gw.state.metrics(), Some(&new)).unwrap();
+    assert!(!Arc::ptr_eq(
+        &new.clients[up_idx(&new)],
+        &newer.clients[up_idx(&newer)]
+    ));
 }

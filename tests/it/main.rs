@@ -9,6 +9,7 @@ mod chain;
 mod configs;
 mod cost;
 mod http;
+mod lifecycle;
 mod protection;
 mod routing;
 mod streaming;

@@ -33,6 +33,18 @@ pub fn temp_dir() -> TempDir {
     TempDir(dir)
 }
 
+/// Load and validate a config from TOML text.
+pub fn load_config(toml: &str, env: &[(&str, &str)]) -> Config {
+    let dir = temp_dir();
+    let path = dir.0.join("cascade.toml");
+    std::fs::write(&path, toml).unwrap();
+    let env: Env = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Config::load_with_env(&path, &env).unwrap_or_else(|e| panic!("config: {e}"))
+}
+
 impl Gateway {
     /// Start with a config (TOML text) and environment. `{UP}` in the text
     /// is not replaced here: build the string with format! first.
@@ -46,7 +58,7 @@ impl Gateway {
             .collect();
         let cfg = Config::load_with_env(&path, &env).unwrap_or_else(|e| panic!("config: {e}"));
         let metrics = Arc::new(Metrics::new().unwrap());
-        let runtime = Runtime::build(cfg, &metrics).unwrap();
+        let runtime = Runtime::build(cfg, &metrics, None).unwrap();
         let state = AppState::new(runtime, metrics).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
