@@ -34,4 +34,9 @@ cargo build --release --locked
 step "deploy checks"
 CASCADE_BIN=target/release/cascade scripts/check-deploy.sh
 
+# --- 4. Benchmark smoke: a few seconds per target, no thresholds, so the
+#        benchmark never rots (writes bench/out/, not docs/benchmarks.md) -------
+step "bench/run.sh --smoke"
+bench/run.sh --smoke
+
 step "all tests passed"

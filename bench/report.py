@@ -1,0 +1,152 @@
+"""Write docs/benchmarks.md (and a latency plot) from one bench/run.sh run."""
+import argparse
+import csv
+import datetime
+import json
+import os
+import platform
+import subprocess
+
+TARGETS_DOC = """## Targets (same run, same machine)
+
+| target | goal | this run |
+|---|---|---|
+{rows}
+"""
+
+
+def num(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def sh(cmd):
+    try:
+        return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return ""
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--results", required=True)
+    ap.add_argument("--streams", required=True)
+    ap.add_argument("--mode", default="full")
+    ap.add_argument("--command", default="bench/run.sh")
+    ap.add_argument("--plot", required=True)
+    ap.add_argument("--out", default="docs/benchmarks.md")
+    a = ap.parse_args()
+
+    rows = list(csv.DictReader(open(a.results), delimiter="\t"))
+    by = {r["target"]: r for r in rows}
+    streams = json.load(open(a.streams))
+
+    lines = []
+    lines.append("# Benchmarks\n")
+    if a.mode != "full":
+        lines.append("> **Smoke run** (a few seconds per target, as CI runs it): the figures are not representative. Run `bench/run.sh` for real numbers.\n")
+    lines.append(f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
+    lines.append(f"- commit: `{sh('git rev-parse --short HEAD') or 'unknown'}`{' (dirty tree)' if sh('git status --porcelain --untracked-files=no') else ''}")
+    cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip()
+    lines.append(f"- machine: {os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}")
+    lines.append(f"- command: `{a.command}`")
+    lines.append("- load: wrk, POST of a small chat request; upstream: nginx returning a fixed completion; 1 nginx worker for the proxy")
+    lines.append("- requests/s per core = requests served / CPU seconds of the gateway process over the c=32 run (read from /proc)\n")
+
+    lines.append("| target | machine busy before | req/s c=32 | req/s c=256 | req/s per gateway core | p50 c=1 (ms) | p99 c=1 (ms) | p50 c=32 (ms) | p99 c=32 (ms) | CPU s / 10k req | RSS idle (MiB) | RSS peak (MiB) | non-2xx |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        lines.append("| {target} | {busy_before_pct}% | {rps_c32} | {rps_c256} | {rps_per_core_c32} | {p50_c1_ms} | {p99_c1_ms} | {p50_c32_ms} | {p99_c32_ms} | {cpu_s_per_10k} | {rss_idle_mib} | {rss_peak_mib} | {non2xx} |".format(**r))
+    lines.append("")
+
+    direct = by.get("direct", {})
+    def added(t, col):
+        x, d = num(by.get(t, {}).get(col)), num(direct.get(col))
+        return None if x is None or d is None else round(x - d, 3)
+    lines.append("Added latency versus direct (ms):\n")
+    lines.append("| target | added p50 c=1 | added p99 c=1 | added p50 c=32 | added p99 c=32 |")
+    lines.append("|---|---|---|---|---|")
+    for r in rows:
+        if r["target"] == "direct":
+            continue
+        t = r["target"]
+        lines.append(f"| {t} | {added(t, 'p50_c1_ms')} | {added(t, 'p99_c1_ms')} | {added(t, 'p50_c32_ms')} | {added(t, 'p99_c32_ms')} |")
+    lines.append("")
+
+    c, n, f = by.get("cascade", {}), by.get("nginx-proxy", {}), by.get("cascade-fallback", {})
+    def ratio(x, y):
+        x, y = num(x), num(y)
+        return None if not x or not y else round(x / y, 2)
+    per_core_vs_nginx = ratio(c.get("rps_per_core_c32"), n.get("rps_per_core_c32"))
+    p99_vs_nginx = ratio(c.get("p99_c32_ms"), n.get("p99_c32_ms"))
+    added_p50 = added("cascade", "p50_c1_ms")
+    fallback_share = ratio(f.get("rps_c32"), c.get("rps_c32"))
+    def ok(cond):
+        return "yes" if cond else "**no**"
+    trows = [
+        f"| Cascade req/s per core vs nginx-as-proxy | >= 0.5x | {per_core_vs_nginx}x ({ok(per_core_vs_nginx is not None and per_core_vs_nginx >= 0.5)}) |",
+        f"| Cascade p99 at c=32 vs nginx-as-proxy | <= 2x | {p99_vs_nginx}x ({ok(p99_vs_nginx is not None and p99_vs_nginx <= 2)}) |",
+        f"| Cascade added p50 at c=1 | < 0.15 ms | {added_p50} ms ({ok(added_p50 is not None and added_p50 < 0.15)}) |",
+        f"| fallback on every request vs no failures (req/s c=32) | >= 0.4x | {fallback_share}x ({ok(fallback_share is not None and fallback_share >= 0.4)}) |",
+        f"| RSS idle | < 30 MiB | {c.get('rss_idle_mib')} MiB ({ok((num(c.get('rss_idle_mib')) or 1e9) < 30)}) |",
+        f"| RSS with {streams['streams']} open streams | < 100 MiB | {streams['gateway_rss_peak_mib']} MiB ({ok((streams['gateway_rss_peak_mib'] or 1e9) < 100)}) |",
+        f"| added per-chunk delay p99 | < 1 ms | {streams['added_chunk_delay_ms']['p99']} ms ({ok((streams['added_chunk_delay_ms']['p99'] if streams['added_chunk_delay_ms']['p99'] is not None else 1e9) < 1)}) |",
+    ]
+    for peer in ("litellm", "portkey"):
+        if peer in by:
+            trows.append(f"| Cascade req/s per core vs {peer} | (peer) | {ratio(c.get('rps_per_core_c32'), by[peer].get('rps_per_core_c32'))}x |")
+    lines.append(TARGETS_DOC.format(rows="\n".join(trows)))
+
+    lines.append("## Streaming\n")
+    lines.append(f"{streams['streams']} concurrent streams of {streams['chunks_per_stream']} chunks ({streams['chunk_interval_ms']:.0f} ms apart), each chunk carrying its send time; measured directly against the upstream and through Cascade, by the same Python asyncio client (so its own scheduling delay is in both and cancels out in the difference).\n")
+    lines.append("| | direct | through Cascade | added |")
+    lines.append("|---|---|---|---|")
+    for k in ("p50", "p99"):
+        lines.append(f"| chunk delay {k} (ms) | {streams['chunk_delay_ms_direct'][k]} | {streams['chunk_delay_ms_gateway'][k]} | {streams['added_chunk_delay_ms'][k]} |")
+    for k in ("p50", "p99"):
+        lines.append(f"| time to first token {k} (ms) | {streams['ttft_ms_direct'][k]} | {streams['ttft_ms_gateway'][k]} | {streams['added_ttft_ms'][k]} |")
+    lines.append(f"| chunks received | {streams['chunks_received_direct']} | {streams['chunks_received_gateway']} | |")
+    lines.append(f"| gateway RSS (MiB) | | idle {streams['gateway_rss_idle_mib']}, peak {streams['gateway_rss_peak_mib']} | |")
+    lines.append("")
+
+    plotted = False
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        names = [r["target"] for r in rows]
+        fig, ax = plt.subplots(figsize=(9, 4))
+        cols = [("p50_c1_ms", "p50 c=1"), ("p99_c1_ms", "p99 c=1"), ("p50_c32_ms", "p50 c=32"), ("p99_c32_ms", "p99 c=32")]
+        w = 0.2
+        for i, (col, label) in enumerate(cols):
+            ax.bar([x + i * w for x in range(len(names))], [num(r[col]) or 0 for r in rows], w, label=label)
+        ax.set_xticks([x + 1.5 * w for x in range(len(names))])
+        ax.set_xticklabels(names)
+        ax.set_ylabel("latency (ms)")
+        ax.set_title("Latency percentiles per target (same run)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(a.plot, dpi=110)
+        plotted = True
+    except ImportError:
+        pass
+    if plotted and a.mode == "full":
+        os.makedirs("docs", exist_ok=True)
+        dest = "docs/benchmarks-latency.png"
+        if os.path.abspath(a.plot) != os.path.abspath(dest):
+            import shutil
+            shutil.copy(a.plot, dest)
+        lines.append("![latency percentiles per target](benchmarks-latency.png)\n")
+
+    extra = "docs/benchmarks-notes.md"
+    if os.path.exists(extra):
+        lines.append(open(extra).read())
+    with open(a.out, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
