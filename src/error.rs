@@ -123,6 +123,8 @@ impl IntoResponse for GatewayError {
                     axum::http::header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),
                 );
+                resp.headers_mut()
+                    .insert("x-should-retry", HeaderValue::from_static("false"));
                 return resp;
             }
         }

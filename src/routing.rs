@@ -30,6 +30,19 @@ pub struct Route {
     pub minor: bool,
     /// Started at the first tier's `escalate.to` (SPEC 4.4).
     pub escalated: bool,
+    /// The task's retries per tier, if it sets them.
+    pub task_retries: Option<u32>,
+    /// `x-cascade-max-retries`, if sent.
+    pub retries_cap: Option<u32>,
+}
+
+impl Route {
+    /// Retries for a target of this request: the task's or the tier's, capped
+    /// by the header.
+    pub fn retries_for(&self, configured: u32) -> u32 {
+        let r = self.task_retries.unwrap_or(configured);
+        self.retries_cap.map_or(r, |cap| cap.min(r))
+    }
 }
 
 pub fn resolve(
@@ -151,22 +164,22 @@ pub fn resolve(
         }
     }
 
-    let steps = targets
-        .into_iter()
-        .map(|target| {
-            let configured = task_retries.unwrap_or(rt.targets[target].max_retries);
-            Step {
-                target,
-                max_retries: header_retries.map_or(configured, |h| h.min(configured)),
-            }
-        })
-        .collect();
-    Ok(Route {
-        steps,
+    let mut route = Route {
+        steps: Vec::new(),
         task,
         minor,
         escalated: false,
-    })
+        task_retries,
+        retries_cap: header_retries,
+    };
+    route.steps = targets
+        .into_iter()
+        .map(|target| Step {
+            target,
+            max_retries: route.retries_for(rt.targets[target].max_retries),
+        })
+        .collect();
+    Ok(route)
 }
 
 /// Escalation (SPEC 4.4): when the chain's first tier has `escalate` and an
@@ -195,11 +208,7 @@ pub fn escalate(
     if !asked && !rt.escalation[from].take() {
         return None;
     }
-    let retries = route
-        .steps
-        .iter()
-        .find(|s| s.target == to_target)
-        .map_or(rt.targets[to_target].max_retries, |s| s.max_retries);
+    let retries = route.retries_for(rt.targets[to_target].max_retries);
     route.steps.retain(|s| s.target != to_target);
     route.steps.insert(
         0,

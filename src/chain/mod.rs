@@ -34,6 +34,8 @@ pub struct AttemptRecord {
     pub outcome: AttemptOutcome,
     pub error: Option<String>,
     pub elapsed: Duration,
+    /// The upstream's Retry-After, if it sent one.
+    pub retry_after: Option<Duration>,
 }
 
 /// What the loop did, whatever the result.
@@ -97,7 +99,10 @@ where
     let mut back_at: Option<Instant> = None;
     // after a context-length failure: only models with a larger window
     let mut min_window: Option<u64> = None;
-    // a delay owed before the next attempt, if there is one
+    // a delay owed before the next attempt, if there is one: a retry's is
+    // slept before choosing the model (a 429's rest ends with its
+    // Retry-After), the pause between tiers only once a model is chosen
+    // (so it is never slept after the last attempt)
     let mut pending_delay = Duration::ZERO;
     let mut budget_skipped = false;
 
@@ -115,6 +120,8 @@ where
         };
         let mut cursor = 0usize;
         let mut tier_attempts: u32 = 0;
+        // the model whose failure the next attempt on this tier retries
+        let mut retry_of: Option<usize> = None;
         loop {
             if tier_attempts > step.max_retries {
                 break;
@@ -126,6 +133,12 @@ where
             if !target.free && !paid_allowed() {
                 budget_skipped = true;
                 break;
+            }
+            if retry_of.is_some() && !pending_delay.is_zero() {
+                if Instant::now() + pending_delay < deadline {
+                    tokio::time::sleep(pending_delay).await;
+                }
+                pending_delay = Duration::ZERO;
             }
             // next eligible model, in strategy order, skipping unavailable ones
             let mut picked = None;
@@ -191,6 +204,9 @@ where
             total += 1;
             tier_attempts += 1;
             let metrics = &target.metrics[idx];
+            if let Some(failed) = retry_of.take() {
+                target.metrics[failed].retries.inc();
+            }
             let started = Instant::now();
             let result = match tokio::time::timeout(limit, call(model, limit)).await {
                 Ok(r) => r,
@@ -216,6 +232,7 @@ where
                         outcome: AttemptOutcome::Success,
                         error: None,
                         elapsed,
+                        retry_after: None,
                     });
                     let permit = match mode {
                         Mode::Complete => {
@@ -259,6 +276,10 @@ where
                 outcome,
                 error: Some(err.to_string()),
                 elapsed,
+                retry_after: match &err {
+                    UpstreamError::Status { retry_after, .. } => *retry_after,
+                    _ => None,
+                },
             });
             if deadline_hit {
                 break 'steps;
@@ -273,6 +294,7 @@ where
                     if let Some(w) = cfg.models[model].context_window {
                         min_window = Some(min_window.map_or(w, |m| m.max(w)));
                     }
+                    pending_delay = between_tiers(policy, tier_attempts);
                     break;
                 }
                 Verdict::Retry => {
@@ -296,7 +318,7 @@ where
                         // a backoff that would outlast the deadline is not slept
                         break;
                     }
-                    metrics.retries.inc();
+                    retry_of = Some(idx);
                     pending_delay = delay;
                 }
             }
@@ -361,10 +383,13 @@ fn give_up_status(
             .iter()
             .flat_map(|s| rt.targets[s.target].models.iter())
             .filter_map(|&m| rt.health[m].resting_until())
-            .min();
+            .min()
+            .map(health::until)
+            // no rests (breaker off): the shortest Retry-After the upstreams sent
+            .or_else(|| run.attempts.iter().filter_map(|a| a.retry_after).min());
         return Failure::AllFailed {
             status: StatusCode::TOO_MANY_REQUESTS,
-            retry_after: back.map(health::until),
+            retry_after: back,
         };
     }
     Failure::AllFailed {

@@ -71,10 +71,16 @@ pub enum LedgerError {
     Io { path: String, message: String },
 }
 
+/// What the writer receives: rows, or a request to write what it has now.
+enum Msg {
+    Row(Box<RequestRow>),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
 /// The handle requests use. Cheap to share; `record` never blocks.
 pub struct Ledger {
     path: PathBuf,
-    tx: mpsc::Sender<RequestRow>,
+    tx: mpsc::Sender<Msg>,
     dropped: IntCounter,
     flushed: Arc<AtomicU64>,
     closing: Arc<AtomicBool>,
@@ -121,13 +127,22 @@ impl Ledger {
 
     /// Queue a row. Never blocks: a full queue drops it.
     pub fn record(&self, row: RequestRow) {
-        if let Err(e) = self.tx.try_send(row) {
+        if let Err(e) = self.tx.try_send(Msg::Row(Box::new(row))) {
             self.dropped.inc();
             let reason = match e {
                 mpsc::error::TrySendError::Full(_) => "the writer's queue is full",
                 mpsc::error::TrySendError::Closed(_) => "the writer has stopped",
             };
             tracing::warn!(reason, "ledger row dropped");
+        }
+    }
+
+    /// Write every row queued so far (so a report includes them). Waits at
+    /// most `timeout`; a full queue or a stopped writer just returns.
+    pub async fn flush(&self, timeout: Duration) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.try_send(Msg::Flush(tx)).is_ok() {
+            let _ = tokio::time::timeout(timeout, rx).await;
         }
     }
 
@@ -240,7 +255,7 @@ fn open_ro(path: &Path) -> Result<Connection, LedgerError> {
 
 fn write_loop(
     mut conn: Connection,
-    mut rx: mpsc::Receiver<RequestRow>,
+    mut rx: mpsc::Receiver<Msg>,
     period: Duration,
     flushed: Arc<AtomicU64>,
     closing: Arc<AtomicBool>,
@@ -248,10 +263,14 @@ fn write_loop(
 ) {
     let period = period.max(Duration::from_millis(1));
     let mut batch = Vec::new();
+    let mut waiting = Vec::new();
     loop {
         let stop = closing.load(Ordering::SeqCst);
-        while let Ok(row) = rx.try_recv() {
-            batch.push(row);
+        while let Ok(msg) = rx.try_recv() {
+            match msg {
+                Msg::Row(row) => batch.push(*row),
+                Msg::Flush(ack) => waiting.push(ack),
+            }
         }
         if !batch.is_empty() {
             match write_batch(&mut conn, &batch) {
@@ -265,6 +284,9 @@ fn write_loop(
                 }
             }
             batch.clear();
+        }
+        for ack in waiting.drain(..) {
+            let _ = ack.send(());
         }
         if stop {
             return;

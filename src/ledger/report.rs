@@ -98,7 +98,7 @@ impl Report {
         if self.requests == 0 {
             0.0
         } else {
-            (self.free_requests as f64 * 100.0 / self.requests as f64 * 100.0).round() / 100.0
+            self.free_requests as f64 * 100.0 / self.requests as f64
         }
     }
 
@@ -106,7 +106,7 @@ impl Report {
         if self.requests == 0 {
             0.0
         } else {
-            (self.fallback_requests as f64 / self.requests as f64 * 10_000.0).round() / 10_000.0
+            self.fallback_requests as f64 / self.requests as f64
         }
     }
 

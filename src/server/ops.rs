@@ -168,6 +168,8 @@ pub async fn costs(
         )
         .into_response();
     };
+    // include the rows still queued for the writer
+    ledger.flush(std::time::Duration::from_secs(2)).await;
     let now = crate::ledger::time::now_ms();
     match tokio::task::spawn_blocking(move || ledger.report(window, now)).await {
         Ok(Ok(report)) => plain_json(&report.to_json()),

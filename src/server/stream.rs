@@ -260,6 +260,20 @@ impl Relay {
         }
         if let Some(e) = failure {
             tracing::warn!(request_id = %s.request_id, error = %e, "stream interrupted after it started");
+            // the attempt that started the stream failed after all
+            if let Some(a) = s.run.as_mut().and_then(|r| r.attempts.last_mut()) {
+                a.outcome = outcome;
+                a.status = e.status();
+                a.error = Some(e.to_string());
+            }
+            if let Some(t) = target.tier {
+                if let (Some(esc), true) = (
+                    rt.config.tiers[t].escalate,
+                    outcome != AttemptOutcome::ClientError,
+                ) {
+                    rt.escalation[t].failure(esc.after);
+                }
+            }
         }
         let remaining = chat::settle(&self.ctx.state, &rt, s);
         let mut report = json!({
@@ -286,6 +300,8 @@ static EMPTY_ROUTE: Route = Route {
     task: None,
     minor: false,
     escalated: false,
+    task_retries: None,
+    retries_cap: None,
 };
 
 impl Drop for Relay {

@@ -108,6 +108,7 @@ async fn client_errors_from_the_first_tier_are_returned_as_is() {
         assert_eq!(up.count("m1"), 1);
         assert_eq!(up.count("m2"), 0, "no fallback on a client error");
         assert_eq!(header(&resp, "x-cascade-attempts"), "1");
+        assert_eq!(header(&resp, "x-should-retry"), "false");
         assert!(resp.headers().get("x-cascade-tier").is_none());
         let body: Value = resp.json().await.unwrap();
         assert_eq!(body["error"]["message"], "your request is wrong");
@@ -245,6 +246,17 @@ async fn give_up_status_follows_the_failures() {
     let resp = gw.ask("first").await;
     assert_eq!(resp.status(), 429);
     assert_eq!(header(&resp, "x-should-retry"), "false");
+    assert!(
+        resp.headers().get("retry-after").is_none(),
+        "nothing said when"
+    );
+    // with the breaker off, the shortest Retry-After the upstreams sent
+    let (up, gw) = two_tiers("").await;
+    up.script("m1", vec![Step::RateLimited(vec![("retry-after", "7")])]);
+    up.script("m2", vec![Step::RateLimited(vec![("retry-after", "9")])]);
+    let resp = gw.ask("first").await;
+    assert_eq!(resp.status(), 429);
+    assert_eq!(header(&resp, "retry-after"), "7");
 
     // mixed -> 502 with the attempts list naming each failed model
     let (up, gw) = two_tiers("").await;

@@ -343,7 +343,7 @@ async fn the_report_equals_the_sum_of_the_headers() {
         free += usize::from(header(&resp, "x-cascade-tier") != "kimi");
         fallbacks += usize::from(header(&resp, "x-cascade-fallback") == "true");
     }
-    flushed(&gw, n as u64).await;
+    // no waiting for the writer: the report includes what is still queued
     let r: Value = gw
         .http
         .get(format!("{}/v1/cascade/costs?since=24h", gw.url))
@@ -504,4 +504,78 @@ async fn kill_9_loses_at_most_the_last_flush_and_never_corrupts() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn an_escalated_request_keeps_the_retry_cap() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&planner(&up, "", "").replace("tier(\"kimi\"", ""), ENV).await;
+    up.script("llama-8b", vec![Step::Status(503, "down")]);
+    up.script("kimi-k2", vec![Step::Status(503, "down")]);
+    for _ in 0..3 {
+        gw.ask("llama").await;
+    }
+    let resp = gw
+        .chat()
+        .header("x-cascade-max-retries", "0")
+        .json(&body("llama"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&resp, "x-cascade-escalated"), "true");
+    assert_eq!(
+        up.count("kimi-k2"),
+        1,
+        "x-cascade-max-retries: 0 holds for the escalated tier too"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_cut_midway_is_a_failed_attempt_in_the_ledger_and_for_escalation() {
+    use crate::common::StreamScript;
+    let up = Upstream::start().await;
+    let dir = temp_dir();
+    let db = ledger_path(&dir);
+    let gw = Gateway::start(&planner(&up, &db, ""), ENV).await;
+    let cut = StreamScript {
+        cut: true,
+        ..StreamScript::text(&["partial"])
+    };
+    up.script("llama-8b", vec![Step::Stream(cut)]);
+    let b = serde_json::json!({"model": "llama", "stream": true, "messages": [{"role": "user", "content": "x"}]});
+    let text = gw
+        .chat()
+        .json(&b)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("stream_interrupted"));
+    let s = status(&gw).await;
+    let llama = s["tiers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "llama")
+        .unwrap()
+        .clone();
+    assert_eq!(llama["escalate"]["consecutive_failures"], 1);
+    flushed(&gw, 1).await;
+    assert_eq!(
+        db_rows(
+            &db,
+            "SELECT COUNT(*) FROM attempts WHERE outcome = 'upstream_error'"
+        ),
+        1
+    );
+    assert_eq!(
+        db_rows(
+            &db,
+            "SELECT COUNT(*) FROM attempts WHERE outcome = 'success'"
+        ),
+        0
+    );
+    assert!(db_rows(&db, "SELECT wasted_nanos FROM requests") >= 0);
 }

@@ -353,3 +353,36 @@ async fn a_key_file_is_read_and_trimmed() {
     assert!(!r.headers.contains_key("authorization"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_429_with_retry_after_is_retried_on_the_same_tier_with_the_breaker_on() {
+    let up = Upstream::start().await;
+    let cfg = format!(
+        "{}{}{}{}{}",
+        prelude_with(&up, "backoff_max_ms = 1000", 3),
+        model("m1", ""),
+        model("m2", ""),
+        tier("a", &["m1"], "max_retries = 1\nfallback = [\"b\"]"),
+        tier("b", &["m2"], "max_retries = 0"),
+    );
+    let gw = Gateway::start(&cfg, ENV).await;
+    up.script(
+        "m1",
+        vec![Step::RateLimited(vec![("retry-after-ms", "200")]), Step::Ok],
+    );
+    let resp = gw.ask("a").await;
+    assert_eq!(
+        header(&resp, "x-cascade-tier"),
+        "a",
+        "retried after its rest, not fallen back"
+    );
+    assert_eq!(header(&resp, "x-cascade-attempts"), "2");
+    assert_eq!(up.count("m2"), 0);
+    let reqs = up.requests_for("m1");
+    assert!(reqs[1].at - reqs[0].at >= Duration::from_millis(190));
+    assert_eq!(
+        gw.metric(r#"cascade_retries_total{model="m1",tier="a"}"#)
+            .await,
+        1.0
+    );
+}
