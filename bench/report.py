@@ -22,6 +22,14 @@ def num(v):
         return None
 
 
+def chunk_verdict(added):
+    if added is None:
+        return "**not measured**"
+    if added < 0:
+        return "below what this client resolves: its own jitter is larger, see notes"
+    return "yes" if added < 1 else "**no**"
+
+
 def sh(cmd):
     try:
         return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
@@ -92,7 +100,7 @@ def main():
         f"| fallback on every request vs no failures (req/s c=32) | >= 0.4x | {fallback_share}x ({ok(fallback_share is not None and fallback_share >= 0.4)}) |",
         f"| RSS idle | < 30 MiB | {c.get('rss_idle_mib')} MiB ({ok((num(c.get('rss_idle_mib')) or 1e9) < 30)}) |",
         f"| RSS with {streams['streams']} open streams | < 100 MiB | {streams['gateway_rss_peak_mib']} MiB ({ok((streams['gateway_rss_peak_mib'] or 1e9) < 100)}) |",
-        f"| added per-chunk delay p99 | < 1 ms | {streams['added_chunk_delay_ms']['p99']} ms ({ok((streams['added_chunk_delay_ms']['p99'] if streams['added_chunk_delay_ms']['p99'] is not None else 1e9) < 1)}) |",
+        f"| added per-chunk delay p99 | < 1 ms | {streams['added_chunk_delay_ms']['p99']} ms ({chunk_verdict(streams['added_chunk_delay_ms']['p99'])}) |",
     ]
     for peer in ("litellm", "portkey"):
         if peer in by:
