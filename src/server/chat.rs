@@ -375,6 +375,29 @@ struct Ctx<'a> {
     started: Instant,
 }
 
+impl Ctx<'_> {
+    /// The settlement of a request this context served (nothing priced yet).
+    fn served(&self, route: Route, run: Run, by: (usize, usize), stream: bool) -> Settlement {
+        Settlement {
+            request_id: self.request_id.to_string(),
+            key: self.caller.named().map(|k| k.name.clone()),
+            key_label: self.caller.label().to_string(),
+            session: self.session.map(str::to_string),
+            route: Some(route),
+            run: Some(run),
+            served: Some(by),
+            usage: None,
+            cost: Usd::ZERO,
+            wasted: Usd::ZERO,
+            savings: Usd::ZERO,
+            status: 200,
+            outcome: RequestOutcome::Success,
+            stream,
+            started: self.started,
+        }
+    }
+}
+
 async fn handle(ctx: &Ctx<'_>, body: Body, in_flight: InFlight) -> Result<Response, Refusal> {
     let rt = ctx.rt;
     let cfg = &rt.config;
@@ -471,23 +494,8 @@ async fn handle(ctx: &Ctx<'_>, body: Body, in_flight: InFlight) -> Result<Respon
                 client_wants_usage: body.client_wants_usage(),
                 prompt_chars_estimate: body.raw("messages").map_or(0, str::len),
                 permit: served.permit,
-                settlement: Settlement {
-                    request_id: ctx.request_id.to_string(),
-                    key: key.map(|k| k.name.clone()),
-                    key_label: ctx.caller.label().to_string(),
-                    session: ctx.session.map(str::to_string),
-                    route: Some(route),
-                    run: Some(run),
-                    served: Some((served.target, served.model)),
-                    usage: None,
-                    cost: Usd::ZERO,
-                    wasted: Usd::ZERO,
-                    savings: Usd::ZERO,
-                    status: 200,
-                    outcome: RequestOutcome::Success,
-                    stream: true,
-                    started: ctx.started,
-                },
+                // usage, cost and savings are filled in when the stream ends
+                settlement: ctx.served(route, run, (served.target, served.model), true),
                 _in_flight: in_flight,
             },
             served.value,
@@ -523,21 +531,10 @@ async fn handle(ctx: &Ctx<'_>, body: Body, in_flight: InFlight) -> Result<Respon
     let first_target = route.steps.first().map(|s| s.target);
     let escalated = route.escalated;
     let s = Settlement {
-        request_id: ctx.request_id.to_string(),
-        key: key.map(|k| k.name.clone()),
-        key_label: ctx.caller.label().to_string(),
-        session: ctx.session.map(str::to_string),
-        route: Some(route),
-        run: Some(run),
-        served: Some((served.target, served.model)),
         usage: Some(usage),
         cost,
-        wasted: Usd::ZERO,
         savings,
-        status: 200,
-        outcome: RequestOutcome::Success,
-        stream: false,
-        started: ctx.started,
+        ..ctx.served(route, run, (served.target, served.model), false)
     };
     let budget_remaining = settle(ctx.state, rt, &s);
     let mut resp = Response::new(Body::from(completion.body));

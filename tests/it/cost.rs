@@ -1,12 +1,12 @@
 //! Issue "Cost intelligence": escalation, the ledger, budgets, the report.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::common::gateway::{body, header, temp_dir, TempDir};
+use crate::common::process::{free_port, spawn, wait_ready};
 use crate::common::{Gateway, Step, Upstream};
 use crate::{model, prelude_with, tier, ENV};
 
@@ -383,49 +383,6 @@ async fn the_report_equals_the_sum_of_the_headers() {
 
 // --- kill -9: the real binary ------------------------------------------------
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_gateway(config: &Path, port: u16) -> Proc {
-    let child = Command::new(env!("CARGO_BIN_EXE_cascade"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("CASCADE__SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Proc(child)
-}
-
-async fn wait_ready(http: &reqwest::Client, url: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(r) = http.get(format!("{url}/readyz")).send().await {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "the gateway did not come up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn kill_9_loses_at_most_the_last_flush_and_never_corrupts() {
     let dir = temp_dir();
@@ -442,7 +399,7 @@ async fn kill_9_loses_at_most_the_last_flush_and_never_corrupts() {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let mut gw = spawn_gateway(&config, port);
+    let mut gw = spawn(&config, port);
     wait_ready(&http, &url).await;
 
     // load in the background while we watch the writer's counter
@@ -495,7 +452,7 @@ async fn kill_9_loses_at_most_the_last_flush_and_never_corrupts() {
     // and the gateway starts again on it
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let _gw = spawn_gateway(&config, port);
+    let _gw = spawn(&config, port);
     wait_ready(&http, &url).await;
     let resp = http
         .post(format!("{url}/v1/chat/completions"))

@@ -1,43 +1,13 @@
 //! Issue "Deploy and operate": the real binary under SIGTERM and SIGHUP.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
+
+use crate::common::process::{free_port, spawn, wait_ready, Proc};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use crate::common::gateway::{body, temp_dir};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn spawn(config: &Path, port: u16) -> Proc {
-    Proc(
-        Command::new(env!("CARGO_BIN_EXE_cascade"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .env("CASCADE__SERVER__LISTEN", format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
-}
 
 fn signal(p: &Proc, sig: &str) {
     let status = Command::new("kill")
@@ -109,10 +79,7 @@ async fn sigterm_lets_in_flight_requests_and_streams_finish() {
     let url = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     let mut gw = spawn(&config, port);
-    until("ready", 20, || async {
-        get_status(&http, &format!("{url}/readyz")).await == Some(200)
-    })
-    .await;
+    wait_ready(&http, &url).await;
 
     let slow = {
         let (http, url) = (http.clone(), url.clone());
@@ -182,10 +149,7 @@ async fn sighup_reloads_and_refuses_an_invalid_file() {
     let url = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     let gw = spawn(&config, port);
-    until("ready", 20, || async {
-        get_status(&http, &format!("{url}/readyz")).await == Some(200)
-    })
-    .await;
+    wait_ready(&http, &url).await;
     let ask = |model: &'static str| {
         let (http, url) = (http.clone(), url.clone());
         async move {

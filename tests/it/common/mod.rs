@@ -1,5 +1,6 @@
 pub mod gateway;
 pub mod messages;
+pub mod process;
 pub mod upstream;
 
 pub use gateway::Gateway;
