@@ -99,7 +99,14 @@ pub struct Relay {
     phase: Phase,
     accounted: bool,
     attempt_started: Instant,
+    /// When the upstream last sent an event.
+    last_event: Instant,
+    /// Send a keep-alive comment after this long without an upstream event.
+    keepalive: Duration,
 }
+
+/// The longest quiet gap before the relay sends `: keep-alive`.
+const KEEPALIVE_MAX: Duration = Duration::from_secs(15);
 
 fn event(data: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(data.len() + 8);
@@ -131,6 +138,10 @@ impl Relay {
             phase: Phase::Relaying,
             accounted: false,
             attempt_started,
+            last_event: Instant::now(),
+            // well inside the idle timeout, so a client's own read timeout
+            // sees bytes during long quiet stretches of a healthy stream
+            keepalive: (idle / 2).clamp(Duration::from_millis(1), KEEPALIVE_MAX),
         }
     }
 
@@ -156,13 +167,25 @@ impl Relay {
             }
             let next = match self.pending.pop_front() {
                 Some(c) => Ok(c),
-                None => match tokio::time::timeout(self.idle, self.upstream.next()).await {
-                    Err(_) => Err(UpstreamError::Timeout),
-                    Ok(None) => Err(UpstreamError::MidStream(
-                        "the upstream closed the stream".into(),
-                    )),
-                    Ok(Some(r)) => r,
-                },
+                None => {
+                    // the idle deadline runs from the last upstream event; a
+                    // keep-alive sent meanwhile does not move it
+                    let idle_left = self.idle.saturating_sub(self.last_event.elapsed());
+                    let wait = idle_left.min(self.keepalive);
+                    match tokio::time::timeout(wait, self.upstream.next()).await {
+                        Err(_) if self.last_event.elapsed() >= self.idle => {
+                            Err(UpstreamError::Timeout)
+                        }
+                        Err(_) => return Some(Bytes::from_static(b": keep-alive\n\n")),
+                        Ok(None) => Err(UpstreamError::MidStream(
+                            "the upstream closed the stream".into(),
+                        )),
+                        Ok(Some(r)) => {
+                            self.last_event = Instant::now();
+                            r
+                        }
+                    }
+                }
             };
             match next {
                 Ok(c) => {

@@ -358,3 +358,36 @@ async fn a_client_that_leaves_cancels_the_upstream() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn quiet_stretches_get_keep_alive_comments() {
+    let up = Upstream::start().await;
+    let cfg = format!(
+        "{}{}{}",
+        prelude(&up, ""),
+        model("m1", ""),
+        tier("t", &["m1"], "timeout_ms = 1000"),
+    );
+    let gw = Gateway::start(&cfg, ENV).await;
+    let slow = StreamScript {
+        chunks: vec![(0, "one"), (800, "two")],
+        ..StreamScript::text(&[])
+    };
+    up.script("m1", vec![Step::Stream(slow)]);
+    let events = read_all(
+        gw.chat()
+            .json(&stream_body("t", false))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let one = events.iter().position(|e| e.contains("\"one\"")).unwrap();
+    let two = events.iter().position(|e| e.contains("\"two\"")).unwrap();
+    assert!(
+        events[one..two].iter().any(|e| e == ": keep-alive"),
+        "a keep-alive between the chunks: {events:?}"
+    );
+    assert_eq!(content(&events), "onetwo", "and the stream was not cut");
+    assert_eq!(events.last().unwrap(), "data: [DONE]");
+}
