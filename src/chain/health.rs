@@ -103,6 +103,25 @@ impl Health {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Whether `admit` would let a call through now (changes nothing).
+    pub fn would_admit(&self, now: Instant) -> bool {
+        if self.max_concurrency > 0 && self.in_flight() >= self.max_concurrency {
+            return false;
+        }
+        if self.breaker.failure_threshold == 0 {
+            return true;
+        }
+        let s = self.lock();
+        if s.rest_until.is_some_and(|t| t > now) {
+            return false;
+        }
+        match s.circuit {
+            Circuit::Closed { .. } | Circuit::HalfOpen { probing: false } => true,
+            Circuit::Open { until } => until <= now,
+            Circuit::HalfOpen { probing: true } => false,
+        }
+    }
+
     pub fn admit(self: &Arc<Self>, now: Instant) -> Result<Permit, Unavailable> {
         let mut probe = false;
         if self.breaker.failure_threshold > 0 {

@@ -1,21 +1,26 @@
 //! The fallback chain: one explicit ordered loop over the route's steps, with
 //! one deadline around it, recording every attempt (SPEC 4.2). Classification
-//! is `classify`; delays are `backoff`; model health is `health`. This is the
+//! is `classify`; delays are `backoff`; each attempt goes through the
+//! per-model stack of `breaker` (a tower layer over `health`). This is the
 //! only place that retries.
 
 pub mod backoff;
+pub mod breaker;
 pub mod classify;
 pub mod health;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
 use tokio::time::Instant;
 
-use classify::{classify, health_effect, HealthEffect};
+use breaker::{Admitted, HealthLayer, Refused};
+use classify::classify;
 pub use classify::{AttemptOutcome, Verdict};
 use health::{earliest, Permit, Unavailable};
+use tower::{Layer, Service};
 
 use crate::config::ModelId;
 use crate::providers::UpstreamError;
@@ -107,6 +112,11 @@ where
     let mut budget_skipped = false;
 
     'steps: for step in &route.steps {
+        // enabled, and (after a context-length failure) a larger window
+        let eligible = |model: ModelId| {
+            let m = &cfg.models[model];
+            m.enabled && min_window.is_none_or(|w| m.context_window.is_some_and(|mw| mw > w))
+        };
         let target = &rt.targets[step.target];
         if !target.enabled {
             continue;
@@ -140,28 +150,53 @@ where
                 }
                 pending_delay = Duration::ZERO;
             }
-            // next eligible model, in strategy order, skipping unavailable ones
+            // the pause between tiers is owed only if an attempt follows
+            if !pending_delay.is_zero() {
+                let now = Instant::now();
+                let follows = target
+                    .models
+                    .iter()
+                    .any(|&m| eligible(m) && rt.health[m].would_admit(now));
+                if follows && now + pending_delay < deadline {
+                    tokio::time::sleep(pending_delay).await;
+                }
+                pending_delay = Duration::ZERO;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                deadline_hit = true;
+                break 'steps;
+            }
+            let per_attempt = match mode {
+                Mode::Complete => target.timeout,
+                Mode::Stream => target.first_token_timeout,
+            };
+            let limit = per_attempt.min(deadline - now);
+            // next model, in strategy order, through the per-model stack:
+            // health (breaker, rest, concurrency) -> timeout -> provider call.
+            // An unavailable model refuses at once and costs no attempt.
             let mut picked = None;
-            let mut now = Instant::now();
             for k in 0..n {
                 let idx = (start + cursor + k) % n;
                 let model = target.models[idx];
-                let m = &cfg.models[model];
-                if !m.enabled {
+                if !eligible(model) {
                     continue;
                 }
-                if let Some(w) = min_window {
-                    if m.context_window.is_none_or(|mw| mw <= w) {
-                        continue;
-                    }
-                }
-                match rt.health[model].admit(now) {
-                    Ok(permit) => {
-                        cursor += k + 1;
-                        picked = Some((idx, model, permit));
-                        break;
-                    }
-                    Err(why) => {
+                let mut stack =
+                    HealthLayer::new(Arc::clone(&rt.health[model]), mode == Mode::Stream).layer(
+                        tower::service_fn(|()| {
+                            let attempt = call(model, limit);
+                            async move {
+                                tokio::time::timeout(limit, attempt)
+                                    .await
+                                    .unwrap_or(Err(UpstreamError::Timeout))
+                            }
+                        }),
+                    );
+                // service_fn is always ready; the health check is in `call`
+                let attempt = stack.call(());
+                match attempt.refused() {
+                    Some(why) => {
                         back_at = earliest(
                             back_at,
                             why.until().or(match why {
@@ -172,22 +207,16 @@ where
                             }),
                         )
                     }
+                    None => {
+                        cursor += k + 1;
+                        picked = Some((idx, model, attempt));
+                        break;
+                    }
                 }
             }
-            let Some((idx, model, permit)) = picked else {
+            let Some((idx, model, attempt)) = picked else {
                 break;
             };
-            if !pending_delay.is_zero() {
-                if now + pending_delay < deadline {
-                    tokio::time::sleep(pending_delay).await;
-                    now = Instant::now();
-                }
-                pending_delay = Duration::ZERO;
-            }
-            if now >= deadline {
-                deadline_hit = true;
-                break 'steps;
-            }
             if run.tried.last() != Some(&step.target) {
                 if let Some(&from) = run.tried.last() {
                     rt_fallback(rt, from, step.target);
@@ -195,12 +224,6 @@ where
                 run.tried.push(step.target);
             }
             let first_tier = run.tried.len() == 1;
-            let per_attempt = match mode {
-                Mode::Complete => target.timeout,
-                Mode::Stream => target.first_token_timeout,
-            };
-            let remaining = deadline - now;
-            let limit = per_attempt.min(remaining);
             total += 1;
             tier_attempts += 1;
             let metrics = &target.metrics[idx];
@@ -208,13 +231,10 @@ where
                 target.metrics[failed].retries.inc();
             }
             let started = Instant::now();
-            let result = match tokio::time::timeout(limit, call(model, limit)).await {
-                Ok(r) => r,
-                Err(_) => Err(UpstreamError::Timeout),
-            };
+            let result = attempt.await;
             let elapsed = started.elapsed();
             let err = match result {
-                Ok(value) => {
+                Ok(Admitted { value, permit }) => {
                     if let Some(t) = target.tier {
                         rt.escalation[t].success();
                     }
@@ -234,13 +254,6 @@ where
                         elapsed,
                         retry_after: None,
                     });
-                    let permit = match mode {
-                        Mode::Complete => {
-                            permit.record(HealthEffect::Success);
-                            None
-                        }
-                        Mode::Stream => Some(permit),
-                    };
                     return (
                         run,
                         Ok(Served {
@@ -251,15 +264,16 @@ where
                         }),
                     );
                 }
-                Err(e) => e,
+                Err(Refused::Failed(e)) => e,
+                // admission was checked above; a refusal now changes nothing
+                Err(Refused::Unavailable(_)) => continue,
             };
-            if matches!(err, UpstreamError::Timeout) && limit == remaining {
+            if matches!(err, UpstreamError::Timeout) && Instant::now() >= deadline {
                 deadline_hit = true;
             }
             metrics.upstream_duration.observe(elapsed.as_secs_f64());
             let outcome = classify::outcome(&err);
             metrics.outcomes[outcome.index()].inc();
-            permit.record(health_effect(&err));
             if let Some(esc) = target
                 .tier
                 .and_then(|t| cfg.tiers[t].escalate.map(|e| (t, e)))
