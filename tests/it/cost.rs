@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::gateway::{body, header, temp_dir, TempDir};
+use crate::common::gateway::{body, header, named, temp_dir, TempDir};
 use crate::common::process::{free_port, spawn, wait_ready};
 use crate::common::{Gateway, Step, Upstream};
 use crate::{model, prelude_with, tier, ENV};
@@ -86,22 +86,8 @@ async fn three_failures_escalate_the_next_request_once() {
         .unwrap();
     assert_eq!(header(&resp, "x-cascade-escalated"), "true");
     assert_eq!(header(&resp, "x-cascade-tier"), "kimi");
-    let status: Value = gw
-        .http
-        .get(format!("{}/v1/cascade/status", gw.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let llama = status["tiers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == "llama")
-        .unwrap()
-        .clone();
+    let status: Value = gw.get_json("/v1/cascade/status").await;
+    let llama = named(&status["tiers"], "llama");
     assert_eq!(llama["escalate"]["consecutive_failures"], 1);
 }
 
@@ -153,14 +139,7 @@ async fn minor_requests_are_never_escalated_to_a_paid_tier() {
 }
 
 async fn status(gw: &Gateway) -> Value {
-    gw.http
-        .get(format!("{}/v1/cascade/status", gw.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    gw.get_json("/v1/cascade/status").await
 }
 
 /// Bounded poll until the writer reports `n` rows flushed.
@@ -344,15 +323,7 @@ async fn the_report_equals_the_sum_of_the_headers() {
         fallbacks += usize::from(header(&resp, "x-cascade-fallback") == "true");
     }
     // no waiting for the writer: the report includes what is still queued
-    let r: Value = gw
-        .http
-        .get(format!("{}/v1/cascade/costs?since=24h", gw.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value = gw.get_json("/v1/cascade/costs?since=24h").await;
     let usd = |v: &Value| (v.as_f64().unwrap() * 1e9).round() as i128;
     assert_eq!(r["requests"], n);
     assert_eq!(usd(&r["total_cost_usd"]), total);
@@ -511,13 +482,7 @@ async fn a_stream_cut_midway_is_a_failed_attempt_in_the_ledger_and_for_escalatio
         .unwrap();
     assert!(text.contains("stream_interrupted"));
     let s = status(&gw).await;
-    let llama = s["tiers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == "llama")
-        .unwrap()
-        .clone();
+    let llama = named(&s["tiers"], "llama");
     assert_eq!(llama["escalate"]["consecutive_failures"], 1);
     flushed(&gw, 1).await;
     assert_eq!(

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::gateway::{body, header};
+use crate::common::gateway::{body, header, named};
 use crate::common::{Gateway, Step, Upstream};
 use crate::{model, prelude_with, tier, ENV};
 
@@ -42,22 +42,8 @@ async fn the_breaker_opens_skips_and_probes() {
         "a skipped tier is not listed"
     );
     assert_eq!(up.count("m1"), 3, "the open model saw nothing");
-    let status: Value = gw
-        .http
-        .get(format!("{}/v1/cascade/status", gw.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let m1 = status["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == "m1")
-        .unwrap()
-        .clone();
+    let status: Value = gw.get_json("/v1/cascade/status").await;
+    let m1 = named(&status["models"], "m1");
     assert_eq!(m1["circuit"], "open");
 
     // after open_ms: one probe; it fails -> open again

@@ -219,15 +219,7 @@ async fn minor_requests_skip_paid_tiers() {
 #[tokio::test]
 async fn models_endpoint_lists_every_routable_name() {
     let (_up, gw) = gateway().await;
-    let v: Value = gw
-        .http
-        .get(format!("{}/v1/models", gw.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = gw.get_json("/v1/models").await;
     assert_eq!(v["object"], "list");
     let ids: Vec<&str> = v["data"]
         .as_array()

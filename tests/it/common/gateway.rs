@@ -89,6 +89,18 @@ impl Gateway {
         self.chat().json(&body(model)).send().await.unwrap()
     }
 
+    /// GET a gateway path (no auth) and parse the JSON answer.
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn metrics(&self) -> String {
         self.http
             .get(format!("{}/metrics", self.url))
@@ -131,4 +143,14 @@ pub fn header<'a>(resp: &'a reqwest::Response, name: &str) -> &'a str {
         .get(name)
         .map(|v| v.to_str().unwrap())
         .unwrap_or_else(|| panic!("no {name} header"))
+}
+
+/// The entry of a JSON list whose "name" is `name` (status tiers, models).
+pub fn named(list: &Value, name: &str) -> Value {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("no {name:?} in {list}"))
+        .clone()
 }
