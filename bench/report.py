@@ -25,8 +25,6 @@ def num(v):
 def chunk_verdict(added):
     if added is None:
         return "**not measured**"
-    if added < 0:
-        return "below what this client resolves: its own jitter is larger, see notes"
     return "yes" if added < 1 else "**no**"
 
 
@@ -44,6 +42,7 @@ def main():
     ap.add_argument("--mode", default="full")
     ap.add_argument("--command", default="bench/run.sh")
     ap.add_argument("--plot", required=True)
+    ap.add_argument("--pinned", default="0")
     ap.add_argument("--out", default="docs/benchmarks.md")
     a = ap.parse_args()
 
@@ -60,7 +59,11 @@ def main():
     cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip()
     lines.append(f"- machine: {os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}")
     lines.append(f"- command: `{a.command}`")
-    lines.append("- load: wrk, POST of a small chat request; upstream: nginx returning a fixed completion; 1 nginx worker for the proxy")
+    lines.append("- load: wrk, POST of a small chat request; upstream: nginx (its own process, 1 worker) returning a fixed completion; nginx-as-proxy: a second nginx, 1 worker")
+    if a.pinned == "1":
+        lines.append("- pinning: the target under test on CPU 1 (so Cascade runs 1 tokio worker, nginx 1 worker), wrk and the upstream on CPU 0 (taskset)")
+    else:
+        lines.append("- pinning: none (`--no-pin`, or fewer than 2 cores): the scheduler places every process")
     lines.append("- requests/s per core = requests served / CPU seconds of the gateway process over the c=32 run (read from /proc)\n")
 
     lines.append("| target | machine busy before | req/s c=32 | req/s c=256 | req/s per gateway core | p50 c=1 (ms) | p99 c=1 (ms) | p50 c=32 (ms) | p99 c=32 (ms) | CPU s / 10k req | RSS idle (MiB) | RSS peak (MiB) | non-2xx |")
@@ -108,14 +111,16 @@ def main():
     lines.append(TARGETS_DOC.format(rows="\n".join(trows)))
 
     lines.append("## Streaming\n")
-    lines.append(f"{streams['streams']} concurrent streams of {streams['chunks_per_stream']} chunks ({streams['chunk_interval_ms']:.0f} ms apart), each chunk carrying its send time; measured directly against the upstream and through Cascade, by the same Python asyncio client (so its own scheduling delay is in both and cancels out in the difference).\n")
+    lines.append(f"{streams['streams']} concurrent streams of {streams['chunks_per_stream']} chunks ({streams['chunk_interval_ms']:.0f} ms apart), each chunk carrying its send time (wall clock, ns); the same Rust client (`bench/streams.rs`, tokio) runs the same streams directly against its own upstream and then through Cascade, so the client's and the upstream's own delays are in both columns and the difference is what the gateway adds. \"Added\" is the difference of the percentiles, not a percentile of per-chunk differences.\n")
     lines.append("| | direct | through Cascade | added |")
     lines.append("|---|---|---|---|")
-    for k in ("p50", "p99"):
-        lines.append(f"| chunk delay {k} (ms) | {streams['chunk_delay_ms_direct'][k]} | {streams['chunk_delay_ms_gateway'][k]} | {streams['added_chunk_delay_ms'][k]} |")
+    for k in ("p50", "p90", "p99", "p999"):
+        if k in streams["chunk_delay_ms_direct"]:
+            lines.append(f"| chunk delay {k} (ms) | {streams['chunk_delay_ms_direct'][k]} | {streams['chunk_delay_ms_gateway'][k]} | {streams['added_chunk_delay_ms'][k]} |")
     for k in ("p50", "p99"):
         lines.append(f"| time to first token {k} (ms) | {streams['ttft_ms_direct'][k]} | {streams['ttft_ms_gateway'][k]} | {streams['added_ttft_ms'][k]} |")
     lines.append(f"| chunks received | {streams['chunks_received_direct']} | {streams['chunks_received_gateway']} | |")
+    lines.append(f"| streams that failed | {streams.get('streams_failed_direct', 0)} | {streams.get('streams_failed_gateway', 0)} | |")
     lines.append(f"| gateway RSS (MiB) | | idle {streams['gateway_rss_idle_mib']}, peak {streams['gateway_rss_peak_mib']} | |")
     lines.append("")
 

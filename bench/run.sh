@@ -5,6 +5,12 @@
 #   bench/run.sh            full run (~5 min once tools are installed)
 #   bench/run.sh --smoke    a few seconds per target, no thresholds (CI)
 #   bench/run.sh --peers    also LiteLLM proxy and the Portkey gateway (installs them)
+#   bench/run.sh --no-pin   do not pin processes to cores (see below)
+#
+# On a machine with 2+ cores the target under test (nginx-as-proxy, Cascade, a
+# peer) runs pinned to one core (taskset) and the load generator and the
+# upstream to another, so the target's tail latency is its own and not time
+# spent waiting for a core that wrk holds. --no-pin lets the scheduler decide.
 #
 # Targets: direct to the upstream (nginx returning a fixed completion), through
 # Cascade (one tier), through Cascade with a fallback on every request (first
@@ -19,13 +25,19 @@ ROOT=$(pwd)
 
 MODE=full
 PEERS=0
+PIN=1
 for a in "$@"; do
     case "$a" in
         --smoke) MODE=smoke ;;
         --peers) PEERS=1 ;;
-        *) echo "usage: bench/run.sh [--smoke] [--peers]" >&2; exit 2 ;;
+        --no-pin) PIN=0 ;;
+        *) echo "usage: bench/run.sh [--smoke] [--peers] [--no-pin]" >&2; exit 2 ;;
     esac
 done
+[ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null || PIN=0
+# on_load / on_target: run a command on the load generator's core or the target's
+on_load() { if [ "$PIN" = 1 ]; then taskset -c 0 "$@"; else "$@"; fi; }
+on_target() { if [ "$PIN" = 1 ]; then taskset -c 1 "$@"; else "$@"; fi; }
 if [ "$MODE" = smoke ]; then DUR=2; else DUR=15; fi
 
 OUT=bench/out
@@ -34,7 +46,7 @@ TMP=$(mktemp -d)
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-    [ -f "$TMP/nginx.pid" ] && kill "$(cat "$TMP/nginx.pid")" 2>/dev/null || true
+    for n in upstream proxy; do [ -f "$TMP/$n.pid" ] && kill "$(cat "$TMP/$n.pid")" 2>/dev/null || true; done
     rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -53,39 +65,44 @@ need_apt() {
 need_apt wrk nginx-light
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 
-say "cargo build --release --locked"
-cargo build --release --locked >&2
+say "cargo build --release --locked (the gateway and bench/streams.rs)"
+cargo build --release --locked --bin cascade --example streams >&2
 BIN=$ROOT/target/release/cascade
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(free_port); PROXY=$(free_port); GW1=$(free_port); GW2=$(free_port)
 
-# --- the upstream and the reference proxy: nginx ---------------------------------
+# --- the upstream and the reference proxy: two nginx instances ---------------------
+# Separate processes, so the proxy's CPU time is the proxy's alone.
 COMPLETION='{"id":"chatcmpl-bench","object":"chat.completion","created":1,"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! This is a short benchmark answer."},"finish_reason":"stop"}],"usage":{"prompt_tokens":14,"completion_tokens":9,"total_tokens":23}}'
-mkdir -p "$TMP/nginx"
-cat > "$TMP/nginx.conf" <<NGINX
+nginx_conf() { # $1 = name, $2 = server block
+    mkdir -p "$TMP/$1"
+    cat > "$TMP/$1.conf" <<NGINX
 worker_processes 1;
-pid $TMP/nginx.pid;
-error_log $TMP/nginx/error.log warn;
+pid $TMP/$1.pid;
+error_log $TMP/$1/error.log warn;
 events { worker_connections 16384; }
 http {
     access_log off;
-    client_body_temp_path $TMP/nginx;
-    proxy_temp_path $TMP/nginx;
+    client_body_temp_path $TMP/$1;
+    proxy_temp_path $TMP/$1;
     keepalive_requests 1000000;
-    upstream llm { server 127.0.0.1:$UP; keepalive 512; }
-    server {
-        listen 127.0.0.1:$UP backlog=4096;
-        location = /v1/chat/completions { default_type application/json; return 200 '$COMPLETION'; }
-        location = /fail/v1/chat/completions { default_type application/json; return 503 '{"error":{"message":"overloaded","type":"server_error"}}'; }
-    }
-    server {
-        listen 127.0.0.1:$PROXY backlog=4096;
-        location / { proxy_pass http://llm; proxy_http_version 1.1; proxy_set_header Connection ""; }
-    }
+    $2
 }
 NGINX
-nginx -c "$TMP/nginx.conf" -p "$TMP"
+}
+nginx_conf upstream "server {
+        listen 127.0.0.1:$UP backlog=4096;
+        location = /v1/chat/completions { default_type application/json; return 200 '$COMPLETION'; }
+        location = /fail/v1/chat/completions { default_type application/json; return 503 '{\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\"}}'; }
+    }"
+nginx_conf proxy "upstream llm { server 127.0.0.1:$UP; keepalive 512; }
+    server {
+        listen 127.0.0.1:$PROXY backlog=4096;
+        location / { proxy_pass http://llm; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
+    }"
+on_load nginx -c "$TMP/upstream.conf" -p "$TMP"
+on_target nginx -c "$TMP/proxy.conf" -p "$TMP"
 
 # --- Cascade configs -----------------------------------------------------------------
 gateway_config() { # $1 = listen port, $2 = first tier base URL
@@ -127,7 +144,7 @@ gateway_config "$GW1" "http://127.0.0.1:$UP/v1" > "$TMP/one.toml"
 gateway_config "$GW2" "http://127.0.0.1:$UP/fail/v1" > "$TMP/fallback.toml"
 
 start_gateway() { # $1 config -> echoes pid
-    RUST_LOG=warn "$BIN" serve --config "$1" >"$TMP/$(basename "$1").log" 2>&1 &
+    RUST_LOG=warn on_target "$BIN" serve --config "$1" >"$TMP/$(basename "$1").log" 2>&1 &
     echo $!
 }
 wait_http() { # $1 url
@@ -156,13 +173,13 @@ model_list:
     litellm_params: { model: openai/bench-model, api_base: "http://127.0.0.1:$UP/v1", api_key: "none" }
 general_settings: { master_key: sk-bench }
 YAML
-    LITELLM_MASTER_KEY=sk-bench bench/out/litellm-venv/bin/litellm --config "$TMP/litellm.yaml" --port "$LL" --host 127.0.0.1 >"$TMP/litellm.log" 2>&1 &
+    LITELLM_MASTER_KEY=sk-bench on_target bench/out/litellm-venv/bin/litellm --config "$TMP/litellm.yaml" --port "$LL" --host 127.0.0.1 >"$TMP/litellm.log" 2>&1 &
     PIDS+=("$!"); LLPID=$!
     if [ ! -f bench/out/portkey/node_modules/@portkey-ai/gateway/build/start-server.js ]; then
         say "installing @portkey-ai/gateway"
         mkdir -p bench/out/portkey && (cd bench/out/portkey && npm install --silent @portkey-ai/gateway >&2)
     fi
-    (cd bench/out/portkey/node_modules/@portkey-ai/gateway && exec node build/start-server.js --port="$PK" --headless >"$TMP/portkey.log" 2>&1) &
+    (cd bench/out/portkey/node_modules/@portkey-ai/gateway && exec taskset -c "$( [ "$PIN" = 1 ] && echo 1 || echo 0-$(( $(nproc) - 1 )) )" node build/start-server.js --port="$PK" --headless >"$TMP/portkey.log" 2>&1) &
     PIDS+=("$!"); PKPID=$!
     for _ in $(seq 1 600); do curl -s -o /dev/null "http://127.0.0.1:$LL/health/liveliness" && break; sleep 0.1; done
     for _ in $(seq 1 300); do curl -s -o /dev/null "http://127.0.0.1:$PK/" && break; sleep 0.1; done
@@ -205,7 +222,7 @@ run_wrk() { # $1 url, $2 connections, $3 seconds, extra header args...
     local hargs=()
     for h in "$@"; do hargs+=(-H "$h"); done
     local threads=1; [ "$c" -ge 32 ] && threads=2
-    wrk -t"$threads" -c"$c" -d"${d}s" --latency -s bench/post.lua "${hargs[@]}" "$url" > "$TMP/wrk.out" 2>&1 || true
+    on_load wrk -t"$threads" -c"$c" -d"${d}s" --latency -s bench/post.lua "${hargs[@]}" "$url" > "$TMP/wrk.out" 2>&1 || true
     awk '
       function ms(v) { if (v ~ /us$/) { sub(/us$/,"",v); return v/1000 } if (v ~ /ms$/) { sub(/ms$/,"",v); return v+0 } if (v ~ /s$/) { sub(/s$/,"",v); return v*1000 } return v }
       /Requests\/sec/ { rps=$2 }
@@ -215,7 +232,7 @@ run_wrk() { # $1 url, $2 connections, $3 seconds, extra header args...
 }
 
 TARGETS=("direct|http://127.0.0.1:$UP/v1/chat/completions||"
-         "nginx-proxy|http://127.0.0.1:$PROXY/v1/chat/completions|NGINX|"
+         "nginx-proxy|http://127.0.0.1:$PROXY/v1/chat/completions|NGINX_PROXY|"
          "cascade|http://127.0.0.1:$GW1/v1/chat/completions|$G1|"
          "cascade-fallback|http://127.0.0.1:$GW2/v1/chat/completions|$G2|")
 TARGETS+=("${PEER_TARGETS[@]}")
@@ -224,7 +241,7 @@ RESULTS="$OUT/results.tsv"
 printf 'target\tbusy_before_pct\trps_c32\trps_c256\tcpu_s_c32\trps_per_core_c32\tp50_c1_ms\tp99_c1_ms\tp50_c32_ms\tp99_c32_ms\tcpu_s_per_10k\trss_idle_mib\trss_peak_mib\tnon2xx\n' > "$RESULTS"
 for t in "${TARGETS[@]}"; do
     IFS='|' read -r name url pid h1 h2 h3 <<<"$t"
-    [ "$pid" = NGINX ] && pid=$(cat "$TMP/nginx.pid")
+    [ "$pid" = NGINX_PROXY ] && pid=$(cat "$TMP/proxy.pid")
     hdrs=(); for h in "$h1" "$h2" "$h3"; do [ -n "$h" ] && hdrs+=("$h"); done
     busy=$(wait_quiet)
     say "$name (machine busy before: ${busy}%)"
@@ -247,7 +264,7 @@ done
 
 # --- streaming: many concurrent streams through Cascade ---------------------------------
 say "streaming"
-python3 bench/streams.py --gateway-bin "$BIN" --mode "$MODE" > "$OUT/streams.json"
+"$ROOT/target/release/examples/streams" --gateway-bin "$BIN" --mode "$MODE" > "$OUT/streams.json"
 
 # --- report ------------------------------------------------------------------------------
 PY=python3
@@ -257,5 +274,5 @@ if [ "$MODE" = full ]; then   # the plot needs matplotlib; the smoke run skips i
     PY=bench/out/venv/bin/python
 fi
 $PY bench/report.py --results "$RESULTS" --streams "$OUT/streams.json" --mode "$MODE" \
-    --command "bench/run.sh $*" --plot "$OUT/latency.png" \
+    --command "bench/run.sh $*" --plot "$OUT/latency.png" --pinned "$PIN" \
     --out "$( [ "$MODE" = smoke ] && echo "$OUT/benchmarks-smoke.md" || echo docs/benchmarks.md )"
