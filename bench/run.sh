@@ -34,125 +34,25 @@ for a in "$@"; do
         *) echo "usage: bench/run.sh [--smoke] [--peers] [--no-pin]" >&2; exit 2 ;;
     esac
 done
-[ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null || PIN=0
-# on_load / on_target: run a command on the load generator's core or the target's
-on_load() { if [ "$PIN" = 1 ]; then taskset -c 0 "$@"; else "$@"; fi; }
-on_target() { if [ "$PIN" = 1 ]; then taskset -c 1 "$@"; else "$@"; fi; }
 if [ "$MODE" = smoke ]; then DUR=2; else DUR=15; fi
-
 OUT=bench/out
 mkdir -p "$OUT"
-TMP=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-    for n in upstream proxy; do [ -f "$TMP/$n.pid" ] && kill "$(cat "$TMP/$n.pid")" 2>/dev/null || true; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+bench_tools
 
-say() { printf '==> %s\n' "$*" >&2; }
-
-# --- tools -------------------------------------------------------------------
-need_apt() {
-    local missing=()
-    for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
-    if [ ${#missing[@]} -gt 0 ]; then
-        say "installing ${missing[*]}"
-        apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null; }
-    fi
-}
-need_apt wrk nginx-light
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 
 say "cargo build --release --locked (the gateway and bench/streams.rs)"
 cargo build --release --locked --bin cascade --example streams >&2
 BIN=$ROOT/target/release/cascade
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(free_port); PROXY=$(free_port); GW1=$(free_port); GW2=$(free_port)
+start_nginx "$UP" "$PROXY"
+gateway_config "$GW1" "http://127.0.0.1:$UP/v1" "$UP" > "$TMP/one.toml"
+gateway_config "$GW2" "http://127.0.0.1:$UP/fail/v1" "$UP" > "$TMP/fallback.toml"
 
-# --- the upstream and the reference proxy: two nginx instances ---------------------
-# Separate processes, so the proxy's CPU time is the proxy's alone.
-COMPLETION='{"id":"chatcmpl-bench","object":"chat.completion","created":1,"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! This is a short benchmark answer."},"finish_reason":"stop"}],"usage":{"prompt_tokens":14,"completion_tokens":9,"total_tokens":23}}'
-nginx_conf() { # $1 = name, $2 = server block
-    mkdir -p "$TMP/$1"
-    cat > "$TMP/$1.conf" <<NGINX
-worker_processes 1;
-pid $TMP/$1.pid;
-error_log $TMP/$1/error.log warn;
-events { worker_connections 16384; }
-http {
-    access_log off;
-    client_body_temp_path $TMP/$1;
-    proxy_temp_path $TMP/$1;
-    keepalive_requests 1000000;
-    $2
-}
-NGINX
-}
-nginx_conf upstream "server {
-        listen 127.0.0.1:$UP backlog=4096;
-        location = /v1/chat/completions { default_type application/json; return 200 '$COMPLETION'; }
-        location = /fail/v1/chat/completions { default_type application/json; return 503 '{\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\"}}'; }
-    }"
-nginx_conf proxy "upstream llm { server 127.0.0.1:$UP; keepalive 512; }
-    server {
-        listen 127.0.0.1:$PROXY backlog=4096;
-        location / { proxy_pass http://llm; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
-    }"
-on_load nginx -c "$TMP/upstream.conf" -p "$TMP"
-on_target nginx -c "$TMP/proxy.conf" -p "$TMP"
-
-# --- Cascade configs -----------------------------------------------------------------
-gateway_config() { # $1 = listen port, $2 = first tier base URL
-cat <<TOML
-[server]
-listen = "127.0.0.1:$1"
-[policy]
-max_total_attempts = 3
-[circuit_breaker]
-failure_threshold = 0
-[ledger]
-path = ""
-[providers.up]
-kind = "openai"
-base_url = "$2"
-auth = "none"
-[providers.good]
-kind = "openai"
-base_url = "http://127.0.0.1:$UP/v1"
-auth = "none"
-[models.first]
-provider = "up"
-model = "bench-model"
-input_usd_per_mtok = 1.0
-output_usd_per_mtok = 2.0
-[models.second]
-provider = "good"
-model = "bench-model"
-[tiers.bench]
-models = ["first"]
-max_retries = 0
-fallback = ["backup"]
-[tiers.backup]
-models = ["second"]
-max_retries = 0
-TOML
-}
-gateway_config "$GW1" "http://127.0.0.1:$UP/v1" > "$TMP/one.toml"
-gateway_config "$GW2" "http://127.0.0.1:$UP/fail/v1" > "$TMP/fallback.toml"
-
-start_gateway() { # $1 config -> echoes pid
-    RUST_LOG=warn on_target "$BIN" serve --config "$1" >"$TMP/$(basename "$1").log" 2>&1 &
-    echo $!
-}
-wait_http() { # $1 url
-    for _ in $(seq 1 200); do curl -sf -o /dev/null "$1" && return 0; sleep 0.05; done
-    echo "not up: $1" >&2; return 1
-}
-G1=$(start_gateway "$TMP/one.toml"); PIDS+=("$G1")
-G2=$(start_gateway "$TMP/fallback.toml"); PIDS+=("$G2")
+G1=$(start_gateway "$BIN" "$TMP/one.toml"); PIDS+=("$G1")
+G2=$(start_gateway "$BIN" "$TMP/fallback.toml"); PIDS+=("$G2")
 wait_http "http://127.0.0.1:$GW1/readyz"; wait_http "http://127.0.0.1:$GW2/readyz"
 # prove the fallback target really falls back on every request
 hdr=$(curl -s -D - -o /dev/null "http://127.0.0.1:$GW2/v1/chat/completions" -H 'content-type: application/json' -d '{"model":"bench","messages":[{"role":"user","content":"x"}]}' | tr -d '\r')
@@ -173,63 +73,19 @@ model_list:
     litellm_params: { model: openai/bench-model, api_base: "http://127.0.0.1:$UP/v1", api_key: "none" }
 general_settings: { master_key: sk-bench }
 YAML
-    LITELLM_MASTER_KEY=sk-bench on_target bench/out/litellm-venv/bin/litellm --config "$TMP/litellm.yaml" --port "$LL" --host 127.0.0.1 >"$TMP/litellm.log" 2>&1 &
+    LITELLM_MASTER_KEY=sk-bench taskset -c "$TARGET_CPUS" bench/out/litellm-venv/bin/litellm --config "$TMP/litellm.yaml" --port "$LL" --host 127.0.0.1 >"$TMP/litellm.log" 2>&1 &
     PIDS+=("$!"); LLPID=$!
     if [ ! -f bench/out/portkey/node_modules/@portkey-ai/gateway/build/start-server.js ]; then
         say "installing @portkey-ai/gateway"
         mkdir -p bench/out/portkey && (cd bench/out/portkey && npm install --silent @portkey-ai/gateway >&2)
     fi
-    (cd bench/out/portkey/node_modules/@portkey-ai/gateway && exec taskset -c "$( [ "$PIN" = 1 ] && echo 1 || echo 0-$(( $(nproc) - 1 )) )" node build/start-server.js --port="$PK" --headless >"$TMP/portkey.log" 2>&1) &
+    (cd bench/out/portkey/node_modules/@portkey-ai/gateway && exec taskset -c "$TARGET_CPUS" node build/start-server.js --port="$PK" --headless >"$TMP/portkey.log" 2>&1) &
     PIDS+=("$!"); PKPID=$!
     for _ in $(seq 1 600); do curl -s -o /dev/null "http://127.0.0.1:$LL/health/liveliness" && break; sleep 0.1; done
     for _ in $(seq 1 300); do curl -s -o /dev/null "http://127.0.0.1:$PK/" && break; sleep 0.1; done
     PEER_TARGETS=("litellm|http://127.0.0.1:$LL/v1/chat/completions|$LLPID|authorization: Bearer sk-bench"
                   "portkey|http://127.0.0.1:$PK/v1/chat/completions|$PKPID|x-portkey-provider: openai|x-portkey-custom-host: http://127.0.0.1:$UP/v1|authorization: Bearer none")
 fi
-
-# --- measurement helpers ---------------------------------------------------------------
-CLK=$(getconf CLK_TCK)
-procs() { # a pid and its children (nginx: master + worker)
-    echo "$1"; pgrep -P "$1" 2>/dev/null || true
-}
-cpu_ticks() { # total utime+stime of a process tree
-    [ -n "${1:-}" ] && [ -r "/proc/$1/stat" ] || { echo 0; return; }
-    local sum=0 p
-    for p in $(procs "$1"); do sum=$(( sum + $(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || echo 0) )); done
-    echo "$sum"
-}
-mem_kib() { # $1 pid, $2 field: summed over the process tree
-    local sum=0 p
-    for p in $(procs "$1"); do sum=$(( sum + $(awk -v f="$2" '$1==f":"{print $2}' "/proc/$p/status" 2>/dev/null || echo 0) )); done
-    echo "$sum"
-}
-rss_kib() { mem_kib "$1" VmRSS; }
-hwm_kib() { mem_kib "$1" VmHWM; }
-machine_busy() { # % CPU used by everything over 1 s
-    local a b; a=($(head -1 /proc/stat)); sleep 1; b=($(head -1 /proc/stat))
-    local idle=$(( (b[4]+b[5]) - (a[4]+a[5]) )) total=0
-    for i in 1 2 3 4 5 6 7 8; do total=$(( total + b[i] - a[i] )); done
-    echo $(( total > 0 ? 100 * (total - idle) / total : 0 ))
-}
-wait_quiet() {
-    local busy
-    for _ in 1 2 3 4 5; do busy=$(machine_busy); [ "$busy" -le 10 ] && break; done
-    echo "$busy"
-}
-# wrk: prints "rps p50_ms p99_ms"
-run_wrk() { # $1 url, $2 connections, $3 seconds, extra header args...
-    local url=$1 c=$2 d=$3; shift 3
-    local hargs=()
-    for h in "$@"; do hargs+=(-H "$h"); done
-    local threads=1; [ "$c" -ge 32 ] && threads=2
-    on_load wrk -t"$threads" -c"$c" -d"${d}s" --latency -s bench/post.lua "${hargs[@]}" "$url" > "$TMP/wrk.out" 2>&1 || true
-    awk '
-      function ms(v) { if (v ~ /us$/) { sub(/us$/,"",v); return v/1000 } if (v ~ /ms$/) { sub(/ms$/,"",v); return v+0 } if (v ~ /s$/) { sub(/s$/,"",v); return v*1000 } return v }
-      /Requests\/sec/ { rps=$2 }
-      /^ +50%/ { p50=ms($2) } /^ +99%/ { p99=ms($2) }
-      /Non-2xx/ { non2xx=$NF }
-      END { printf "%.0f %.3f %.3f %d\n", rps, p50, p99, non2xx }' "$TMP/wrk.out"
-}
 
 TARGETS=("direct|http://127.0.0.1:$UP/v1/chat/completions||"
          "nginx-proxy|http://127.0.0.1:$PROXY/v1/chat/completions|NGINX_PROXY|"

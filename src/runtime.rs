@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus::Histogram;
+use http::HeaderValue;
+use prometheus::{Histogram, IntCounter};
 
 use crate::chain::health::Health;
 use crate::config::{Config, ModelId, Strategy, TierId};
@@ -29,6 +30,11 @@ pub struct Target {
     /// Aligned with `models`.
     pub metrics: Vec<AttemptMetrics>,
     pub request_duration: Histogram,
+    /// cascade_requests_total{tier=label, outcome="success"}: the common case,
+    /// resolved at load.
+    pub served: IntCounter,
+    /// `label` as the x-cascade-tier header value.
+    pub label_header: Option<HeaderValue>,
     /// Where the next round-robin request starts.
     pub rr: AtomicUsize,
 }
@@ -44,6 +50,14 @@ pub struct Runtime {
     /// One per tier.
     pub escalation: Vec<Arc<Escalation>>,
     pub metrics: Arc<Metrics>,
+    /// One per model: its name and its provider's, as header values.
+    pub model_headers: Vec<ModelHeaders>,
+}
+
+/// The x-cascade-model and x-cascade-provider values of one model.
+pub struct ModelHeaders {
+    pub model: Option<HeaderValue>,
+    pub provider: Option<HeaderValue>,
 }
 
 /// A tier's escalation state (SPEC 4.4): consecutive failed attempts across
@@ -174,6 +188,8 @@ impl Runtime {
                     .map(|&m| AttemptMetrics::new(metrics, &t.name, &config.models[m].name))
                     .collect(),
                 request_duration: metrics.request_duration.with_label_values(&[&t.name]),
+                served: metrics.requests.with_label_values(&[&t.name, "success"]),
+                label_header: HeaderValue::from_str(&t.name).ok(),
                 models: t.models.clone(),
                 strategy: t.strategy,
                 timeout: t.timeout,
@@ -190,6 +206,8 @@ impl Runtime {
             targets.push(Target {
                 metrics: vec![AttemptMetrics::new(metrics, &label, &m.name)],
                 request_duration: metrics.request_duration.with_label_values(&[&label]),
+                served: metrics.requests.with_label_values(&[&label, "success"]),
+                label_header: HeaderValue::from_str(&label).ok(),
                 label,
                 tier: None,
                 models: vec![i],
@@ -202,7 +220,14 @@ impl Runtime {
                 rr: AtomicUsize::new(0),
             });
         }
+        let model_headers = (0..config.models.len())
+            .map(|m| ModelHeaders {
+                model: HeaderValue::from_str(&config.models[m].name).ok(),
+                provider: HeaderValue::from_str(&config.model_provider(m).name).ok(),
+            })
+            .collect();
         Ok(Runtime {
+            model_headers,
             escalation,
             config: Arc::new(config),
             clients,

@@ -193,8 +193,11 @@ where
                             }
                         }),
                     );
-                // service_fn is always ready; the health check is in `call`
-                let attempt = stack.call(());
+                // service_fn is always ready; the health check is in `call`.
+                // Boxed: the attempt (an HTTP client's future under a timeout)
+                // is kilobytes, and every request future holding it inline
+                // was copied whole at each layer on the way in.
+                let attempt = Box::pin(stack.call(()));
                 match attempt.refused() {
                     Some(why) => {
                         back_at = earliest(

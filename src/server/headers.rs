@@ -23,57 +23,85 @@ pub struct Report<'a> {
     pub budget_remaining: Option<Usd>,
 }
 
-fn put(h: &mut HeaderMap, name: &'static str, value: &str) {
+// Names built at compile time: `HeaderName::from_static` at run time parses
+// the name on every call.
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const TIER: HeaderName = HeaderName::from_static("x-cascade-tier");
+const MODEL: HeaderName = HeaderName::from_static("x-cascade-model");
+const PROVIDER: HeaderName = HeaderName::from_static("x-cascade-provider");
+const FALLBACK: HeaderName = HeaderName::from_static("x-cascade-fallback");
+const CHAIN: HeaderName = HeaderName::from_static("x-cascade-chain");
+const ATTEMPTS: HeaderName = HeaderName::from_static("x-cascade-attempts");
+const RETRIES: HeaderName = HeaderName::from_static("x-cascade-retries");
+const ESCALATED: HeaderName = HeaderName::from_static("x-cascade-escalated");
+const BUDGET_REMAINING: HeaderName = HeaderName::from_static("x-cascade-budget-remaining-usd");
+const COST: HeaderName = HeaderName::from_static("x-cascade-cost-usd");
+const SAVINGS: HeaderName = HeaderName::from_static("x-cascade-savings-usd");
+
+fn put(h: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
-        h.insert(HeaderName::from_static(name), v);
+        h.insert(name, v);
     }
 }
 
+/// A value resolved at load (names from the config), when it is a valid one.
+fn put_value(h: &mut HeaderMap, name: HeaderName, value: Option<&HeaderValue>) {
+    if let Some(v) = value {
+        h.insert(name, v.clone());
+    }
+}
+
+fn count(n: usize) -> HeaderValue {
+    HeaderValue::from(n as u64)
+}
+
 pub fn apply(h: &mut HeaderMap, rt: &Runtime, r: &Report<'_>) {
-    put(h, "x-request-id", r.request_id);
+    put(h, REQUEST_ID, r.request_id);
     if let Some((target, model)) = r.served {
-        let cfg = &rt.config;
-        put(h, "x-cascade-tier", &rt.targets[target].label);
-        put(h, "x-cascade-model", &cfg.models[model].name);
-        put(h, "x-cascade-provider", &cfg.model_provider(model).name);
+        put_value(h, TIER, rt.targets[target].label_header.as_ref());
+        let names = &rt.model_headers[model];
+        put_value(h, MODEL, names.model.as_ref());
+        put_value(h, PROVIDER, names.provider.as_ref());
     }
     let fallback = match (r.served, r.first_target) {
         (Some((served, _)), Some(first)) => served != first,
         _ => false,
     };
     h.insert(
-        HeaderName::from_static("x-cascade-fallback"),
+        FALLBACK,
         HeaderValue::from_static(if fallback { "true" } else { "false" }),
     );
-    let (chain, attempts) = match r.run {
-        Some(run) => (
-            run.tried
-                .iter()
-                .map(|&t| rt.targets[t].label.as_str())
-                .collect::<Vec<_>>()
-                .join(","),
-            run.attempts.len(),
-        ),
-        None => (String::new(), 0),
+    let attempts = match r.run {
+        Some(run) => {
+            match run.tried.as_slice() {
+                // one tier: its label as resolved at load
+                [only] => put_value(h, CHAIN, rt.targets[*only].label_header.as_ref()),
+                tried => {
+                    let chain = tried
+                        .iter()
+                        .map(|&t| rt.targets[t].label.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    put(h, CHAIN, &chain);
+                }
+            }
+            run.attempts.len()
+        }
+        None => {
+            h.insert(CHAIN, HeaderValue::from_static(""));
+            0
+        }
     };
-    put(h, "x-cascade-chain", &chain);
-    put(h, "x-cascade-attempts", &attempts.to_string());
-    put(
-        h,
-        "x-cascade-retries",
-        &attempts.saturating_sub(1).to_string(),
-    );
+    h.insert(ATTEMPTS, count(attempts));
+    h.insert(RETRIES, count(attempts.saturating_sub(1)));
     if r.escalated {
-        h.insert(
-            HeaderName::from_static("x-cascade-escalated"),
-            HeaderValue::from_static("true"),
-        );
+        h.insert(ESCALATED, HeaderValue::from_static("true"));
     }
     if let Some(left) = r.budget_remaining {
-        put(h, "x-cascade-budget-remaining-usd", &left.to_string());
+        put(h, BUDGET_REMAINING, &left.to_string());
     }
     if r.cost_in_headers {
-        put(h, "x-cascade-cost-usd", &r.cost.to_string());
-        put(h, "x-cascade-savings-usd", &r.savings.to_string());
+        put(h, COST, &r.cost.to_string());
+        put(h, SAVINGS, &r.savings.to_string());
     }
 }
