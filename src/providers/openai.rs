@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use http::HeaderMap;
 
-use super::http::{is_sse, HttpUpstream};
+use super::http::{body_stream, is_sse, HttpUpstream};
 use super::{parse_completion, stream, Completion, UpstreamError, UpstreamRequest, UpstreamStream};
 use crate::config::Provider;
 
@@ -47,6 +47,6 @@ impl OpenAiClient {
                 }
             });
         }
-        Ok(stream::from_sse(resp.bytes_stream()))
+        Ok(stream::from_sse(body_stream(resp)))
     }
 }

@@ -9,7 +9,7 @@ mod stream;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 
-use super::http::{is_sse, HttpUpstream};
+use super::http::{body_stream, is_sse, HttpUpstream};
 use super::{Completion, UpstreamError, UpstreamRequest, UpstreamStream};
 use crate::config::{Auth, Provider};
 
@@ -80,7 +80,7 @@ impl AnthropicClient {
             });
         }
         let translator = stream::Translator::new(json_tool);
-        Ok(stream::from_sse(resp.bytes_stream(), translator))
+        Ok(stream::from_sse(body_stream(resp), translator))
     }
 
     /// An error status keeps its classification; its Anthropic body (given
