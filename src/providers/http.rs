@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::{truncate, UpstreamError};
 use crate::config::{Auth, Provider};
@@ -37,6 +37,11 @@ pub const FORWARDED_HEADERS: [&str; 7] = [
     "tracestate",
     "openai-beta",
 ];
+
+/// How long an idle upstream connection stays in the pool: below the
+/// keep-alive of common servers and load balancers (nginx 75 s, AWS ALB 60 s),
+/// so the gateway, not the upstream, usually closes an idle connection first.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 
 pub struct HttpUpstream {
     http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
@@ -90,8 +95,13 @@ impl HttpUpstream {
             .https_or_http()
             .enable_all_versions()
             .wrap_connector(connector);
+        // The pool's idle timeout only takes effect with a timer (hyper-util
+        // has none by default): without it a connection the upstream closed
+        // after its own keep-alive would sit in the pool until reused.
         let http = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_max_idle_per_host(256)
             .build(https);
         Ok(Self {
