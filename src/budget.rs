@@ -1,34 +1,112 @@
 //! Budgets (SPEC 4.6): spend per UTC day and month, per named key per day,
 //! per session. Loaded from the ledger at start (so a restart does not reset
-//! them), then kept in memory. The lock is held for a few instructions.
+//! them), then kept in memory.
+//!
+//! Every request records its spend here, so nothing in it is a global lock:
+//! the day's and the month's totals are atomics (a lock is taken once per
+//! period, to roll over), named keys sit in a copy-on-write map read through
+//! `arc-swap` (a key is added once, at its first spend), and sessions, whose
+//! ids come from clients, in sharded maps.
 
+use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwap;
 
 use crate::config::{Config, NamedKey, OnExhausted};
 use crate::cost::Usd;
 use crate::ledger::{time, Ledger, LedgerError};
 
+/// The spend of the current period of one kind (a UTC day, a UTC month).
+///
+/// At a period's boundary a request that read the clock just before it may
+/// add its spend to the new period: spend is never lost from the current
+/// period, at worst counted a moment early.
 #[derive(Debug, Default)]
-struct State {
-    day: i64,
-    day_nanos: i64,
-    month_start_ms: i64,
-    month_nanos: i64,
-    /// Per named key: (day, spend that day).
-    keys: HashMap<String, (i64, i64)>,
-    sessions: HashMap<String, i64>,
+struct Period {
+    /// The current period: a day number or a month's first millisecond.
+    id: AtomicI64,
+    nanos: AtomicI64,
+    roll: Mutex<()>,
 }
 
-#[derive(Debug, Default)]
-pub struct Budgets {
-    state: Mutex<State>,
+impl Period {
+    fn new(id: i64, nanos: i64) -> Self {
+        Period {
+            id: AtomicI64::new(id),
+            nanos: AtomicI64::new(nanos),
+            roll: Mutex::new(()),
+        }
+    }
+
+    /// Make `id` the current period; never moves back, so a clock stepping
+    /// back does not reset a day's spend.
+    fn roll(&self, id: i64) {
+        if self.id.load(Ordering::Acquire) >= id {
+            return;
+        }
+        let _once = self.roll.lock().unwrap_or_else(|e| e.into_inner());
+        if self.id.load(Ordering::Acquire) < id {
+            self.nanos.store(0, Ordering::Release);
+            self.id.store(id, Ordering::Release);
+        }
+    }
+
+    fn add(&self, id: i64, nanos: i64) {
+        self.roll(id);
+        self.nanos.fetch_add(nanos, Ordering::AcqRel);
+    }
+
+    fn spent(&self, id: i64) -> i64 {
+        self.roll(id);
+        self.nanos.load(Ordering::Acquire)
+    }
 }
 
-/// How far back session spend is loaded at start.
+/// How far back session spend is loaded at start, and kept in memory.
 const SESSION_MEMORY_MS: i64 = 30 * 86_400_000;
+const SESSION_SHARDS: usize = 16;
+/// A shard this large (and each time it doubles) drops the sessions not seen
+/// for SESSION_MEMORY_MS.
+const SESSION_SHARD_PRUNE_AT: usize = 4096;
+
+#[derive(Debug, Clone, Copy)]
+struct SessionSpend {
+    last_ms: i64,
+    nanos: i64,
+}
+
+type SessionShard = Mutex<HashMap<String, SessionSpend>>;
+
+#[derive(Debug)]
+pub struct Budgets {
+    day: Period,
+    month: Period,
+    /// Per named key, its spend per day.
+    keys: ArcSwap<HashMap<String, Arc<Period>>>,
+    sessions: [SessionShard; SESSION_SHARDS],
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Budgets::empty(time::now_ms())
+    }
+}
 
 impl Budgets {
+    /// Nothing spent yet, as of `now`.
+    fn empty(now: i64) -> Self {
+        Budgets {
+            day: Period::new(time::day(now), 0),
+            month: Period::new(time::month_start_ms(now), 0),
+            keys: ArcSwap::default(),
+            sessions: std::array::from_fn(|_| Mutex::default()),
+        }
+    }
+
     /// Spend so far, from the ledger.
     pub fn load(ledger: &Ledger, now_ms: i64) -> Result<Budgets, LedgerError> {
         let month_start = time::month_start_ms(now_ms);
@@ -36,37 +114,47 @@ impl Budgets {
         let month = ledger.spend_since(month_start)?;
         let today = ledger.spend_since(time::day_start_ms(now_ms))?;
         let sessions = ledger.spend_since(now_ms - SESSION_MEMORY_MS)?;
-        Ok(Budgets {
-            state: Mutex::new(State {
-                day,
-                day_nanos: today.total,
-                month_start_ms: month_start,
-                month_nanos: month.total,
-                keys: today
+        let b = Budgets {
+            day: Period::new(day, today.total),
+            month: Period::new(month_start, month.total),
+            keys: ArcSwap::from_pointee(
+                today
                     .by_key
                     .into_iter()
-                    .map(|(k, v)| (k, (day, v)))
+                    .map(|(k, v)| (k, Arc::new(Period::new(day, v))))
                     .collect(),
-                sessions: sessions.by_session.into_iter().collect(),
-            }),
-        })
+            ),
+            sessions: std::array::from_fn(|_| Mutex::default()),
+        };
+        for (id, nanos) in sessions.by_session {
+            let last_ms = now_ms;
+            b.shard(&id).insert(id, SessionSpend { last_ms, nanos });
+        }
+        Ok(b)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn shard(&self, session: &str) -> MutexGuard<'_, HashMap<String, SessionSpend>> {
+        let mut h = DefaultHasher::new();
+        session.hash(&mut h);
+        let shard = &self.sessions[(h.finish() as usize) % SESSION_SHARDS];
+        shard.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn roll(s: &mut State, now_ms: i64) {
-        let day = time::day(now_ms);
-        if day != s.day {
-            s.day = day;
-            s.day_nanos = 0;
+    /// A named key's daily spend, added at its first spend.
+    fn key(&self, name: &str) -> Arc<Period> {
+        if let Some(p) = self.keys.load().get(name) {
+            return Arc::clone(p);
         }
-        let month_start = time::month_start_ms(now_ms);
-        if month_start != s.month_start_ms {
-            s.month_start_ms = month_start;
-            s.month_nanos = 0;
-        }
+        self.keys.rcu(|keys| {
+            let mut keys = HashMap::clone(keys);
+            keys.entry(name.to_string())
+                .or_insert_with(|| Arc::new(Period::default()));
+            keys
+        });
+        self.keys
+            .load()
+            .get(name)
+            .map_or_else(|| Arc::new(Period::default()), Arc::clone)
     }
 
     /// Add what a request spent (cost and wasted).
@@ -75,20 +163,25 @@ impl Budgets {
         if nanos == 0 {
             return;
         }
-        let mut s = self.lock();
-        Self::roll(&mut s, now_ms);
-        s.day_nanos += nanos;
-        s.month_nanos += nanos;
-        let day = s.day;
+        let day = time::day(now_ms);
+        self.day.add(day, nanos);
+        self.month.add(time::month_start_ms(now_ms), nanos);
         if let Some(k) = key {
-            let e = s.keys.entry(k.to_string()).or_insert((day, 0));
-            if e.0 != day {
-                *e = (day, 0);
-            }
-            e.1 += nanos;
+            self.key(k).add(day, nanos);
         }
         if let Some(id) = session {
-            *s.sessions.entry(id.to_string()).or_insert(0) += nanos;
+            let mut shard = self.shard(id);
+            // amortised: a shard is swept each time its size doubles
+            let n = shard.len();
+            if n >= SESSION_SHARD_PRUNE_AT && n.is_power_of_two() && !shard.contains_key(id) {
+                shard.retain(|_, s| s.last_ms >= now_ms - SESSION_MEMORY_MS);
+            }
+            let s = shard.entry(id.to_string()).or_insert(SessionSpend {
+                last_ms: now_ms,
+                nanos: 0,
+            });
+            s.last_ms = now_ms;
+            s.nanos += nanos;
         }
     }
 
@@ -105,29 +198,25 @@ impl Budgets {
         if !limits_apply {
             return None;
         }
-        let mut s = self.lock();
-        Self::roll(&mut s, now_ms);
+        let day = time::day(now_ms);
         let nanos = |u: Usd| u.nanos() as i64;
         let mut left: Option<i64> = None;
         let mut tighten = |v: i64| left = Some(left.map_or(v, |l: i64| l.min(v)));
         if let Some(b) = global {
             if let Some(d) = b.daily {
-                tighten(nanos(d) - s.day_nanos);
+                tighten(nanos(d) - self.day.spent(day));
             }
             if let Some(m) = b.monthly {
-                tighten(nanos(m) - s.month_nanos);
+                tighten(nanos(m) - self.month.spent(time::month_start_ms(now_ms)));
             }
             if let (Some(limit), Some(id)) = (b.session, session) {
-                tighten(nanos(limit) - s.sessions.get(id).copied().unwrap_or(0));
+                let spent = self.shard(id).get(id).map_or(0, |s| s.nanos);
+                tighten(nanos(limit) - spent);
             }
         }
         if let Some(k) = key {
             if let Some(d) = k.daily {
-                let spent = s
-                    .keys
-                    .get(&k.name)
-                    .filter(|(day, _)| *day == s.day)
-                    .map_or(0, |e| e.1);
+                let spent = self.keys.load().get(&k.name).map_or(0, |p| p.spent(day));
                 tighten(nanos(d) - spent);
             }
         }
@@ -140,4 +229,92 @@ pub fn on_exhausted(cfg: &Config) -> OnExhausted {
     cfg.budget
         .as_ref()
         .map_or(OnExhausted::FreeOnly, |b| b.on_exhausted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY_MS: i64 = 86_400_000;
+    /// 2026-01-31 12:00 UTC: the next day is in another month.
+    const NOON: i64 = 1_769_860_800_000;
+
+    fn usd(nanos: i64) -> Usd {
+        Usd::from_femto(i128::from(nanos) * 1_000_000)
+    }
+
+    #[test]
+    fn days_and_months_roll_over_and_never_back() {
+        let b = Budgets::empty(NOON);
+        b.record(None, None, usd(5), NOON);
+        b.record(None, None, usd(7), NOON + 1);
+        assert_eq!(b.day.spent(time::day(NOON)), 12);
+        // the next day (and month): both totals start again
+        let next = NOON + DAY_MS;
+        b.record(None, None, usd(3), next);
+        assert_eq!(b.day.spent(time::day(next)), 3);
+        assert_eq!(b.month.spent(time::month_start_ms(next)), 3);
+        // a clock stepping back keeps the later period and its spend
+        b.record(None, None, usd(1), NOON);
+        assert_eq!(b.day.spent(time::day(NOON)), 4);
+        // within a month, a new day leaves the month's total alone
+        let later = next + DAY_MS;
+        b.record(None, None, usd(2), later);
+        assert_eq!(b.day.spent(time::day(later)), 2);
+        assert_eq!(b.month.spent(time::month_start_ms(later)), 6);
+    }
+
+    #[test]
+    fn keys_and_sessions_count_apart() {
+        let b = Budgets::empty(NOON);
+        b.record(Some("a"), Some("s1"), usd(5), NOON);
+        b.record(Some("a"), Some("s2"), usd(6), NOON);
+        b.record(Some("b"), Some("s1"), usd(7), NOON);
+        let today = time::day(NOON);
+        assert_eq!(b.key("a").spent(today), 11);
+        assert_eq!(b.key("b").spent(today), 7);
+        assert_eq!(b.key("a").spent(today + 1), 0);
+        assert_eq!(b.shard("s1").get("s1").map(|s| s.nanos), Some(12));
+        assert_eq!(b.shard("s2").get("s2").map(|s| s.nanos), Some(6));
+        assert_eq!(b.day.spent(today), 18);
+    }
+
+    #[test]
+    fn concurrent_spend_adds_up_exactly() {
+        let b = Arc::new(Budgets::empty(NOON));
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let b = Arc::clone(&b);
+                std::thread::spawn(move || {
+                    let key = if i % 2 == 0 { "even" } else { "odd" };
+                    for _ in 0..10_000 {
+                        b.record(Some(key), Some("s"), usd(3), NOON);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let today = time::day(NOON);
+        assert_eq!(b.day.spent(today), 8 * 10_000 * 3);
+        assert_eq!(b.key("even").spent(today), 4 * 10_000 * 3);
+        assert_eq!(b.key("odd").spent(today), 4 * 10_000 * 3);
+        assert_eq!(b.shard("s").get("s").map(|s| s.nanos), Some(8 * 10_000 * 3));
+    }
+
+    #[test]
+    fn old_sessions_are_dropped_from_a_full_shard() {
+        let b = Budgets::empty(NOON);
+        let old = NOON - SESSION_MEMORY_MS - 1;
+        let mut i = 0;
+        while b.shard("new").len() < SESSION_SHARD_PRUNE_AT {
+            b.record(None, Some(&format!("old-{i}")), usd(1), old);
+            i += 1;
+        }
+        b.record(None, Some("new"), usd(1), NOON);
+        let shard = b.shard("new");
+        assert_eq!(shard.len(), 1, "the old sessions of that shard are gone");
+        assert_eq!(shard.get("new").map(|s| s.nanos), Some(1));
+    }
 }
