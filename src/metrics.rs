@@ -1,6 +1,8 @@
 //! The Prometheus registry and typed handles (SPEC 6). Label values come from
 //! config names and enums, never from client-supplied strings.
 
+use std::sync::OnceLock;
+
 use prometheus::{
     Counter, CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -211,5 +213,22 @@ impl AttemptMetrics {
             completion_tokens: m.tokens.with_label_values(&[tier, model, "completion"]),
             cost: m.cost.with_label_values(&[tier, model]),
         }
+    }
+}
+
+/// Counters of one family for label sets known only when first used (a
+/// fallback from one tier to another, a request outcome other than success):
+/// resolved through the family's map (which is behind a lock) once, then read
+/// lock-free. Never created before use, so /metrics lists only what happened.
+pub struct LazyCounters(Box<[OnceLock<IntCounter>]>);
+
+impl LazyCounters {
+    pub fn new(n: usize) -> Self {
+        LazyCounters((0..n).map(|_| OnceLock::new()).collect())
+    }
+
+    /// The counter in slot `i`, made by `make` the first time.
+    pub fn get(&self, i: usize, make: impl FnOnce() -> IntCounter) -> Option<&IntCounter> {
+        self.0.get(i).map(|slot| slot.get_or_init(make))
     }
 }

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
-use prometheus::{Histogram, IntCounter};
+use prometheus::{Counter, Histogram, IntCounter};
 
 use crate::chain::health::Health;
 use crate::config::{Config, ModelId, Strategy, TierId};
-use crate::metrics::{AttemptMetrics, Metrics};
+use crate::metrics::{AttemptMetrics, LazyCounters, Metrics};
 use crate::providers::Client;
 
 /// Something a chain step can point at: a tier, or (for requests naming a
@@ -33,6 +33,11 @@ pub struct Target {
     /// cascade_requests_total{tier=label, outcome="success"}: the common case,
     /// resolved at load.
     pub served: IntCounter,
+    /// cascade_requests_total{tier=label, outcome} for the other outcomes,
+    /// by `RequestOutcome as usize`.
+    pub outcomes: LazyCounters,
+    /// cascade_fallbacks_total{from_tier=label, to_tier}, by target index.
+    pub fallbacks: LazyCounters,
     /// `label` as the x-cascade-tier header value.
     pub label_header: Option<HeaderValue>,
     /// Where the next round-robin request starts.
@@ -52,7 +57,16 @@ pub struct Runtime {
     pub metrics: Arc<Metrics>,
     /// One per model: its name and its provider's, as header values.
     pub model_headers: Vec<ModelHeaders>,
+    /// cascade_requests_total{tier="none", outcome}, by `RequestOutcome as usize`.
+    pub unserved: LazyCounters,
+    /// cascade_request_duration_seconds{tier="none"}.
+    pub unserved_duration: Histogram,
+    /// cascade_key_cost_usd_total, one per named key (same index as `config.keys`).
+    pub key_cost: Vec<Counter>,
 }
+
+/// How many values `RequestOutcome` has.
+pub const REQUEST_OUTCOMES: usize = 4;
 
 /// The x-cascade-model and x-cascade-provider values of one model.
 pub struct ModelHeaders {
@@ -177,7 +191,8 @@ impl Runtime {
                     .unwrap_or_default()
             })
             .collect();
-        let mut targets = Vec::with_capacity(config.tiers.len() + config.models.len());
+        let n_targets = config.tiers.len() + config.models.len();
+        let mut targets = Vec::with_capacity(n_targets);
         for (i, t) in config.tiers.iter().enumerate() {
             targets.push(Target {
                 label: t.name.clone(),
@@ -189,6 +204,8 @@ impl Runtime {
                     .collect(),
                 request_duration: metrics.request_duration.with_label_values(&[&t.name]),
                 served: metrics.requests.with_label_values(&[&t.name, "success"]),
+                outcomes: LazyCounters::new(REQUEST_OUTCOMES),
+                fallbacks: LazyCounters::new(n_targets),
                 label_header: HeaderValue::from_str(&t.name).ok(),
                 models: t.models.clone(),
                 strategy: t.strategy,
@@ -207,6 +224,8 @@ impl Runtime {
                 metrics: vec![AttemptMetrics::new(metrics, &label, &m.name)],
                 request_duration: metrics.request_duration.with_label_values(&[&label]),
                 served: metrics.requests.with_label_values(&[&label, "success"]),
+                outcomes: LazyCounters::new(REQUEST_OUTCOMES),
+                fallbacks: LazyCounters::new(n_targets),
                 label_header: HeaderValue::from_str(&label).ok(),
                 label,
                 tier: None,
@@ -226,7 +245,15 @@ impl Runtime {
                 provider: HeaderValue::from_str(&config.model_provider(m).name).ok(),
             })
             .collect();
+        let key_cost = config
+            .keys
+            .iter()
+            .map(|k| metrics.key_cost.with_label_values(&[&k.name]))
+            .collect();
         Ok(Runtime {
+            unserved: LazyCounters::new(REQUEST_OUTCOMES),
+            unserved_duration: metrics.request_duration.with_label_values(&["none"]),
+            key_cost,
             model_headers,
             escalation,
             config: Arc::new(config),

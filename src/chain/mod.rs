@@ -358,11 +358,14 @@ fn between_tiers(policy: &crate::config::Policy, tier_attempts: u32) -> Duration
 }
 
 fn rt_fallback(rt: &Runtime, from: usize, to: usize) {
-    // labels resolved here: a fallback is the rare path
-    rt.metrics
-        .fallbacks
-        .with_label_values(&[&rt.targets[from].label, &rt.targets[to].label])
-        .inc();
+    let counter = rt.targets[from].fallbacks.get(to, || {
+        rt.metrics
+            .fallbacks
+            .with_label_values(&[&rt.targets[from].label, &rt.targets[to].label])
+    });
+    if let Some(c) = counter {
+        c.inc();
+    }
 }
 
 /// 502, or 504 when every failure was a timeout or the deadline ran out, or

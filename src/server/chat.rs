@@ -36,6 +36,9 @@ pub enum RequestOutcome {
     Rejected,
 }
 
+// the runtime keeps one lazily resolved counter per outcome
+const _: () = assert!(RequestOutcome::Rejected as usize + 1 == crate::runtime::REQUEST_OUTCOMES);
+
 impl RequestOutcome {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -101,26 +104,26 @@ pub struct Settlement {
 pub fn settle(state: &AppState, rt: &Runtime, s: &Settlement) -> Option<Usd> {
     let cfg = &rt.config;
     let elapsed = s.started.elapsed();
+    let outcome_counter = |lazy: &crate::metrics::LazyCounters, tier: &str| {
+        let c = lazy.get(s.outcome as usize, || {
+            rt.metrics
+                .requests
+                .with_label_values(&[tier, s.outcome.as_str()])
+        });
+        if let Some(c) = c {
+            c.inc();
+        }
+    };
     match s.served {
         Some((t, _)) if s.outcome == RequestOutcome::Success => rt.targets[t].served.inc(),
-        served => rt
-            .metrics
-            .requests
-            .with_label_values(&[
-                served.map_or("none", |(t, _)| rt.targets[t].label.as_str()),
-                s.outcome.as_str(),
-            ])
-            .inc(),
+        Some((t, _)) => outcome_counter(&rt.targets[t].outcomes, &rt.targets[t].label),
+        None => outcome_counter(&rt.unserved, "none"),
     }
     match s.served {
         Some((t, _)) => rt.targets[t]
             .request_duration
             .observe(elapsed.as_secs_f64()),
-        None => rt
-            .metrics
-            .request_duration
-            .with_label_values(&["none"])
-            .observe(elapsed.as_secs_f64()),
+        None => rt.unserved_duration.observe(elapsed.as_secs_f64()),
     }
     let spent = s.cost + s.wasted;
     if let Some((target, model)) = s.served {
@@ -135,11 +138,12 @@ pub fn settle(state: &AppState, rt: &Runtime, s: &Settlement) -> Option<Usd> {
     if s.savings > Usd::ZERO {
         rt.metrics.savings.inc_by(s.savings.as_f64());
     }
-    if let Some(k) = &s.key {
-        rt.metrics
-            .key_cost
-            .with_label_values(&[k])
-            .inc_by(spent.as_f64());
+    let key = s
+        .key
+        .as_ref()
+        .and_then(|k| cfg.keys.iter().position(|nk| &nk.name == k));
+    if let Some(c) = key.and_then(|i| rt.key_cost.get(i)) {
+        c.inc_by(spent.as_f64());
     }
     let now = time::now_ms();
     state
@@ -149,10 +153,7 @@ pub fn settle(state: &AppState, rt: &Runtime, s: &Settlement) -> Option<Usd> {
         ledger.record(ledger_row(rt, s, route, now, elapsed));
     }
     log_request(rt, s, elapsed);
-    let key = s
-        .key
-        .as_ref()
-        .and_then(|k| cfg.keys.iter().find(|nk| &nk.name == k));
+    let key = key.map(|i| &cfg.keys[i]);
     state
         .budgets()
         .remaining(cfg, key, s.session.as_deref(), now)
