@@ -107,7 +107,8 @@ def main():
     ]
     for peer in ("litellm", "portkey"):
         if peer in by:
-            trows.append(f"| Cascade req/s per core vs {peer} | (peer) | {ratio(c.get('rps_per_core_c32'), by[peer].get('rps_per_core_c32'))}x |")
+            r = ratio(c.get("rps_per_core_c32"), by[peer].get("rps_per_core_c32"))
+            trows.append(f"| Cascade req/s per core vs {peer} | (peer) | {f'{r}x' if r else '**not measured**'} |")
     lines.append(TARGETS_DOC.format(rows="\n".join(trows)))
 
     lines.append("## Streaming\n")

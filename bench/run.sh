@@ -73,7 +73,8 @@ model_list:
     litellm_params: { model: openai/bench-model, api_base: "http://127.0.0.1:$UP/v1", api_key: "none" }
 general_settings: { master_key: sk-bench }
 YAML
-    LITELLM_MASTER_KEY=sk-bench taskset -c "$TARGET_CPUS" bench/out/litellm-venv/bin/litellm --config "$TMP/litellm.yaml" --port "$LL" --host 127.0.0.1 >"$TMP/litellm.log" 2>&1 &
+    # the local copy of its price list: no network fetch (and retries) at start
+    LITELLM_LOCAL_MODEL_COST_MAP=True LITELLM_MASTER_KEY=sk-bench taskset -c "$TARGET_CPUS" bench/out/litellm-venv/bin/litellm --config "$TMP/litellm.yaml" --port "$LL" --host 127.0.0.1 >"$TMP/litellm.log" 2>&1 &
     PIDS+=("$!"); LLPID=$!
     if [ ! -f bench/out/portkey/node_modules/@portkey-ai/gateway/build/start-server.js ]; then
         say "installing @portkey-ai/gateway"
@@ -81,8 +82,21 @@ YAML
     fi
     (cd bench/out/portkey/node_modules/@portkey-ai/gateway && exec taskset -c "$TARGET_CPUS" node build/start-server.js --port="$PK" --headless >"$TMP/portkey.log" 2>&1) &
     PIDS+=("$!"); PKPID=$!
-    for _ in $(seq 1 600); do curl -s -o /dev/null "http://127.0.0.1:$LL/health/liveliness" && break; sleep 0.1; done
-    for _ in $(seq 1 300); do curl -s -o /dev/null "http://127.0.0.1:$PK/" && break; sleep 0.1; done
+    # each peer must answer a real completion before it is measured
+    peer_up() { # $1 name, $2 log, $3 url, headers...
+        local name=$1 log=$2 url=$3; shift 3
+        local hargs=() h
+        for h in "$@"; do hargs+=(-H "$h"); done
+        for _ in $(seq 1 900); do
+            [ "$(curl -s -o /dev/null -w '%{http_code}' "${hargs[@]}" -H 'content-type: application/json' \
+                 -d '{"model":"bench","messages":[{"role":"user","content":"x"}]}' "$url")" = 200 ] && return 0
+            sleep 0.2
+        done
+        echo "$name did not answer a completion within 180 s; its log:" >&2; tail -30 "$log" >&2; exit 1
+    }
+    peer_up litellm "$TMP/litellm.log" "http://127.0.0.1:$LL/v1/chat/completions" "authorization: Bearer sk-bench"
+    peer_up portkey "$TMP/portkey.log" "http://127.0.0.1:$PK/v1/chat/completions" "x-portkey-provider: openai" \
+        "x-portkey-custom-host: http://127.0.0.1:$UP/v1" "authorization: Bearer none"
     PEER_TARGETS=("litellm|http://127.0.0.1:$LL/v1/chat/completions|$LLPID|authorization: Bearer sk-bench"
                   "portkey|http://127.0.0.1:$PK/v1/chat/completions|$PKPID|x-portkey-provider: openai|x-portkey-custom-host: http://127.0.0.1:$UP/v1|authorization: Bearer none")
 fi
