@@ -59,16 +59,61 @@ impl Usd {
 /// `0.0000275`, `1.5`, `0`. Never exponent notation.
 impl fmt::Display for Usd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.plain().as_str())
+    }
+}
+
+/// A `Usd` in its plain decimal form, written without allocating (it goes
+/// into two response headers per request).
+pub struct Plain {
+    buf: [u8; 48],
+    start: usize,
+}
+
+impl Plain {
+    pub fn as_str(&self) -> &str {
+        // only ASCII digits, '.' and '-' are ever written
+        std::str::from_utf8(&self.buf[self.start..]).unwrap_or("0")
+    }
+}
+
+impl Usd {
+    /// The plain decimal form (see `Display`).
+    pub fn plain(self) -> Plain {
         let nanos = self.nanos();
-        let sign = if nanos < 0 { "-" } else { "" };
-        let abs = nanos.abs();
-        let whole = abs / NANO_PER_USD;
-        let frac = abs % NANO_PER_USD;
-        if frac == 0 {
-            return write!(f, "{sign}{whole}");
+        let abs = nanos.unsigned_abs();
+        let (mut whole, mut frac) = (abs / NANO_PER_USD as u128, abs % NANO_PER_USD as u128);
+        let mut p = Plain {
+            buf: [0; 48],
+            start: 48,
+        };
+        let push = |p: &mut Plain, b: u8| {
+            p.start -= 1;
+            p.buf[p.start] = b;
+        };
+        if frac != 0 {
+            let mut digits = 9;
+            while frac % 10 == 0 {
+                frac /= 10;
+                digits -= 1;
+            }
+            for _ in 0..digits {
+                push(&mut p, b'0' + (frac % 10) as u8);
+                frac /= 10;
+            }
+            push(&mut p, b'.');
         }
-        let digits = format!("{frac:09}");
-        write!(f, "{sign}{whole}.{}", digits.trim_end_matches('0'))
+        loop {
+            push(&mut p, b'0' + (whole % 10) as u8);
+            whole /= 10;
+            if whole == 0 {
+                break;
+            }
+        }
+        if nanos < 0 {
+            push(&mut p, b'-');
+        }
+        p
     }
 }
 
@@ -186,6 +231,17 @@ mod tests {
         assert_eq!(Usd::from_femto(500_000).to_string(), "0.000000001");
         assert_eq!(Usd::from_femto(-500_000).to_string(), "-0.000000001");
         assert_eq!(Usd::from_femto(499_999).to_string(), "0");
+        assert_eq!(
+            Usd::from_dollars(12_345.000_000_7).to_string(),
+            "12345.0000007"
+        );
+        assert_eq!(Usd::from_dollars(-3.0).to_string(), "-3");
+        assert_eq!(Usd::from_dollars(0.1).to_string(), "0.1");
+        // near the largest amount there is: 24 whole digits, 9 decimals, a sign
+        assert_eq!(
+            Usd::from_femto(-(10_i128.pow(38)) - 1_234_567_000_000).to_string(),
+            "-100000000000000000000000.001234567"
+        );
     }
 
     #[test]

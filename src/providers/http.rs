@@ -27,15 +27,16 @@ use crate::secret::Secret;
 /// An upstream's answer: status and headers known, body still to read.
 pub type Response = http::Response<Incoming>;
 
-/// The client headers that may reach an upstream (SPEC 4.1).
-pub const FORWARDED_HEADERS: [&str; 7] = [
-    "content-type",
-    "accept",
-    "user-agent",
-    "x-request-id",
-    "traceparent",
-    "tracestate",
-    "openai-beta",
+/// The client headers that may reach an upstream (SPEC 4.1). Names built at
+/// compile time: a lookup by `&str` parses the name on every call.
+pub const FORWARDED_HEADERS: [HeaderName; 7] = [
+    http::header::CONTENT_TYPE,
+    http::header::ACCEPT,
+    http::header::USER_AGENT,
+    HeaderName::from_static("x-request-id"),
+    HeaderName::from_static("traceparent"),
+    HeaderName::from_static("tracestate"),
+    HeaderName::from_static("openai-beta"),
 ];
 
 /// How long an idle upstream connection stays in the pool: below the
@@ -122,9 +123,9 @@ impl HttpUpstream {
     ) -> Result<Response, UpstreamError> {
         let mut headers = HeaderMap::with_capacity(FORWARDED_HEADERS.len() + self.headers.len());
         // only the allowlisted client headers, whatever the caller passed
-        for name in FORWARDED_HEADERS {
-            if let Some(v) = client_headers.get(name) {
-                headers.insert(name, v.clone());
+        for (name, v) in client_headers {
+            if FORWARDED_HEADERS.contains(name) {
+                headers.append(name.clone(), v.clone());
             }
         }
         for (k, v) in &self.headers {

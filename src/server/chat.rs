@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tokio::time::Instant;
@@ -60,6 +60,16 @@ impl RequestOutcome {
         }
     }
 }
+
+// The request headers Cascade reads, built at compile time.
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const SESSION: HeaderName = HeaderName::from_static("x-cascade-session");
+const TASK: HeaderName = HeaderName::from_static("x-cascade-task");
+const TIER: HeaderName = HeaderName::from_static("x-cascade-tier");
+const CHAIN: HeaderName = HeaderName::from_static("x-cascade-chain");
+const MAX_RETRIES: HeaderName = HeaderName::from_static("x-cascade-max-retries");
+const MINOR: HeaderName = HeaderName::from_static("x-cascade-minor");
+const ESCALATE: HeaderName = HeaderName::from_static("x-cascade-escalate");
 
 /// Keeps cascade_in_flight_requests right however the request ends.
 pub struct InFlight(prometheus::IntGauge);
@@ -273,13 +283,13 @@ pub async fn completions(State(state): State<AppState>, req: Request) -> Respons
     let (parts, body) = req.into_parts();
     let headers = &parts.headers;
     let request_id = headers
-        .get("x-request-id")
+        .get(&REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 200)
         .map(str::to_string)
         .unwrap_or_else(new_request_id);
     let session = headers
-        .get("x-cascade-session")
+        .get(&SESSION)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|v| !v.is_empty() && v.len() <= 200)
@@ -409,7 +419,7 @@ async fn handle(ctx: &Ctx<'_>, body: Body, in_flight: InFlight) -> Result<Respon
     let headers = ctx.headers;
     let body = read_body(body, headers, cfg.server.max_body_bytes).await?;
     let body = ChatBody::parse(&body).map_err(|e| GatewayError::invalid(e.message, e.param))?;
-    let h = |name: &str| {
+    let h = |name: &HeaderName| {
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
@@ -417,14 +427,12 @@ async fn handle(ctx: &Ctx<'_>, body: Body, in_flight: InFlight) -> Result<Respon
             .filter(|v| !v.is_empty())
     };
     let route_req = RouteRequest {
-        task_header: h("x-cascade-task"),
-        tier_header: h("x-cascade-tier"),
+        task_header: h(&TASK),
+        tier_header: h(&TIER),
         model: body.model(),
-        chain_header: h("x-cascade-chain"),
-        max_retries_header: headers
-            .get("x-cascade-max-retries")
-            .map(|v| v.to_str().unwrap_or("?")),
-        minor_header: h("x-cascade-minor").is_some_and(|v| v.eq_ignore_ascii_case("true")),
+        chain_header: h(&CHAIN),
+        max_retries_header: headers.get(&MAX_RETRIES).map(|v| v.to_str().unwrap_or("?")),
+        minor_header: h(&MINOR).is_some_and(|v| v.eq_ignore_ascii_case("true")),
     };
     let key = ctx.caller.named();
     let mut route = routing::resolve(rt, &route_req, key)?;
@@ -440,7 +448,7 @@ async fn handle(ctx: &Ctx<'_>, body: Body, in_flight: InFlight) -> Result<Respon
             route: Some(route),
         });
     }
-    let asked = h("x-cascade-escalate").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let asked = h(&ESCALATE).is_some_and(|v| v.eq_ignore_ascii_case("true"));
     if let Some((from, to)) = routing::escalate(rt, &mut route, asked, key) {
         rt.metrics
             .escalations
@@ -667,24 +675,28 @@ async fn read_body(body: Body, headers: &HeaderMap, max: usize) -> Result<Bytes,
 
 /// The client headers an upstream may see (SPEC 4.1), with the request id.
 fn forwardable(headers: &HeaderMap, request_id: &str) -> HeaderMap {
-    let mut out = HeaderMap::new();
-    for name in crate::providers::FORWARDED_HEADERS {
-        if let Some(v) = headers.get(name) {
-            out.insert(name, v.clone());
+    let mut out = HeaderMap::with_capacity(crate::providers::FORWARDED_HEADERS.len());
+    for (name, v) in headers {
+        if crate::providers::FORWARDED_HEADERS.contains(name) {
+            out.append(name.clone(), v.clone());
         }
     }
     if let Ok(v) = HeaderValue::from_str(request_id) {
-        out.insert("x-request-id", v);
+        out.insert(REQUEST_ID, v);
     }
     out
 }
 
+/// `req_` and 24 random hex digits.
 fn new_request_id() -> String {
-    format!(
-        "req_{:016x}{:08x}",
-        rand::random::<u64>(),
-        rand::random::<u32>()
-    )
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = String::with_capacity(28);
+    id.push_str("req_");
+    let bits = rand::random::<u128>();
+    for i in (0..24).rev() {
+        id.push(char::from(HEX[((bits >> (i * 4)) & 0xf) as usize]));
+    }
+    id
 }
 
 #[cfg(test)]

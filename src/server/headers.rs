@@ -56,6 +56,7 @@ fn count(n: usize) -> HeaderValue {
 }
 
 pub fn apply(h: &mut HeaderMap, rt: &Runtime, r: &Report<'_>) {
+    h.reserve(12);
     put(h, REQUEST_ID, r.request_id);
     if let Some((target, model)) = r.served {
         put_value(h, TIER, rt.targets[target].label_header.as_ref());
@@ -98,10 +99,10 @@ pub fn apply(h: &mut HeaderMap, rt: &Runtime, r: &Report<'_>) {
         h.insert(ESCALATED, HeaderValue::from_static("true"));
     }
     if let Some(left) = r.budget_remaining {
-        put(h, BUDGET_REMAINING, &left.to_string());
+        put(h, BUDGET_REMAINING, left.plain().as_str());
     }
     if r.cost_in_headers {
-        put(h, COST, &r.cost.to_string());
-        put(h, SAVINGS, &r.savings.to_string());
+        put(h, COST, r.cost.plain().as_str());
+        put(h, SAVINGS, r.savings.plain().as_str());
     }
 }
