@@ -272,10 +272,20 @@ pub fn serve(path: &Path, log_format: &str) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if cfg.server.worker_threads > 0 {
-        builder.worker_threads(cfg.server.worker_threads);
-    }
+    // 0 = one worker per core this process may run on (taskset is honoured)
+    let workers = match cfg.server.worker_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    // one worker: the current-thread scheduler, with no cross-thread hand-off
+    // of tasks (the accept loop and every connection on one thread)
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
     let tokio_rt = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {

@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 
@@ -159,6 +160,10 @@ pub async fn serve(
         tokio::time::sleep(delay).await;
         let _ = closed_tx.send(());
     };
+    // no Nagle delay on answers, as nginx does for keep-alive connections
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(listener, app(state)).with_graceful_shutdown(stop_accepting);
     let server = server.into_future();
     tokio::pin!(server);

@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::common::process::{free_port, spawn, wait_ready, Proc};
+use crate::common::process::{free_port, spawn, spawn_with, wait_ready, Proc};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -72,13 +72,23 @@ models = ["stream-model"]
 
 #[tokio::test]
 async fn sigterm_lets_in_flight_requests_and_streams_finish() {
+    sigterm_drains(&[]).await;
+}
+
+/// One worker thread runs on tokio's current-thread scheduler: the same drain.
+#[tokio::test]
+async fn sigterm_drains_on_one_worker_thread_too() {
+    sigterm_drains(&[("CASCADE__SERVER__WORKER_THREADS", "1")]).await;
+}
+
+async fn sigterm_drains(env: &[(&str, &str)]) {
     let dir = temp_dir();
     let config = dir.0.join("cascade.toml");
     std::fs::write(&config, BASE).unwrap();
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let mut gw = spawn(&config, port);
+    let mut gw = spawn_with(&config, port, env);
     wait_ready(&http, &url).await;
 
     let slow = {

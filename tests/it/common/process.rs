@@ -25,12 +25,18 @@ pub fn free_port() -> u16 {
 
 /// `cascade serve --config CONFIG` on 127.0.0.1:PORT.
 pub fn spawn(config: &Path, port: u16) -> Proc {
+    spawn_with(config, port, &[])
+}
+
+/// The same, with extra environment (config overrides).
+pub fn spawn_with(config: &Path, port: u16, env: &[(&str, &str)]) -> Proc {
     Proc(
         Command::new(env!("CARGO_BIN_EXE_cascade"))
             .args(["serve", "--config"])
             .arg(config)
             .env("CASCADE__SERVER__LISTEN", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
