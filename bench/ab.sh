@@ -29,7 +29,7 @@ for r in $(seq 1 "$ROUNDS"); do
         wait_http "http://127.0.0.1:$GW/readyz"
         wait_quiet >/dev/null
         run_wrk "$URL" 4 2 >/dev/null
-        read -r _ p50_1 p99_1 _ < <(run_wrk "$URL" 1 "$DUR")
+        read -r _ p50_1 p99_1 _ < <(run_wrk_c1 "$URL" "$DUR")
         t0=$(cpu_ticks "$pid")
         read -r rps p50_32 p99_32 _ < <(run_wrk "$URL" 32 "$DUR")
         t1=$(cpu_ticks "$pid")

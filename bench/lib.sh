@@ -149,7 +149,7 @@ run_wrk() { # $1 url, $2 connections, $3 seconds, extra header args...
     local hargs=()
     for h in "$@"; do hargs+=(-H "$h"); done
     local threads=1; [ "$c" -ge 32 ] && threads=2
-    taskset -c "$LOAD_CPUS" wrk -t"$threads" -c"$c" -d"${d}s" --latency -s bench/post.lua "${hargs[@]}" "$url" > "$TMP/wrk.out" 2>&1 || true
+    taskset -c "${WRK_CPUS:-$LOAD_CPUS}" wrk -t"$threads" -c"$c" -d"${d}s" --latency -s bench/post.lua "${hargs[@]}" "$url" > "$TMP/wrk.out" 2>&1 || true
     awk '
       function ms(v) { if (v ~ /us$/) { sub(/us$/,"",v); return v/1000 } if (v ~ /ms$/) { sub(/ms$/,"",v); return v+0 } if (v ~ /s$/) { sub(/s$/,"",v); return v*1000 } return v }
       /Requests\/sec/ { rps=$2 }
@@ -158,3 +158,21 @@ run_wrk() { # $1 url, $2 connections, $3 seconds, extra header args...
       END { printf "%.0f %.3f %.3f %d\n", rps, p50, p99, non2xx }' "$TMP/wrk.out"
 }
 
+
+# --- c=1 on one core -------------------------------------------------------------------
+# At c=1 nothing competes for a CPU, while on this VM a wake-up across cores
+# costs ~40 us (direct p50: 0.008 ms with wrk and nginx on one core, 0.084 ms
+# unpinned): with wrk and the upstream on another core than the target, the c=1
+# figures would measure four such wake-ups, the same for every proxy. So the c=1
+# runs move the load generator and the upstream onto the target's core, and
+# "added latency" is the target's own work on the request path.
+upstream_to() { # $1 cpu list
+    local p
+    for p in $(procs "$(cat "$TMP/upstream.pid")"); do taskset -a -p -c "$1" "$p" >/dev/null; done
+}
+run_wrk_c1() { # $1 url, $2 seconds, extra header args... (prints what run_wrk prints)
+    local url=$1 d=$2; shift 2
+    upstream_to "$TARGET_CPUS"
+    WRK_CPUS=$TARGET_CPUS run_wrk "$url" 1 "$d" "$@"
+    upstream_to "$LOAD_CPUS"
+}

@@ -61,7 +61,7 @@ def main():
     lines.append(f"- command: `{a.command}`")
     lines.append("- load: wrk, POST of a small chat request; upstream: nginx (its own process, 1 worker) returning a fixed completion; nginx-as-proxy: a second nginx, 1 worker")
     if a.pinned == "1":
-        lines.append("- pinning: the target under test on CPU 1 (so Cascade runs 1 tokio worker, nginx 1 worker), wrk and the upstream on CPU 0 (taskset)")
+        lines.append("- pinning: the target under test on CPU 1 (so Cascade runs 1 tokio worker, nginx 1 worker), wrk and the upstream on CPU 0 (taskset); for the c=1 runs wrk and the upstream move onto CPU 1 too, so no cross-core wake-up is in the c=1 figures (see the notes)")
     else:
         lines.append("- pinning: none (`--no-pin`, or fewer than 2 cores): the scheduler places every process")
     lines.append("- requests/s per core = requests served / CPU seconds of the gateway process over the c=32 run (read from /proc)\n")

@@ -10,7 +10,9 @@
 # On a machine with 2+ cores the target under test (nginx-as-proxy, Cascade, a
 # peer) runs pinned to one core (taskset) and the load generator and the
 # upstream to another, so the target's tail latency is its own and not time
-# spent waiting for a core that wrk holds. --no-pin lets the scheduler decide.
+# spent waiting for a core that wrk holds; for the c=1 runs the load generator
+# and the upstream join the target's core (bench/lib.sh says why). --no-pin
+# lets the scheduler decide.
 #
 # Targets: direct to the upstream (nginx returning a fixed completion), through
 # Cascade (one tier), through Cascade with a fallback on every request (first
@@ -117,7 +119,7 @@ for t in "${TARGETS[@]}"; do
     say "$name (machine busy before: ${busy}%)"
     rss_idle=0; [ -n "$pid" ] && rss_idle=$(rss_kib "$pid")
     run_wrk "$url" 4 1 "${hdrs[@]}" >/dev/null            # warm up connections
-    read -r _ p50_1 p99_1 e1 < <(run_wrk "$url" 1 "$DUR" "${hdrs[@]}")
+    read -r _ p50_1 p99_1 e1 < <(run_wrk_c1 "$url" "$DUR" "${hdrs[@]}")
     t0=$(cpu_ticks "$pid")
     read -r rps32 p50_32 p99_32 e32 < <(run_wrk "$url" 32 "$DUR" "${hdrs[@]}")
     t1=$(cpu_ticks "$pid")
