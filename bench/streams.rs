@@ -267,14 +267,18 @@ fn free_addr() -> SocketAddr {
 #[tokio::main]
 async fn main() {
     let mut gateway_bin = None;
+    let mut gateway_cpus: Option<String> = None;
     let mut smoke = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--gateway-bin" => gateway_bin = args.next().map(PathBuf::from),
             "--mode" => smoke = args.next().as_deref() == Some("smoke"),
+            "--gateway-cpus" => gateway_cpus = args.next(),
             _ => {
-                eprintln!("usage: streams --gateway-bin PATH [--mode full|smoke]");
+                eprintln!(
+                    "usage: streams --gateway-bin PATH [--gateway-cpus LIST] [--mode full|smoke]"
+                );
                 std::process::exit(2);
             }
         }
@@ -308,7 +312,16 @@ async fn main() {
         .unwrap()
         .write_all(gateway_config(gw, up).as_bytes())
         .unwrap();
-    let mut child = Command::new(&gateway_bin)
+    // pinned through taskset, which execs the gateway (so the pid is its own)
+    let mut command = match &gateway_cpus {
+        Some(cpus) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", cpus]).arg(&gateway_bin);
+            c
+        }
+        None => Command::new(&gateway_bin),
+    };
+    let mut child = command
         .args(["serve", "--config"])
         .arg(&cfg)
         .env("RUST_LOG", "warn")
