@@ -23,36 +23,63 @@ use crate::ledger::{time, Ledger, LedgerError};
 /// The spend of the current period of one kind (a UTC day, a UTC month).
 ///
 /// At a period's boundary a request that read the clock just before it may
-/// add its spend to the new period: spend is never lost from the current
-/// period, at worst counted a moment early.
-#[derive(Debug, Default)]
+/// add its spend to the new period (counted a moment late, never lost).
+#[derive(Debug)]
 struct Period {
+    /// The period after a given one.
+    next: fn(i64) -> i64,
     /// The current period: a day number or a month's first millisecond.
     id: AtomicI64,
+    /// The one before it: a clock reading of that period is a late reader.
+    previous: AtomicI64,
     nanos: AtomicI64,
     roll: Mutex<()>,
 }
 
 impl Period {
-    fn new(id: i64, nanos: i64) -> Self {
+    fn new(next: fn(i64) -> i64, id: i64, nanos: i64) -> Self {
         Period {
+            next,
             id: AtomicI64::new(id),
+            previous: AtomicI64::new(id),
             nanos: AtomicI64::new(nanos),
             roll: Mutex::new(()),
         }
     }
 
-    /// Make `id` the current period; never moves back, so a clock stepping
-    /// back does not reset a day's spend.
+    /// Make `id` the current period. A reading of the period just before is
+    /// taken as late, not as a step back; any other change (the clock jumping
+    /// either way) starts the period at `id` afresh, as the day it names.
     fn roll(&self, id: i64) {
-        if self.id.load(Ordering::Acquire) >= id {
+        if id == self.id.load(Ordering::Acquire) || id == self.previous.load(Ordering::Acquire) {
             return;
         }
         let _once = self.roll.lock().unwrap_or_else(|e| e.into_inner());
-        if self.id.load(Ordering::Acquire) < id {
+        let current = self.id.load(Ordering::Acquire);
+        if current != id {
             self.nanos.store(0, Ordering::Release);
+            // only the period just before the new one has late readers
+            let previous = if (self.next)(current) == id {
+                current
+            } else {
+                id
+            };
+            self.previous.store(previous, Ordering::Release);
             self.id.store(id, Ordering::Release);
         }
+    }
+
+    fn day(day: i64, nanos: i64) -> Self {
+        Period::new(|d| d + 1, day, nanos)
+    }
+
+    fn month(month_start_ms: i64, nanos: i64) -> Self {
+        // a month's first millisecond plus 32 days is in the next month
+        Period::new(
+            |m| time::month_start_ms(m + 32 * 86_400_000),
+            month_start_ms,
+            nanos,
+        )
     }
 
     fn add(&self, id: i64, nanos: i64) {
@@ -66,7 +93,8 @@ impl Period {
     }
 }
 
-/// How far back session spend is loaded at start, and kept in memory.
+/// How far back session spend is loaded at start; a session not seen for
+/// this long may be dropped from memory.
 const SESSION_MEMORY_MS: i64 = 30 * 86_400_000;
 const SESSION_SHARDS: usize = 16;
 /// A shard this large (and each time it doubles) drops the sessions not seen
@@ -100,8 +128,8 @@ impl Budgets {
     /// Nothing spent yet, as of `now`.
     fn empty(now: i64) -> Self {
         Budgets {
-            day: Period::new(time::day(now), 0),
-            month: Period::new(time::month_start_ms(now), 0),
+            day: Period::day(time::day(now), 0),
+            month: Period::month(time::month_start_ms(now), 0),
             keys: ArcSwap::default(),
             sessions: std::array::from_fn(|_| Mutex::default()),
         }
@@ -115,13 +143,13 @@ impl Budgets {
         let today = ledger.spend_since(time::day_start_ms(now_ms))?;
         let sessions = ledger.spend_since(now_ms - SESSION_MEMORY_MS)?;
         let b = Budgets {
-            day: Period::new(day, today.total),
-            month: Period::new(month_start, month.total),
+            day: Period::day(day, today.total),
+            month: Period::month(month_start, month.total),
             keys: ArcSwap::from_pointee(
                 today
                     .by_key
                     .into_iter()
-                    .map(|(k, v)| (k, Arc::new(Period::new(day, v))))
+                    .map(|(k, v)| (k, Arc::new(Period::day(day, v))))
                     .collect(),
             ),
             sessions: std::array::from_fn(|_| Mutex::default()),
@@ -148,13 +176,13 @@ impl Budgets {
         self.keys.rcu(|keys| {
             let mut keys = HashMap::clone(keys);
             keys.entry(name.to_string())
-                .or_insert_with(|| Arc::new(Period::default()));
+                .or_insert_with(|| Arc::new(Period::day(0, 0)));
             keys
         });
         self.keys
             .load()
             .get(name)
-            .map_or_else(|| Arc::new(Period::default()), Arc::clone)
+            .map_or_else(|| Arc::new(Period::day(0, 0)), Arc::clone)
     }
 
     /// Add what a request spent (cost and wasted).
@@ -254,14 +282,32 @@ mod tests {
         b.record(None, None, usd(3), next);
         assert_eq!(b.day.spent(time::day(next)), 3);
         assert_eq!(b.month.spent(time::month_start_ms(next)), 3);
-        // a clock stepping back keeps the later period and its spend
+        // a late reading of the day before counts in the current day
         b.record(None, None, usd(1), NOON);
-        assert_eq!(b.day.spent(time::day(NOON)), 4);
+        assert_eq!(b.day.spent(time::day(next)), 4);
         // within a month, a new day leaves the month's total alone
         let later = next + DAY_MS;
         b.record(None, None, usd(2), later);
         assert_eq!(b.day.spent(time::day(later)), 2);
         assert_eq!(b.month.spent(time::month_start_ms(later)), 6);
+    }
+
+    #[test]
+    fn a_clock_that_jumps_ahead_and_back_does_not_stick() {
+        let b = Budgets::empty(NOON);
+        b.record(None, None, usd(5), NOON);
+        // a wrong clock, ten days ahead, then right again
+        let ahead = NOON + 10 * DAY_MS;
+        b.record(None, None, usd(7), ahead);
+        assert_eq!(b.day.spent(time::day(ahead)), 7);
+        b.record(None, None, usd(1), NOON + 1);
+        assert_eq!(
+            b.day.spent(time::day(NOON)),
+            1,
+            "the real day starts afresh"
+        );
+        b.record(None, None, usd(2), NOON + 2);
+        assert_eq!(b.day.spent(time::day(NOON)), 3);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc in place of glibc malloc: ~10% less user CPU per request
+/// mimalloc in place of glibc malloc: ~15% less user CPU per request
 /// (docs/benchmarks-notes.md has the before/after). Transparent huge pages are
 /// turned off for the process at start (`no_huge_pages`).
 #[global_allocator]
@@ -51,15 +51,18 @@ enum Command {
 
 /// mimalloc asks for transparent huge pages on its arenas; the kernel then
 /// zeroes 2 MiB at a time on first touch, on the request path. Measured with
-/// 1,000 streams: per-chunk delay p99 0.3 ms without them, 0.4-3.5 ms with,
-/// and half the memory (RSS idle 8 MiB, not 16; 49 MiB with 1,000 streams, not
-/// 82). Set before anything else runs, so every later page fault is a small one.
+/// 1,000 streams: per-chunk delay p99 0.24-0.30 ms without them, 0.4-3.5 ms
+/// with, and less memory (RSS idle 11 MiB, not 16; 52 MiB with 1,000 streams,
+/// not 82; docs/benchmarks-notes.md). Set before anything else runs, so every
+/// later page fault is a small one.
 fn no_huge_pages() {
     #[cfg(target_os = "linux")]
     // SAFETY: prctl(PR_SET_THP_DISABLE) takes integer arguments only and
     // changes nothing but this process's page-fault policy.
     unsafe {
-        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+        let off: libc::c_ulong = 1;
+        let zero: libc::c_ulong = 0;
+        libc::prctl(libc::PR_SET_THP_DISABLE, off, zero, zero, zero);
     }
 }
 

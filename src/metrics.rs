@@ -219,7 +219,8 @@ impl AttemptMetrics {
 /// Counters of one family for label sets known only when first used (a
 /// fallback from one tier to another, a request outcome other than success):
 /// resolved through the family's map (which is behind a lock) once, then read
-/// lock-free. Never created before use, so /metrics lists only what happened.
+/// lock-free. Created at first use, so /metrics lists only the label sets
+/// that happened.
 pub struct LazyCounters(Box<[OnceLock<IntCounter>]>);
 
 impl LazyCounters {

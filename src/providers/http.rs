@@ -124,8 +124,8 @@ impl HttpUpstream {
         let mut headers = HeaderMap::with_capacity(FORWARDED_HEADERS.len() + self.headers.len());
         // only the allowlisted client headers, whatever the caller passed
         for (name, v) in client_headers {
-            if FORWARDED_HEADERS.contains(name) {
-                headers.append(name.clone(), v.clone());
+            if FORWARDED_HEADERS.contains(name) && !headers.contains_key(name) {
+                headers.insert(name.clone(), v.clone());
             }
         }
         for (k, v) in &self.headers {

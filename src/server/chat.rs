@@ -677,8 +677,9 @@ async fn read_body(body: Body, headers: &HeaderMap, max: usize) -> Result<Bytes,
 fn forwardable(headers: &HeaderMap, request_id: &str) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(crate::providers::FORWARDED_HEADERS.len());
     for (name, v) in headers {
-        if crate::providers::FORWARDED_HEADERS.contains(name) {
-            out.append(name.clone(), v.clone());
+        // the first value of each, as a lookup by name gives
+        if crate::providers::FORWARDED_HEADERS.contains(name) && !out.contains_key(name) {
+            out.insert(name.clone(), v.clone());
         }
     }
     if let Ok(v) = HeaderValue::from_str(request_id) {
