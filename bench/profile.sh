@@ -31,9 +31,10 @@ perf script -i "$TMP/perf.data" 2>/dev/null | inferno-collapse-perf > bench/out/
 inferno-flamegraph --minwidth 0.3 --title "Cascade under wrk c=32 (cpu-clock samples)" < bench/out/profile.folded > docs/flamegraph.svg
 # self time by function (the leaf of each stack), top 25
 awk '{n=$NF; $NF=""; split($0, f, ";"); leaf=f[length(f)]; sub(/ +$/, "", leaf); self[leaf]+=n; total+=n}
-     END {for (k in self) printf "%6.2f%%  %s\n", 100*self[k]/total, k}' bench/out/profile.folded | sort -rn | head -25 > bench/out/profile-top.txt
+     END {for (k in self) printf "%6.2f%%  %s\n", 100*self[k]/total, k}' bench/out/profile.folded | sort -rn > "$TMP/top.txt"
+head -25 "$TMP/top.txt" > bench/out/profile-top.txt   # not in the pipe: head closing it early fails pipefail
 # inclusive time of a few frames we care about
-for f in "cascade::server::chat::completions" "cascade::chain::execute" "hyper_util::client" "hyper::" "cascade::api::body::ChatBody::parse" "cascade::providers::parse_completion" "prometheus::" "tracing" "serde_json::" "mi_\|malloc\|free" "epoll\|sys_" ; do
+for f in "entry_SYSCALL" "cascade::server::chat::completions" "cascade::chain::execute" "hyper_util::client" "hyper::" "cascade::api::body::ChatBody::parse" "cascade::providers::parse_completion" "prometheus::" "tracing" "serde_json::" "mi_|malloc|free" "epoll_wait" ; do
     pct=$(awk -v pat="$f" '{n=$NF; total+=n; if ($0 ~ pat) hit+=n} END {printf "%.1f", 100*hit/total}' bench/out/profile.folded)
     printf '%6s%%  stacks containing %s\n' "$pct" "$f"
 done > bench/out/profile-inclusive.txt

@@ -272,7 +272,7 @@ mod tests {
     }
 
     #[test]
-    fn days_and_months_roll_over_and_never_back() {
+    fn days_and_months_roll_over_and_a_late_reading_counts_now() {
         let b = Budgets::empty(NOON);
         b.record(None, None, usd(5), NOON);
         b.record(None, None, usd(7), NOON + 1);
