@@ -55,7 +55,9 @@ def main():
     if a.mode != "full":
         lines.append("> **Smoke run** (a few seconds per target, as CI runs it): the figures are not representative. Run `bench/run.sh` for real numbers.\n")
     lines.append(f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
-    lines.append(f"- commit: `{sh('git rev-parse --short HEAD') or 'unknown'}`{' (dirty tree)' if sh('git status --porcelain --untracked-files=no') else ''}")
+    # the run's own outputs (this page, its plot) do not make the tree dirty
+    dirty = sh("git status --porcelain --untracked-files=no -- . ':!docs/benchmarks.md' ':!docs/benchmarks-latency.png'")
+    lines.append(f"- commit: `{sh('git rev-parse --short HEAD') or 'unknown'}`{' (dirty tree)' if dirty else ''}")
     cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip()
     lines.append(f"- machine: {os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}")
     lines.append(f"- command: `{a.command}`")
@@ -138,7 +140,9 @@ def main():
             ax.bar([x + i * w for x in range(len(names))], [num(r[col]) or 0 for r in rows], w, label=label)
         ax.set_xticks([x + 1.5 * w for x in range(len(names))])
         ax.set_xticklabels(names)
-        ax.set_ylabel("latency (ms)")
+        # log scale: the peers are 100-1000x slower, linear would flatten the rest
+        ax.set_yscale("log")
+        ax.set_ylabel("latency (ms, log scale)")
         ax.set_title("Latency percentiles per target (same run)")
         ax.legend()
         fig.tight_layout()
