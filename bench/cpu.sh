@@ -16,23 +16,15 @@ start_nginx "$UP" "$PROXY"
 gateway_config "$GW" "http://127.0.0.1:$UP/v1" "$UP" > "$TMP/one.toml"
 G=$(start_gateway "$BIN" "$TMP/one.toml"); PIDS+=("$G")
 wait_http "http://127.0.0.1:$GW/readyz"
-times() { # pid -> "utime stime minflt" of its process tree, in ticks and faults
-    local u=0 s=0 f=0 p a b c
-    for p in $(procs "$1"); do
-        read -r a b c < <(awk '{print $14, $15, $10}' "/proc/$p/stat")
-        u=$((u + a)); s=$((s + b)); f=$((f + c))
-    done
-    echo "$u $s $f"
-}
 printf 'target\treq_s\tuser_us_per_req\tkernel_us_per_req\tminor_faults_per_1k_req\n'
 for t in "cascade|$G|http://127.0.0.1:$GW/v1/chat/completions" \
          "nginx-proxy|$(cat "$TMP/proxy.pid")|http://127.0.0.1:$PROXY/v1/chat/completions"; do
     IFS='|' read -r name pid url <<<"$t"
     wait_quiet >/dev/null
     run_wrk "$url" 4 1 >/dev/null
-    read -r u0 s0 f0 < <(times "$pid")
+    read -r u0 s0 f0 < <(stat_sums "$pid" 14 15 10)   # utime, stime, minor faults
     read -r rps _ _ _ < <(run_wrk "$url" 32 8)
-    read -r u1 s1 f1 < <(times "$pid")
+    read -r u1 s1 f1 < <(stat_sums "$pid" 14 15 10)
     awk -v n="$name" -v r="$rps" -v u="$((u1 - u0))" -v s="$((s1 - s0))" -v f="$((f1 - f0))" -v k="$CLK" \
         'BEGIN { q = r * 8; printf "%s\t%d\t%.2f\t%.2f\t%.2f\n", n, r, u / k / q * 1e6, s / k / q * 1e6, f / q * 1000 }'
 done

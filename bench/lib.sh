@@ -119,11 +119,19 @@ CLK=$(getconf CLK_TCK)
 procs() { # a pid and its children (nginx: master + worker)
     echo "$1"; pgrep -P "$1" 2>/dev/null || true
 }
+stat_sums() { # $1 pid, then /proc/PID/stat field numbers: each field summed over the process tree
+    local pid=$1; shift
+    [ -n "$pid" ] && [ -r "/proc/$pid/stat" ] || { printf '0 %.0s' "$@"; echo; return; }
+    local p
+    for p in $(procs "$pid"); do cat "/proc/$p/stat" 2>/dev/null || true; done |
+        awk -v fields="$*" 'BEGIN { n = split(fields, f, " ") }
+            { for (i = 1; i <= n; i++) s[i] += $(f[i]) }
+            END { for (i = 1; i <= n; i++) printf "%d%s", s[i], (i < n ? " " : "\n") }'
+}
 cpu_ticks() { # total utime+stime of a process tree
-    [ -n "${1:-}" ] && [ -r "/proc/$1/stat" ] || { echo 0; return; }
-    local sum=0 p
-    for p in $(procs "$1"); do sum=$(( sum + $(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || echo 0) )); done
-    echo "$sum"
+    local u s
+    read -r u s < <(stat_sums "${1:-}" 14 15)
+    echo $(( u + s ))
 }
 mem_kib() { # $1 pid, $2 field: summed over the process tree
     local sum=0 p

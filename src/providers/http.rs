@@ -39,6 +39,17 @@ pub const FORWARDED_HEADERS: [HeaderName; 7] = [
     HeaderName::from_static("openai-beta"),
 ];
 
+/// Copy the allowlisted headers of `from` into `into`: the first value of
+/// each, as a lookup by name gives. Walks the caller's few headers rather than
+/// looking each allowed name up.
+pub fn copy_forwarded(from: &HeaderMap, into: &mut HeaderMap) {
+    for (name, v) in from {
+        if FORWARDED_HEADERS.contains(name) && !into.contains_key(name) {
+            into.insert(name.clone(), v.clone());
+        }
+    }
+}
+
 /// How long an idle upstream connection stays in the pool: below the
 /// keep-alive of common servers and load balancers (nginx 75 s, AWS ALB 60 s),
 /// so the gateway, not the upstream, usually closes an idle connection first.
@@ -123,11 +134,7 @@ impl HttpUpstream {
     ) -> Result<Response, UpstreamError> {
         let mut headers = HeaderMap::with_capacity(FORWARDED_HEADERS.len() + self.headers.len());
         // only the allowlisted client headers, whatever the caller passed
-        for (name, v) in client_headers {
-            if FORWARDED_HEADERS.contains(name) && !headers.contains_key(name) {
-                headers.insert(name.clone(), v.clone());
-            }
-        }
+        copy_forwarded(client_headers, &mut headers);
         for (k, v) in &self.headers {
             headers.insert(k.clone(), v.clone());
         }

@@ -18,7 +18,7 @@ use crate::api::ChatBody;
 use crate::config::{Model, Provider, ProviderKind};
 use crate::cost::Usage;
 
-pub use http::FORWARDED_HEADERS;
+pub use http::{copy_forwarded, FORWARDED_HEADERS};
 pub use stream::{Chunk, ChunkKind, UpstreamStream};
 
 /// One upstream call: the client's body, the model to send it to, and the

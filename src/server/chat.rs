@@ -676,12 +676,7 @@ async fn read_body(body: Body, headers: &HeaderMap, max: usize) -> Result<Bytes,
 /// The client headers an upstream may see (SPEC 4.1), with the request id.
 fn forwardable(headers: &HeaderMap, request_id: &str) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(crate::providers::FORWARDED_HEADERS.len());
-    for (name, v) in headers {
-        // the first value of each, as a lookup by name gives
-        if crate::providers::FORWARDED_HEADERS.contains(name) && !out.contains_key(name) {
-            out.insert(name.clone(), v.clone());
-        }
-    }
+    crate::providers::copy_forwarded(headers, &mut out);
     if let Ok(v) = HeaderValue::from_str(request_id) {
         out.insert(REQUEST_ID, v);
     }

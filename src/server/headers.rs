@@ -56,6 +56,7 @@ fn count(n: usize) -> HeaderValue {
 }
 
 pub fn apply(h: &mut HeaderMap, rt: &Runtime, r: &Report<'_>) {
+    // room for every SPEC 5 header at once, not a regrowth on the way
     h.reserve(12);
     put(h, REQUEST_ID, r.request_id);
     if let Some((target, model)) = r.served {
