@@ -68,6 +68,17 @@ impl HttpUpstream {
     /// `defaults`: headers of the provider kind, which the provider's own
     /// `headers` may override; `auth`: how the key is sent.
     pub fn new(p: &Provider, url: &str, defaults: HeaderMap, auth: Auth) -> Result<Self, String> {
+        Self::with_pool_idle(p, url, defaults, auth, POOL_IDLE_TIMEOUT)
+    }
+
+    /// `new`, with how long an idle connection stays in the pool.
+    fn with_pool_idle(
+        p: &Provider,
+        url: &str,
+        defaults: HeaderMap,
+        auth: Auth,
+        pool_idle: Duration,
+    ) -> Result<Self, String> {
         let mut url =
             url::Url::parse(url).map_err(|e| format!("providers.{}.base_url: {e}", p.name))?;
         if !p.query.is_empty() {
@@ -113,7 +124,7 @@ impl HttpUpstream {
         let http = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_idle_timeout(pool_idle)
             .pool_max_idle_per_host(256)
             .build(https);
         Ok(Self {
@@ -274,6 +285,67 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn provider() -> Provider {
+        Provider {
+            name: "up".into(),
+            kind: crate::config::ProviderKind::OpenAi,
+            base_url: String::new(),
+            key: None,
+            auth: Auth::None,
+            query: Vec::new(),
+            headers: Vec::new(),
+            connect_timeout: Duration::from_secs(1),
+            stream_usage: true,
+            enabled: true,
+        }
+    }
+
+    /// The pool closes a connection left idle: hyper-util applies its idle
+    /// timeout only when the pool has a timer.
+    #[tokio::test]
+    async fn idle_pooled_connections_are_closed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !seen.ends_with(b"\r\n\r\n{}") {
+                let n = sock.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the request was cut");
+                seen.extend_from_slice(&buf[..n]);
+            }
+            sock.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
+            )
+            .await
+            .unwrap();
+            // kept alive by both sides; then the gateway's pool lets it go
+            tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await
+        });
+        let url = format!("http://{addr}/v1/chat/completions");
+        let up = HttpUpstream::with_pool_idle(
+            &provider(),
+            &url,
+            HeaderMap::new(),
+            Auth::None,
+            Duration::from_millis(200),
+        )
+        .unwrap();
+        let resp = up
+            .send(&HeaderMap::new(), Bytes::from_static(b"{}"), false)
+            .await
+            .unwrap();
+        assert_eq!(&up.read(resp).await.unwrap()[..], b"{}");
+        let closed = server.await.unwrap();
+        assert!(
+            matches!(closed, Ok(Ok(0))),
+            "the idle connection was not closed: {closed:?}"
+        );
+        drop(up);
+    }
 
     #[test]
     fn reads_retry_after_in_both_forms() {

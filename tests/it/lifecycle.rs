@@ -150,6 +150,26 @@ async fn sigterm_drains(env: &[(&str, &str)]) {
     assert_eq!(code, Some(0));
 }
 
+/// The serving process runs without transparent huge pages (their 2 MiB
+/// first-touch zeroing was the streams' latency tail).
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_gateway_runs_without_transparent_huge_pages() {
+    let dir = temp_dir();
+    let config = dir.0.join("cascade.toml");
+    std::fs::write(&config, BASE).unwrap();
+    let port = free_port();
+    let http = reqwest::Client::new();
+    let gw = spawn(&config, port);
+    wait_ready(&http, &format!("http://127.0.0.1:{port}")).await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", gw.0.id())).unwrap();
+    let thp = status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(str::trim);
+    assert_eq!(thp, Some("0"), "{status}");
+}
+
 #[tokio::test]
 async fn sighup_reloads_and_refuses_an_invalid_file() {
     let dir = temp_dir();
