@@ -84,7 +84,11 @@ impl Period {
 
     fn add(&self, id: i64, nanos: i64) {
         self.roll(id);
-        self.nanos.fetch_add(nanos, Ordering::AcqRel);
+        let _ = self
+            .nanos
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_add(nanos))
+            });
     }
 
     fn spent(&self, id: i64) -> i64 {
@@ -187,7 +191,7 @@ impl Budgets {
 
     /// Add what a request spent (cost and wasted).
     pub fn record(&self, key: Option<&str>, session: Option<&str>, spent: Usd, now_ms: i64) {
-        let nanos = spent.nanos() as i64;
+        let nanos = spent.nanos_i64();
         if nanos == 0 {
             return;
         }
@@ -209,7 +213,7 @@ impl Budgets {
                 nanos: 0,
             });
             s.last_ms = now_ms;
-            s.nanos += nanos;
+            s.nanos = s.nanos.saturating_add(nanos);
         }
     }
 
@@ -227,25 +231,25 @@ impl Budgets {
             return None;
         }
         let day = time::day(now_ms);
-        let nanos = |u: Usd| u.nanos() as i64;
+        let nanos = |u: Usd| u.nanos_i64();
         let mut left: Option<i64> = None;
         let mut tighten = |v: i64| left = Some(left.map_or(v, |l: i64| l.min(v)));
         if let Some(b) = global {
             if let Some(d) = b.daily {
-                tighten(nanos(d) - self.day.spent(day));
+                tighten(nanos(d).saturating_sub(self.day.spent(day)));
             }
             if let Some(m) = b.monthly {
-                tighten(nanos(m) - self.month.spent(time::month_start_ms(now_ms)));
+                tighten(nanos(m).saturating_sub(self.month.spent(time::month_start_ms(now_ms))));
             }
             if let (Some(limit), Some(id)) = (b.session, session) {
                 let spent = self.shard(id).get(id).map_or(0, |s| s.nanos);
-                tighten(nanos(limit) - spent);
+                tighten(nanos(limit).saturating_sub(spent));
             }
         }
         if let Some(k) = key {
             if let Some(d) = k.daily {
                 let spent = self.keys.load().get(&k.name).map_or(0, |p| p.spent(day));
-                tighten(nanos(d) - spent);
+                tighten(nanos(d).saturating_sub(spent));
             }
         }
         left.map(|l| Usd::from_femto(i128::from(l.max(0)) * 1_000_000))

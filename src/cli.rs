@@ -309,6 +309,7 @@ async fn run(path: &Path, cfg: Config) -> Result<(), String> {
     if !cfg.auth_required() && !listen.ip().is_loopback() {
         tracing::warn!(%listen, "no gateway keys configured and listening beyond loopback: anyone who can reach this port can spend your upstream credit");
     }
+    server::conn::raise_open_files_limit();
     let runtime = Runtime::build(cfg, &metrics, None)?;
     let state = AppState::new(runtime, Arc::clone(&metrics))?;
     let listener = tokio::net::TcpListener::bind(listen)

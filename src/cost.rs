@@ -37,10 +37,15 @@ impl Usd {
     pub fn nanos(self) -> i128 {
         let half = FEMTO_PER_NANO / 2;
         if self.0 >= 0 {
-            (self.0 + half) / FEMTO_PER_NANO
+            self.0.saturating_add(half) / FEMTO_PER_NANO
         } else {
-            (self.0 - half) / FEMTO_PER_NANO
+            self.0.saturating_sub(half) / FEMTO_PER_NANO
         }
+    }
+
+    /// Whole nano-dollars as the ledger and budgets count them, saturated.
+    pub fn nanos_i64(self) -> i64 {
+        i64::try_from(self.nanos()).unwrap_or(if self.0 < 0 { i64::MIN } else { i64::MAX })
     }
 
     /// As a JSON number rounded to 9 decimals.
@@ -120,20 +125,20 @@ impl Usd {
 impl Add for Usd {
     type Output = Usd;
     fn add(self, rhs: Usd) -> Usd {
-        Usd(self.0 + rhs.0)
+        Usd(self.0.saturating_add(rhs.0))
     }
 }
 
 impl AddAssign for Usd {
     fn add_assign(&mut self, rhs: Usd) {
-        self.0 += rhs.0;
+        self.0 = self.0.saturating_add(rhs.0);
     }
 }
 
 impl Sub for Usd {
     type Output = Usd;
     fn sub(self, rhs: Usd) -> Usd {
-        Usd(self.0 - rhs.0)
+        Usd(self.0.saturating_sub(rhs.0))
     }
 }
 
@@ -177,24 +182,41 @@ pub struct Usage {
 
 impl Usage {
     pub fn add(&mut self, other: Usage) {
-        self.prompt += other.prompt;
-        self.completion += other.completion;
-        self.cached += other.cached;
-        self.cache_write += other.cache_write;
+        self.prompt = self.prompt.saturating_add(other.prompt);
+        self.completion = self.completion.saturating_add(other.completion);
+        self.cached = self.cached.saturating_add(other.cached);
+        self.cache_write = self.cache_write.saturating_add(other.cache_write);
     }
 }
 
-/// The price of one successful call with this usage.
+/// The price of one successful call with this usage. Saturates rather than
+/// wraps, whatever counts an upstream reported.
 pub fn cost(prices: &Prices, usage: &Usage) -> Usd {
     let cached = usage.cached.min(usage.prompt);
     let written = usage.cache_write.min(usage.prompt - cached);
     let plain = usage.prompt - cached - written;
-    let per_mtok = i128::from(plain) * i128::from(prices.input)
-        + i128::from(cached) * i128::from(prices.cache_read)
-        + i128::from(written) * i128::from(prices.cache_write)
-        + i128::from(usage.completion) * i128::from(prices.output);
+    let times = |tokens: u64, price: u64| i128::from(tokens).saturating_mul(i128::from(price));
     // nano-dollars per Mtok times tokens = 1e-9 / 1e6 dollars = femto-dollars.
-    Usd(per_mtok + i128::from(prices.per_request) * FEMTO_PER_NANO)
+    let femto = [
+        times(plain, prices.input),
+        times(cached, prices.cache_read),
+        times(written, prices.cache_write),
+        times(usage.completion, prices.output),
+        times(prices.per_request, FEMTO_PER_NANO as u64),
+    ]
+    .into_iter()
+    .fold(0i128, i128::saturating_add);
+    Usd(femto)
+}
+
+/// Usage guessed from text lengths (about four characters a token), for an
+/// answer whose upstream reported none, or absurd counts.
+pub fn estimate(prompt_chars: usize, completion_chars: usize) -> Usage {
+    Usage {
+        prompt: (prompt_chars as u64).div_ceil(4),
+        completion: (completion_chars as u64).div_ceil(4),
+        ..Usage::default()
+    }
 }
 
 /// The price of tokens billed on a call that did not serve the request: no
@@ -277,6 +299,24 @@ mod tests {
         // 0.5 Mtok at $1 + 0.5 Mtok at $0.1 + $0.000001 per request
         assert_eq!(cost(&p, &u).to_string(), "0.550001");
         assert_eq!(token_cost(&p, &u).to_string(), "0.55");
+    }
+
+    #[test]
+    fn money_saturates_instead_of_wrapping() {
+        let p = prices(1000.0, 1000.0);
+        let u = Usage {
+            prompt: u64::MAX,
+            completion: u64::MAX,
+            ..Usage::default()
+        };
+        assert!(cost(&p, &u) > Usd::ZERO);
+        let huge = Usd::from_femto(i128::MAX / 2 + 1);
+        assert_eq!(huge + huge, Usd::from_femto(i128::MAX));
+        assert_eq!(Usd::from_femto(i128::MAX).nanos_i64(), i64::MAX);
+        assert_eq!(
+            Usd::from_femto(i128::MIN) - huge,
+            Usd::from_femto(i128::MIN)
+        );
     }
 
     #[test]

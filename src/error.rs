@@ -31,6 +31,12 @@ pub enum GatewayError {
     MethodNotAllowed(String),
     #[error("the request body exceeds {0} bytes")]
     RequestTooLarge(usize),
+    #[error("the request body did not arrive within server.request_timeout_ms")]
+    RequestTimeout,
+    /// A connection beyond `server.max_connections` asked for something
+    /// other than the probes or the metrics.
+    #[error("the gateway is at server.max_connections; this connection serves /healthz, /readyz and /metrics only")]
+    Saturated,
     #[error("{0}")]
     NoEligibleTier(String),
     #[error("{0}")]
@@ -68,6 +74,8 @@ impl GatewayError {
             GatewayError::ModelNotFound(_) | GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::RequestTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            GatewayError::Saturated => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::NoEligibleTier(_) => StatusCode::UNPROCESSABLE_ENTITY,
             GatewayError::BudgetExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::AllModelsFailed { status, .. }
@@ -87,6 +95,8 @@ impl GatewayError {
             GatewayError::NotFound(_) => "not_found",
             GatewayError::MethodNotAllowed(_) => "method_not_allowed",
             GatewayError::RequestTooLarge(_) => "request_too_large",
+            GatewayError::RequestTimeout => "request_timeout",
+            GatewayError::Saturated => "overloaded",
             GatewayError::NoEligibleTier(_) => "no_eligible_tier",
             GatewayError::BudgetExceeded(_) => "budget_exceeded",
             GatewayError::AllModelsFailed { .. } => "all_models_failed",
@@ -100,6 +110,8 @@ impl GatewayError {
             GatewayError::ModelNotFound(_) | GatewayError::NotFound(_) => "not_found_error",
             GatewayError::BudgetExceeded(_) => "rate_limit_error",
             GatewayError::AllModelsFailed { .. } => "upstream_error",
+            GatewayError::RequestTimeout => "timeout_error",
+            GatewayError::Saturated => "overloaded_error",
             _ => "invalid_request_error",
         }
     }

@@ -12,7 +12,8 @@ use prometheus::{Counter, Histogram, IntCounter};
 use crate::chain::health::Health;
 use crate::config::{Config, ModelId, Strategy, TierId};
 use crate::metrics::{AttemptMetrics, LazyCounters, Metrics};
-use crate::providers::Client;
+use crate::providers::{Client, Completion, UpstreamError, UpstreamRequest, UpstreamStream};
+use crate::secret::Scrubber;
 
 /// Something a chain step can point at: a tier, or (for requests naming a
 /// model directly) a single model.
@@ -63,6 +64,8 @@ pub struct Runtime {
     pub unserved_duration: Histogram,
     /// cascade_key_cost_usd_total, one per named key (same index as `config.keys`).
     pub key_cost: Vec<Counter>,
+    /// Every credential of this config, to clean what upstreams say.
+    pub scrubber: Arc<Scrubber>,
 }
 
 /// How many values `RequestOutcome` has.
@@ -250,7 +253,9 @@ impl Runtime {
             .iter()
             .map(|k| metrics.key_cost.with_label_values(&[&k.name]))
             .collect();
+        let scrubber = Arc::new(Scrubber::new(config.credentials()));
         Ok(Runtime {
+            scrubber,
             unserved: LazyCounters::new(REQUEST_OUTCOMES),
             unserved_duration: metrics.request_duration.with_label_values(&["none"]),
             key_cost,
@@ -262,6 +267,33 @@ impl Runtime {
             targets,
             metrics: Arc::clone(metrics),
         })
+    }
+
+    /// One non-streaming upstream call; what the upstream said in an error
+    /// is scrubbed of every credential before anything else sees it.
+    pub async fn complete(&self, req: UpstreamRequest<'_>) -> Result<Completion, UpstreamError> {
+        let client = &self.clients[req.model.provider];
+        client
+            .complete(req)
+            .await
+            .map_err(|e| e.scrubbed(&self.scrubber))
+    }
+
+    /// Open an upstream stream; its errors, now and later, are scrubbed.
+    pub async fn open_stream(
+        &self,
+        req: UpstreamRequest<'_>,
+    ) -> Result<UpstreamStream, UpstreamError> {
+        use futures_util::StreamExt;
+        let client = &self.clients[req.model.provider];
+        let stream = client
+            .stream(req)
+            .await
+            .map_err(|e| e.scrubbed(&self.scrubber))?;
+        let scrubber = Arc::clone(&self.scrubber);
+        Ok(Box::pin(
+            stream.map(move |r| r.map_err(|e| e.scrubbed(&scrubber))),
+        ))
     }
 
     pub fn tier_target(&self, tier: TierId) -> usize {

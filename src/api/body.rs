@@ -56,6 +56,13 @@ impl ChatBody {
     pub fn parse(bytes: &[u8]) -> Result<ChatBody, BodyError> {
         let Fields(fields) = serde_json::from_slice(bytes)
             .map_err(|e| bad(format!("the request body is not a JSON object: {e}"), None))?;
+        // a repeated key would be read one way here and another upstream
+        if let Some(dup) = repeated_key(&fields) {
+            return Err(bad(
+                format!("the request body repeats the key {dup:?}; send each key once"),
+                None,
+            ));
+        }
         let raw = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.get());
 
         let model = match raw("model") {
@@ -189,6 +196,23 @@ impl ChatBody {
     }
 }
 
+/// The first top-level key that appears twice.
+fn repeated_key(fields: &[(String, Box<RawValue>)]) -> Option<&str> {
+    if fields.len() <= 16 {
+        // the common case: a few keys, compared pairwise without allocating
+        return fields
+            .iter()
+            .enumerate()
+            .find(|(i, (k, _))| fields[..*i].iter().any(|(seen, _)| seen == k))
+            .map(|(_, (k, _))| k.as_str());
+    }
+    let mut seen = std::collections::HashSet::with_capacity(fields.len());
+    fields
+        .iter()
+        .find(|(k, _)| !seen.insert(k.as_str()))
+        .map(|(k, _)| k.as_str())
+}
+
 fn write_json_string(out: &mut Vec<u8>, s: &str) {
     // serde_json's escaping of a &str cannot fail
     let _ = serde_json::to_writer(&mut *out, s);
@@ -238,10 +262,28 @@ mod tests {
                 Some("stream"),
             ),
             (br#"{"model":7,"messages":[{}]}"#, Some("model")),
+            (
+                br#"{"model":"x","messages":[{}],"stream":false,"stream":true}"#,
+                None,
+            ),
         ];
         for (body, param) in cases {
             let err = ChatBody::parse(body).err().unwrap();
             assert_eq!(err.param, *param, "{}", String::from_utf8_lossy(body));
         }
+    }
+
+    #[test]
+    fn a_repeated_key_is_named() {
+        let body = br#"{"model":"x","stream":false,"messages":[{}],"stream":true}"#;
+        let err = ChatBody::parse(body).err().unwrap();
+        assert!(err.message.contains("\"stream\""), "{}", err.message);
+        let many: String = (0..40).map(|i| format!("\"k{i}\":1,")).collect();
+        let body = format!("{{{many}\"messages\":[{{}}],\"k7\":2}}");
+        let err = ChatBody::parse(body.as_bytes()).err().unwrap();
+        assert!(err.message.contains("\"k7\""), "{}", err.message);
+        // nested objects may repeat keys between them
+        let ok = br#"{"messages":[{"role":"user"},{"role":"assistant"}]}"#;
+        assert!(ChatBody::parse(ok).is_ok());
     }
 }

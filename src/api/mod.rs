@@ -13,9 +13,9 @@ use crate::cost::Usage;
 #[derive(Debug, Default, Deserialize)]
 pub struct WireUsage {
     #[serde(default)]
-    pub prompt_tokens: u64,
+    pub prompt_tokens: Tokens,
     #[serde(default)]
-    pub completion_tokens: u64,
+    pub completion_tokens: Tokens,
     #[serde(default)]
     pub prompt_tokens_details: Option<PromptDetails>,
 }
@@ -23,22 +23,95 @@ pub struct WireUsage {
 #[derive(Debug, Default, Deserialize)]
 pub struct PromptDetails {
     #[serde(default)]
-    pub cached_tokens: Option<u64>,
+    pub cached_tokens: Tokens,
     /// Not OpenAI's, but some compatible servers report cache writes here.
     #[serde(default)]
-    pub cache_creation_tokens: Option<u64>,
+    pub cache_creation_tokens: Tokens,
 }
 
-impl From<&WireUsage> for Usage {
-    fn from(u: &WireUsage) -> Usage {
-        let details = u.prompt_tokens_details.as_ref();
-        Usage {
-            prompt: u.prompt_tokens,
-            completion: u.completion_tokens,
-            cached: details.and_then(|d| d.cached_tokens).unwrap_or(0),
-            cache_write: details.and_then(|d| d.cache_creation_tokens).unwrap_or(0),
+/// The most tokens one call is believed to report; more is an upstream bug.
+pub const MAX_TOKENS: u64 = 1_000_000_000;
+
+/// A token count as an upstream reported it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Tokens {
+    #[default]
+    Missing,
+    Count(u64),
+    /// Negative, not a whole number, not a number, or above [`MAX_TOKENS`].
+    Absurd,
+}
+
+impl Tokens {
+    pub fn of(v: &Value) -> Tokens {
+        match v {
+            Value::Null => Tokens::Missing,
+            Value::Number(n) => match n.as_u64() {
+                Some(c) if c <= MAX_TOKENS => Tokens::Count(c),
+                _ => Tokens::Absurd,
+            },
+            _ => Tokens::Absurd,
         }
     }
+}
+
+impl<'de> Deserialize<'de> for Tokens {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Tokens::of(&Value::deserialize(d)?))
+    }
+}
+
+impl WireUsage {
+    /// The counts, or None when any of them is absurd: the caller then
+    /// estimates usage and says so.
+    pub fn usage(&self) -> Option<Usage> {
+        let details = self.prompt_tokens_details.as_ref();
+        let mut out = [0u64; 4];
+        let all = [
+            self.prompt_tokens,
+            self.completion_tokens,
+            details.map_or(Tokens::Missing, |d| d.cached_tokens),
+            details.map_or(Tokens::Missing, |d| d.cache_creation_tokens),
+        ];
+        for (slot, t) in out.iter_mut().zip(all) {
+            match t {
+                Tokens::Missing => {}
+                Tokens::Count(c) => *slot = c,
+                Tokens::Absurd => return None,
+            }
+        }
+        Some(Usage {
+            prompt: out[0],
+            completion: out[1],
+            cached: out[2],
+            cache_write: out[3],
+        })
+    }
+}
+
+/// Characters of generated text in a chat completion body (content,
+/// reasoning, tool calls), to estimate its tokens when usage is missing.
+pub fn completion_text_chars(body: &[u8]) -> usize {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return 0;
+    };
+    let Some(choices) = v.get("choices").and_then(Value::as_array) else {
+        return 0;
+    };
+    let mut n = 0;
+    for c in choices {
+        let Some(m) = c.get("message") else { continue };
+        for field in ["content", "reasoning_content", "reasoning"] {
+            n += m
+                .get(field)
+                .and_then(Value::as_str)
+                .map_or(0, |t| t.chars().count());
+        }
+        if let Some(calls) = m.get("tool_calls").filter(|t| !t.is_null()) {
+            n += calls.to_string().len();
+        }
+    }
+    n
 }
 
 /// An OpenAI-shaped error object: `{"error": {"message", "type", "param", "code"}}`.

@@ -36,6 +36,7 @@ mod tests {
             default_timeout: Duration::from_secs(60),
             default_first_token_timeout: Duration::from_secs(30),
             default_max_retries: 2,
+            limits: crate::config::Limits::default(),
         }
     }
 

@@ -67,6 +67,15 @@ pub struct Server {
     pub shutdown_delay: Duration,
     pub api_keys_env: String,
     pub admin_key_env: String,
+    /// A connection that has not sent its request head by then is closed.
+    pub header_read_timeout: Duration,
+    /// An idle kept-alive connection is closed after this.
+    pub keep_alive_timeout: Duration,
+    /// Beyond this many open connections new ones wait (a few reserved
+    /// connections still serve /healthz, /readyz and /metrics).
+    pub max_connections: usize,
+    /// A client that takes none of a response's bytes for this long is dropped.
+    pub stream_write_timeout: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -80,6 +89,26 @@ pub struct Policy {
     pub default_timeout: Duration,
     pub default_first_token_timeout: Duration,
     pub default_max_retries: u32,
+    pub limits: Limits,
+}
+
+/// Bounds on what an upstream may make the gateway hold in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// A larger non-streaming answer is a failed attempt.
+    pub max_response_bytes: usize,
+    /// A larger SSE event, or more than this held before the first content
+    /// delta, is a failed attempt.
+    pub max_event_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_response_bytes: 32 * 1024 * 1024,
+            max_event_bytes: 1024 * 1024,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -251,6 +280,17 @@ impl Config {
     /// Whether any gateway key (named or not) is configured.
     pub fn auth_required(&self) -> bool {
         !self.gateway_keys.is_empty() || !self.keys.is_empty()
+    }
+
+    /// Every credential this config holds: provider keys, gateway keys,
+    /// named keys, the admin key.
+    pub fn credentials(&self) -> impl Iterator<Item = &Secret> {
+        self.providers
+            .iter()
+            .filter_map(|p| p.key.as_ref())
+            .chain(self.gateway_keys.iter())
+            .chain(self.keys.iter().map(|k| &k.key))
+            .chain(self.admin_key.iter())
     }
 }
 

@@ -33,6 +33,10 @@ pub struct RawServer {
     pub shutdown_delay_ms: i64,
     pub api_keys_env: String,
     pub admin_key_env: String,
+    pub header_read_timeout_ms: i64,
+    pub keep_alive_timeout_ms: i64,
+    pub max_connections: i64,
+    pub stream_write_timeout_ms: i64,
 }
 
 impl Default for RawServer {
@@ -46,6 +50,10 @@ impl Default for RawServer {
             shutdown_delay_ms: 0,
             api_keys_env: "CASCADE_API_KEYS".into(),
             admin_key_env: "CASCADE_ADMIN_KEY".into(),
+            header_read_timeout_ms: 10_000,
+            keep_alive_timeout_ms: 75_000,
+            max_connections: 10_000,
+            stream_write_timeout_ms: 30_000,
         }
     }
 }
@@ -72,6 +80,8 @@ pub struct RawPolicy {
     pub default_timeout_ms: i64,
     pub default_first_token_timeout_ms: i64,
     pub default_max_retries: i64,
+    pub max_response_bytes: i64,
+    pub max_event_bytes: i64,
 }
 
 impl Default for RawPolicy {
@@ -86,6 +96,8 @@ impl Default for RawPolicy {
             default_timeout_ms: 60_000,
             default_first_token_timeout_ms: 30_000,
             default_max_retries: 2,
+            max_response_bytes: 32 * 1024 * 1024,
+            max_event_bytes: 1024 * 1024,
         }
     }
 }

@@ -81,6 +81,29 @@ impl Checker {
         Duration::from_millis(value as u64)
     }
 
+    /// A duration that must be above zero.
+    fn positive_ms(&mut self, key: &str, value: i64) -> Duration {
+        if value <= 0 {
+            self.err(key, format!("must be positive (got {value})"));
+            return Duration::from_millis(1);
+        }
+        Duration::from_millis(value as u64)
+    }
+
+    /// A size or count that must be above zero.
+    fn positive(&mut self, key: &str, value: i64) -> usize {
+        match usize::try_from(value) {
+            Ok(v) if v > 0 => v,
+            _ => {
+                self.err(
+                    key,
+                    format!("must be a positive whole number (got {value})"),
+                );
+                1
+            }
+        }
+    }
+
     fn count(&mut self, key: &str, value: i64) -> u32 {
         match u32::try_from(value) {
             Ok(v) => v,
@@ -483,6 +506,12 @@ fn server(c: &mut Checker, s: &RawServer) -> Server {
         shutdown_delay: c.ms("server.shutdown_delay_ms", s.shutdown_delay_ms),
         api_keys_env: s.api_keys_env.clone(),
         admin_key_env: s.admin_key_env.clone(),
+        header_read_timeout: c
+            .positive_ms("server.header_read_timeout_ms", s.header_read_timeout_ms),
+        keep_alive_timeout: c.positive_ms("server.keep_alive_timeout_ms", s.keep_alive_timeout_ms),
+        max_connections: c.positive("server.max_connections", s.max_connections),
+        stream_write_timeout: c
+            .positive_ms("server.stream_write_timeout_ms", s.stream_write_timeout_ms),
     }
 }
 
@@ -500,6 +529,10 @@ fn policy(c: &mut Checker, p: &RawPolicy) -> Policy {
             p.default_first_token_timeout_ms,
         ),
         default_max_retries: c.count("policy.default_max_retries", p.default_max_retries),
+        limits: Limits {
+            max_response_bytes: c.positive("policy.max_response_bytes", p.max_response_bytes),
+            max_event_bytes: c.positive("policy.max_event_bytes", p.max_event_bytes),
+        },
     };
     if policy.max_total_attempts == 0 {
         c.err("policy.max_total_attempts", "must be at least 1");

@@ -193,13 +193,13 @@ pub struct Spend {
 
 fn spend_since(conn: &Connection, since_ms: i64) -> rusqlite::Result<Spend> {
     let total: i64 = conn.query_row(
-        "SELECT COALESCE(SUM(cost_nanos + wasted_nanos), 0) FROM requests WHERE ts_ms >= ?1",
+        "SELECT CAST(TOTAL(cost_nanos + wasted_nanos) AS INTEGER) FROM requests WHERE ts_ms >= ?1",
         params![since_ms],
         |r| r.get(0),
     )?;
     let grouped = |column: &str| -> rusqlite::Result<Vec<(String, i64)>> {
         let sql = format!(
-            "SELECT {column}, SUM(cost_nanos + wasted_nanos) FROM requests \
+            "SELECT {column}, CAST(TOTAL(cost_nanos + wasted_nanos) AS INTEGER) FROM requests \
              WHERE ts_ms >= ?1 AND {column} IS NOT NULL GROUP BY {column}"
         );
         let mut stmt = conn.prepare(&sql)?;
@@ -211,6 +211,11 @@ fn spend_since(conn: &Connection, since_ms: i64) -> rusqlite::Result<Spend> {
         by_key: grouped("key")?,
         by_session: grouped("session")?,
     })
+}
+
+/// A count as SQLite stores it: saturated, never wrapped negative.
+fn clamp_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 fn sqlite(path: &Path, source: rusqlite::Error) -> LedgerError {
@@ -323,12 +328,12 @@ fn write_batch(conn: &mut Connection, rows: &[RequestRow]) -> rusqlite::Result<(
                 r.escalated,
                 r.status,
                 r.stream,
-                r.prompt_tokens as i64,
-                r.completion_tokens as i64,
+                clamp_i64(r.prompt_tokens),
+                clamp_i64(r.completion_tokens),
                 r.cost_nanos,
                 r.savings_nanos,
                 r.wasted_nanos,
-                r.latency_ms as i64,
+                clamp_i64(r.latency_ms),
             ])?;
             for a in &r.attempts {
                 att.execute(params![
@@ -339,7 +344,7 @@ fn write_batch(conn: &mut Connection, rows: &[RequestRow]) -> rusqlite::Result<(
                     a.attempt,
                     a.outcome,
                     a.status,
-                    a.elapsed_ms as i64
+                    clamp_i64(a.elapsed_ms)
                 ])?;
             }
         }

@@ -85,13 +85,18 @@ pub struct Report {
     pub fallback_requests: u64,
 }
 
+/// A count read back from the ledger (never negative, whatever a row holds).
+fn count(n: i64) -> u64 {
+    n.max(0) as u64
+}
+
 fn usd(nanos: i64) -> Usd {
     Usd::from_femto(i128::from(nanos) * 1_000_000)
 }
 
 impl Report {
     pub fn total_nanos(&self) -> i64 {
-        self.cost_nanos + self.wasted_nanos
+        self.cost_nanos.saturating_add(self.wasted_nanos)
     }
 
     pub fn free_call_percentage(&self) -> f64 {
@@ -153,69 +158,70 @@ pub fn build(conn: &Connection, window: Window, now_ms: i64) -> rusqlite::Result
         ..Report::default()
     };
     conn.query_row(
-        "SELECT COUNT(*), COALESCE(SUM(cost_nanos), 0), COALESCE(SUM(wasted_nanos), 0), \
-         COALESCE(SUM(savings_nanos), 0), COALESCE(SUM(free AND tier IS NOT NULL), 0), \
-         COALESCE(SUM(fallback), 0) FROM requests WHERE ts_ms >= ?1",
+        "SELECT COUNT(*), CAST(TOTAL(cost_nanos) AS INTEGER), CAST(TOTAL(wasted_nanos) AS INTEGER), \
+         CAST(TOTAL(savings_nanos) AS INTEGER), CAST(TOTAL(free AND tier IS NOT NULL) AS INTEGER), \
+         CAST(TOTAL(fallback) AS INTEGER) FROM requests WHERE ts_ms >= ?1",
         params![since],
         |row| {
-            r.requests = row.get::<_, i64>(0)? as u64;
+            r.requests = count(row.get::<_, i64>(0)?);
             r.cost_nanos = row.get(1)?;
             r.wasted_nanos = row.get(2)?;
             r.savings_nanos = row.get(3)?;
-            r.free_requests = row.get::<_, i64>(4)? as u64;
-            r.fallback_requests = row.get::<_, i64>(5)? as u64;
+            r.free_requests = count(row.get::<_, i64>(4)?);
+            r.fallback_requests = count(row.get::<_, i64>(5)?);
             Ok(())
         },
     )?;
     // served requests by tier and model
     let mut stmt = conn.prepare(
-        "SELECT tier, model, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_nanos) \
+        "SELECT tier, model, COUNT(*), CAST(TOTAL(prompt_tokens) AS INTEGER), CAST(TOTAL(completion_tokens) AS INTEGER), CAST(TOTAL(cost_nanos) AS INTEGER) \
          FROM requests WHERE ts_ms >= ?1 AND tier IS NOT NULL GROUP BY tier, model",
     )?;
     let rows = stmt.query_map(params![since], |row| {
         Ok((
             row.get::<_, String>(0)?,
             row.get::<_, String>(1)?,
-            row.get::<_, i64>(2)? as u64,
-            row.get::<_, i64>(3)? as u64,
-            row.get::<_, i64>(4)? as u64,
+            count(row.get::<_, i64>(2)?),
+            count(row.get::<_, i64>(3)?),
+            count(row.get::<_, i64>(4)?),
             row.get::<_, i64>(5)?,
         ))
     })?;
     for row in rows {
         let (tier, model, calls, prompt, completion, cost) = row?;
         let t = r.by_tier.entry(tier).or_default();
-        t.calls += calls;
-        t.prompt_tokens += prompt;
-        t.completion_tokens += completion;
-        t.cost_nanos += cost;
+        t.calls = t.calls.saturating_add(calls);
+        t.prompt_tokens = t.prompt_tokens.saturating_add(prompt);
+        t.completion_tokens = t.completion_tokens.saturating_add(completion);
+        t.cost_nanos = t.cost_nanos.saturating_add(cost);
         let m = r.by_model.entry(model).or_default();
-        m.calls += calls;
-        m.cost_nanos += cost;
+        m.calls = m.calls.saturating_add(calls);
+        m.cost_nanos = m.cost_nanos.saturating_add(cost);
     }
     // attempts and failures by tier and model
     let mut stmt = conn.prepare(
-        "SELECT tier, model, COUNT(*), SUM(outcome != 'success') FROM attempts \
+        "SELECT tier, model, COUNT(*), CAST(TOTAL(outcome != 'success') AS INTEGER) FROM attempts \
          WHERE ts_ms >= ?1 GROUP BY tier, model",
     )?;
     let rows = stmt.query_map(params![since], |row| {
         Ok((
             row.get::<_, String>(0)?,
             row.get::<_, String>(1)?,
-            row.get::<_, i64>(2)? as u64,
-            row.get::<_, i64>(3)? as u64,
+            count(row.get::<_, i64>(2)?),
+            count(row.get::<_, i64>(3)?),
         ))
     })?;
     for row in rows {
         let (tier, model, attempts, failures) = row?;
         let t = r.by_tier.entry(tier).or_default();
-        t.attempts += attempts;
-        t.failures += failures;
-        r.by_model.entry(model).or_default().failures += failures;
+        t.attempts = t.attempts.saturating_add(attempts);
+        t.failures = t.failures.saturating_add(failures);
+        let m = r.by_model.entry(model).or_default();
+        m.failures = m.failures.saturating_add(failures);
     }
     // wasted spend belongs to the model that burned it
     let mut stmt = conn.prepare(
-        "SELECT model, SUM(wasted_nanos) FROM requests WHERE ts_ms >= ?1 AND wasted_nanos != 0 \
+        "SELECT model, CAST(TOTAL(wasted_nanos) AS INTEGER) FROM requests WHERE ts_ms >= ?1 AND wasted_nanos != 0 \
          AND model IS NOT NULL GROUP BY model",
     )?;
     let rows = stmt.query_map(params![since], |row| {
@@ -223,16 +229,17 @@ pub fn build(conn: &Connection, window: Window, now_ms: i64) -> rusqlite::Result
     })?;
     for row in rows {
         let (model, wasted) = row?;
-        r.by_model.entry(model).or_default().cost_nanos += wasted;
+        let m = r.by_model.entry(model).or_default();
+        m.cost_nanos = m.cost_nanos.saturating_add(wasted);
     }
     let mut stmt = conn.prepare(
-        "SELECT key, COUNT(*), SUM(cost_nanos + wasted_nanos) FROM requests \
+        "SELECT key, COUNT(*), CAST(TOTAL(cost_nanos + wasted_nanos) AS INTEGER) FROM requests \
          WHERE ts_ms >= ?1 AND key IS NOT NULL GROUP BY key",
     )?;
     let rows = stmt.query_map(params![since], |row| {
         Ok((
             row.get::<_, String>(0)?,
-            row.get::<_, i64>(1)? as u64,
+            count(row.get::<_, i64>(1)?),
             row.get::<_, i64>(2)?,
         ))
     })?;

@@ -1,7 +1,9 @@
 //! What the HTTP providers share: one pooled client per provider, the
 //! provider's own headers and auth resolved at load, the allowlist of client
 //! headers, and the mapping of transport failures and non-2xx answers to
-//! `UpstreamError`, with the provider's key scrubbed from anything echoed.
+//! `UpstreamError`. Bodies are read up to a limit: an answer up to
+//! `policy.max_response_bytes`, an error body up to `ERROR_BODY_MAX`. What an
+//! upstream says is scrubbed of credentials by the chain, not here.
 //!
 //! The client is hyper-util's pooled client (HTTP/1.1, and HTTP/2 where TLS
 //! negotiates it) with rustls and the webpki roots. It was reqwest: reqwest's
@@ -20,9 +22,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::{truncate, UpstreamError};
+use super::UpstreamError;
 use crate::config::{Auth, Provider};
-use crate::secret::Secret;
 
 /// An upstream's answer: status and headers known, body still to read.
 pub type Response = http::Response<Incoming>;
@@ -60,8 +61,11 @@ pub struct HttpUpstream {
     uri: Uri,
     /// The kind's own headers, then the provider's `headers`, then auth.
     headers: HeaderMap,
-    key: Option<Secret>,
 }
+
+/// How much of an error answer is read: enough for any real error message;
+/// the rest is never read (the connection is dropped, not pooled).
+pub const ERROR_BODY_MAX: usize = 8 * 1024;
 
 impl HttpUpstream {
     /// `url`: the endpoint (the provider's `query` is added to it);
@@ -127,12 +131,7 @@ impl HttpUpstream {
             .pool_idle_timeout(pool_idle)
             .pool_max_idle_per_host(256)
             .build(https);
-        Ok(Self {
-            http,
-            uri,
-            headers,
-            key: p.key.clone(),
-        })
+        Ok(Self { http, uri, headers })
     }
 
     /// POST a JSON body. Resolves once the status is known: a non-2xx answer
@@ -163,66 +162,82 @@ impl HttpUpstream {
         *req.method_mut() = Method::POST;
         *req.uri_mut() = self.uri.clone();
         *req.headers_mut() = headers;
-        let resp = self
-            .http
-            .request(req)
-            .await
-            .map_err(|e| self.transport(&e))?;
+        let resp = self.http.request(req).await.map_err(|e| transport(&e))?;
         let status = resp.status();
         if !status.is_success() {
             let headers = resp.headers().clone();
-            let body = self.read(resp).await?;
-            return Err(self.status_error(status.as_u16(), &headers, body));
+            let body = read_prefix(resp, ERROR_BODY_MAX).await;
+            return Err(status_error(status.as_u16(), &headers, body));
         }
         Ok(resp)
     }
 
-    /// The whole body of a response.
-    pub async fn read(&self, resp: Response) -> Result<Bytes, UpstreamError> {
-        match resp.into_body().collect().await {
+    /// The whole body of a response, up to `max` bytes: a larger one is a
+    /// failed attempt, and no more of it is read.
+    pub async fn read(&self, resp: Response, max: usize) -> Result<Bytes, UpstreamError> {
+        let too_large = || {
+            UpstreamError::BadBody(format!(
+                "the answer is larger than policy.max_response_bytes ({max} bytes)"
+            ))
+        };
+        let declared = resp
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max as u64) {
+            return Err(too_large());
+        }
+        match http_body_util::Limited::new(resp.into_body(), max)
+            .collect()
+            .await
+        {
             Ok(body) => Ok(body.to_bytes()),
-            Err(e) => Err(self.transport(&e)),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+            Err(e) => Err(transport(e.as_ref())),
         }
     }
+}
 
-    fn transport(&self, e: &(dyn std::error::Error + 'static)) -> UpstreamError {
-        if is_timeout(e) {
-            return UpstreamError::Timeout;
-        }
-        // transport errors never carry headers; scrub the key anyway
-        UpstreamError::Connect(truncate(self.scrub(error_chain(e))))
+fn transport(e: &(dyn std::error::Error + 'static)) -> UpstreamError {
+    if is_timeout(e) {
+        return UpstreamError::Timeout;
     }
+    UpstreamError::Connect(error_chain(e))
+}
 
-    fn status_error(&self, status: u16, headers: &HeaderMap, body: Bytes) -> UpstreamError {
-        let parsed: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
-        let message = parsed
-            .as_ref()
-            .and_then(crate::api::upstream_error_message)
-            .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
-        let message = truncate(self.scrub(message));
-        UpstreamError::Status {
-            status,
-            context_length: (status == 400 || status == 413) && super::is_context_length(&message),
-            retry_after: retry_after(headers),
-            message,
-            body: if parsed.is_some() { body } else { Bytes::new() },
-        }
-    }
-
-    /// Scrub the key from the messages of errors found in a 200 body.
-    pub fn scrub_err(&self, e: UpstreamError) -> UpstreamError {
-        match e {
-            UpstreamError::ErrorInBody(m) => UpstreamError::ErrorInBody(self.scrub(m)),
-            other => other,
+/// Up to `max` bytes of a body; the rest is left unread. A body that fails
+/// part way gives what arrived.
+async fn read_prefix(resp: Response, max: usize) -> Bytes {
+    let mut body = resp.into_body();
+    let mut out = Vec::new();
+    while out.len() < max {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    let take = data.len().min(max - out.len());
+                    out.extend_from_slice(&data[..take]);
+                }
+            }
+            _ => break,
         }
     }
+    Bytes::from(out)
+}
 
-    /// Remove the provider's own key from anything the upstream echoes back.
-    pub fn scrub(&self, s: String) -> String {
-        match &self.key {
-            Some(k) if s.contains(k.expose()) => s.replace(k.expose(), "[redacted]"),
-            _ => s,
-        }
+fn status_error(status: u16, headers: &HeaderMap, body: Bytes) -> UpstreamError {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+    let message = parsed
+        .as_ref()
+        .and_then(crate::api::upstream_error_message)
+        .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
+    UpstreamError::Status {
+        status,
+        context_length: (status == 400 || status == 413) && super::is_context_length(&message),
+        retry_after: retry_after(headers),
+        message,
+        // passed back to the client as is when its request was wrong
+        body: if parsed.is_some() { body } else { Bytes::new() },
     }
 }
 
@@ -338,7 +353,7 @@ mod tests {
             .send(&HeaderMap::new(), Bytes::from_static(b"{}"), false)
             .await
             .unwrap();
-        assert_eq!(&up.read(resp).await.unwrap()[..], b"{}");
+        assert_eq!(&up.read(resp, 1024).await.unwrap()[..], b"{}");
         let closed = server.await.unwrap();
         assert!(
             matches!(closed, Ok(Ok(0))),

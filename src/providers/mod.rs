@@ -7,6 +7,7 @@ mod anthropic;
 mod http;
 mod mock;
 mod openai;
+pub mod sse;
 pub mod stream;
 
 use std::time::Duration;
@@ -15,8 +16,9 @@ use ::http::HeaderMap;
 use bytes::Bytes;
 
 use crate::api::ChatBody;
-use crate::config::{Model, Provider, ProviderKind};
+use crate::config::{Limits, Model, Provider, ProviderKind};
 use crate::cost::Usage;
+use crate::secret::Scrubber;
 
 pub use http::{copy_forwarded, FORWARDED_HEADERS};
 pub use stream::{Chunk, ChunkKind, UpstreamStream};
@@ -27,6 +29,8 @@ pub struct UpstreamRequest<'a> {
     pub body: &'a ChatBody,
     pub model: &'a Model,
     pub headers: &'a HeaderMap,
+    /// How much of the upstream's answer may be held.
+    pub limits: Limits,
 }
 
 /// A successful non-streaming answer: the body to return as is, and its usage.
@@ -36,7 +40,9 @@ pub struct Completion {
     pub usage: Option<Usage>,
 }
 
-/// What went wrong with an upstream call. Messages never hold credentials.
+/// What went wrong with an upstream call. Messages are as the upstream sent
+/// them until [`UpstreamError::scrubbed`] cleans and shortens them, which the
+/// chain does to every error before anything else sees it.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
     #[error("timed out")]
@@ -62,7 +68,36 @@ pub enum UpstreamError {
     MidStream(String),
 }
 
+/// Upstream messages are kept this short in attempt lists and logs.
+pub const MESSAGE_MAX: usize = 300;
+
 impl UpstreamError {
+    /// Every credential the gateway holds removed from what the upstream
+    /// sent (messages and a passed-through body), then messages cut short.
+    pub fn scrubbed(self, s: &Scrubber) -> UpstreamError {
+        let cut = |m: String| s.clean_cut(m, MESSAGE_MAX);
+        match self {
+            UpstreamError::Timeout => UpstreamError::Timeout,
+            UpstreamError::Connect(m) => UpstreamError::Connect(cut(m)),
+            UpstreamError::Status {
+                status,
+                message,
+                retry_after,
+                context_length,
+                body,
+            } => UpstreamError::Status {
+                status,
+                message: cut(message),
+                retry_after,
+                context_length,
+                body: s.clean_bytes(body),
+            },
+            UpstreamError::BadBody(m) => UpstreamError::BadBody(cut(m)),
+            UpstreamError::ErrorInBody(m) => UpstreamError::ErrorInBody(cut(m)),
+            UpstreamError::MidStream(m) => UpstreamError::MidStream(cut(m)),
+        }
+    }
+
     pub fn status(&self) -> Option<u16> {
         match self {
             UpstreamError::Status { status, .. } => Some(*status),
@@ -140,7 +175,7 @@ pub fn parse_completion(body: Bytes) -> Result<Completion, UpstreamError> {
     if let Some(err) = probe.error.filter(|e| !e.is_null()) {
         let msg = crate::api::upstream_error_message(&serde_json::json!({ "error": err }))
             .unwrap_or_else(|| "an error object".into());
-        return Err(UpstreamError::ErrorInBody(truncate(msg)));
+        return Err(UpstreamError::ErrorInBody(msg));
     }
     if probe.choices.is_none() {
         return Err(UpstreamError::BadBody(
@@ -148,21 +183,7 @@ pub fn parse_completion(body: Bytes) -> Result<Completion, UpstreamError> {
         ));
     }
     Ok(Completion {
-        usage: probe.usage.as_ref().map(Usage::from),
+        usage: probe.usage.as_ref().and_then(crate::api::WireUsage::usage),
         body,
     })
-}
-
-/// Upstream messages are kept short in attempt lists and logs.
-pub fn truncate(mut s: String) -> String {
-    const MAX: usize = 300;
-    if s.len() > MAX {
-        let mut end = MAX;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-        s.push('…');
-    }
-    s
 }

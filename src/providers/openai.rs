@@ -28,8 +28,8 @@ impl OpenAiClient {
 
     pub async fn complete(&self, req: UpstreamRequest<'_>) -> Result<Completion, UpstreamError> {
         let resp = self.up.send(req.headers, self.body(&req), false).await?;
-        let body = self.up.read(resp).await?;
-        parse_completion(body).map_err(|e| self.up.scrub_err(e))
+        let body = self.up.read(resp, req.limits.max_response_bytes).await?;
+        parse_completion(body)
     }
 
     pub async fn stream(&self, req: UpstreamRequest<'_>) -> Result<UpstreamStream, UpstreamError> {
@@ -39,14 +39,17 @@ impl OpenAiClient {
             .await?;
         if !is_sse(&resp) {
             // A JSON body where a stream was asked for: usually an error in a 200.
-            let body = self.up.read(resp).await?;
+            let body = self.up.read(resp, req.limits.max_response_bytes).await?;
             return Err(match parse_completion(body) {
-                Err(e) => self.up.scrub_err(e),
+                Err(e) => e,
                 Ok(_) => {
                     UpstreamError::BadBody("a JSON body where an event stream was asked for".into())
                 }
             });
         }
-        Ok(stream::from_sse(body_stream(resp)))
+        Ok(stream::from_sse(
+            body_stream(resp),
+            req.limits.max_event_bytes,
+        ))
     }
 }

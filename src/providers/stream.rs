@@ -5,7 +5,6 @@
 use std::pin::Pin;
 
 use bytes::Bytes;
-use eventsource_stream::Eventsource;
 use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 
@@ -83,7 +82,7 @@ pub fn classify_event(data: &str) -> Result<Chunk, UpstreamError> {
     if let Some(err) = probe.error.filter(|e| !e.is_null()) {
         let msg = crate::api::upstream_error_message(&serde_json::json!({ "error": err }))
             .unwrap_or_else(|| "an error event".into());
-        return Err(UpstreamError::ErrorInBody(super::truncate(msg)));
+        return Err(UpstreamError::ErrorInBody(msg));
     }
     let mut content = false;
     let mut text_len = 0;
@@ -116,7 +115,7 @@ pub fn classify_event(data: &str) -> Result<Chunk, UpstreamError> {
             }
         }
     }
-    let usage = probe.usage.as_ref().map(Usage::from);
+    let usage = probe.usage.as_ref().and_then(WireUsage::usage);
     let kind = if content {
         ChunkKind::Content
     } else if probe.choices.is_empty() && usage.is_some() {
@@ -133,44 +132,41 @@ pub fn classify_event(data: &str) -> Result<Chunk, UpstreamError> {
 }
 
 /// Turn an upstream SSE byte stream into classified chunks. Ends after
-/// `[DONE]`; a stream that ends without it is an interruption.
-pub fn from_sse<S, E>(bytes: S) -> UpstreamStream
+/// `[DONE]`; a stream that ends without it is an interruption. An event
+/// larger than `max_event` bytes fails the stream.
+pub fn from_sse<S, E>(bytes: S, max_event: usize) -> UpstreamStream
 where
     S: Stream<Item = Result<Bytes, E>> + Send + 'static,
     E: std::fmt::Display + Send + 'static,
 {
-    let events = bytes.eventsource();
-    let stream =
-        futures_util::stream::unfold((Box::pin(events), false), |(mut events, done)| async move {
-            if done {
-                return None;
-            }
-            loop {
-                match events.next().await {
-                    None => {
-                        let err = UpstreamError::MidStream(
-                            "the upstream closed the stream before [DONE]".into(),
-                        );
-                        return Some((Err(err), (events, true)));
+    let events = super::sse::events(bytes, max_event);
+    let stream = futures_util::stream::unfold((events, false), |(mut events, done)| async move {
+        if done {
+            return None;
+        }
+        loop {
+            match events.next().await {
+                None => {
+                    let err = UpstreamError::MidStream(
+                        "the upstream closed the stream before [DONE]".into(),
+                    );
+                    return Some((Err(err), (events, true)));
+                }
+                Some(Err(e)) => return Some((Err(e), (events, true))),
+                Some(Ok(ev)) => {
+                    if ev.data.is_empty() {
+                        continue;
                     }
-                    Some(Err(e)) => {
-                        let err = UpstreamError::MidStream(super::truncate(e.to_string()));
-                        return Some((Err(err), (events, true)));
-                    }
-                    Some(Ok(ev)) => {
-                        if ev.data.is_empty() {
-                            continue;
-                        }
-                        let chunk = classify_event(&ev.data);
-                        let finished = match &chunk {
-                            Ok(c) => c.kind == ChunkKind::Done,
-                            Err(_) => true,
-                        };
-                        return Some((chunk, (events, finished)));
-                    }
+                    let chunk = classify_event(&ev.data);
+                    let finished = match &chunk {
+                        Ok(c) => c.kind == ChunkKind::Done,
+                        Err(_) => true,
+                    };
+                    return Some((chunk, (events, finished)));
                 }
             }
-        });
+        }
+    });
     Box::pin(stream)
 }
 

@@ -178,7 +178,7 @@ fn ledger_row(
 ) -> RequestRow {
     let cfg = &rt.config;
     let label = |t: usize| rt.targets[t].label.clone();
-    let nanos = |u: Usd| u.nanos() as i64;
+    let nanos = |u: Usd| u.nanos_i64();
     let usage = s.usage.unwrap_or_default();
     let first = route.steps.first().map(|st| st.target);
     RequestRow {
@@ -285,7 +285,7 @@ pub async fn completions(State(state): State<AppState>, req: Request) -> Respons
     let request_id = headers
         .get(&REQUEST_ID)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 200)
+        .filter(|v| plain_request_id(v))
         .map(str::to_string)
         .unwrap_or_else(new_request_id);
     let session = headers
@@ -375,6 +375,7 @@ fn refuse(
         cost_in_headers: true,
         escalated,
         budget_remaining: remaining,
+        usage_estimated: false,
     };
     apply(resp.headers_mut(), rt, &report);
     resp
@@ -417,7 +418,15 @@ async fn handle(ctx: &Ctx<'_>, body: Body, in_flight: InFlight) -> Result<Respon
     let rt = ctx.rt;
     let cfg = &rt.config;
     let headers = ctx.headers;
-    let body = read_body(body, headers, cfg.server.max_body_bytes).await?;
+    let body = match tokio::time::timeout_at(
+        ctx.started + cfg.server.request_timeout,
+        read_body(body, headers, cfg.server.max_body_bytes),
+    )
+    .await
+    {
+        Ok(body) => body?,
+        Err(_) => return Err(GatewayError::RequestTimeout.into()),
+    };
     let body = ChatBody::parse(&body).map_err(|e| GatewayError::invalid(e.message, e.param))?;
     let h = |name: &HeaderName| {
         headers
@@ -467,13 +476,14 @@ async fn handle(ctx: &Ctx<'_>, body: Body, in_flight: InFlight) -> Result<Respon
             Mode::Stream,
             &paid_allowed,
             |model, _limit| {
-                let client = &rt.clients[cfg.models[model].provider];
                 let req = UpstreamRequest {
                     body: &body,
                     model: &cfg.models[model],
                     headers: &forwarded,
+                    limits: cfg.policy.limits,
                 };
-                async move { stream::start(client.stream(req)).await }
+                let max_hold = cfg.policy.limits.max_event_bytes;
+                async move { stream::start(rt.open_stream(req), max_hold).await }
             },
         )
         .await;
@@ -492,6 +502,7 @@ async fn handle(ctx: &Ctx<'_>, body: Body, in_flight: InFlight) -> Result<Respon
             cost_in_headers: false,
             escalated: route.escalated,
             budget_remaining: remaining(),
+            usage_estimated: false,
         };
         apply(resp.headers_mut(), rt, &report);
         let h = resp.headers_mut();
@@ -524,11 +535,11 @@ async fn handle(ctx: &Ctx<'_>, body: Body, in_flight: InFlight) -> Result<Respon
         Mode::Complete,
         &paid_allowed,
         |model, _limit| {
-            let client = &rt.clients[cfg.models[model].provider];
-            client.complete(UpstreamRequest {
+            rt.complete(UpstreamRequest {
                 body: &body,
                 model: &cfg.models[model],
                 headers: &forwarded,
+                limits: cfg.policy.limits,
             })
         },
     )
@@ -538,7 +549,14 @@ async fn handle(ctx: &Ctx<'_>, body: Body, in_flight: InFlight) -> Result<Respon
         Err(failure) => return Err(give_up(rt, failure, run, route)),
     };
     let completion = served.value;
-    let usage = completion.usage.unwrap_or_default();
+    // no usage, or absurd counts: estimated from the text, and said so
+    let usage_estimated = completion.usage.is_none();
+    let usage = completion.usage.unwrap_or_else(|| {
+        cost::estimate(
+            body.raw("messages").map_or(0, str::len),
+            crate::api::completion_text_chars(&completion.body),
+        )
+    });
     let cost = cost::cost(&cfg.models[served.model].prices, &usage);
     let savings = savings(rt, &route, &usage, cost);
     let first_target = route.steps.first().map(|s| s.target);
@@ -565,6 +583,7 @@ async fn handle(ctx: &Ctx<'_>, body: Body, in_flight: InFlight) -> Result<Respon
         cost_in_headers: true,
         escalated,
         budget_remaining,
+        usage_estimated,
     };
     apply(resp.headers_mut(), rt, &report);
     Ok(resp)
@@ -681,6 +700,15 @@ fn forwardable(headers: &HeaderMap, request_id: &str) -> HeaderMap {
         out.insert(REQUEST_ID, v);
     }
     out
+}
+
+/// A client's request id is kept only when it is short and plain (1-128
+/// letters, digits, '-', '_', '.'): it goes into log lines and upstream.
+pub fn plain_request_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// `req_` and 24 random hex digits.

@@ -21,6 +21,8 @@ pub struct Report<'a> {
     pub escalated: bool,
     /// Left of the tightest budget that applies, after this request.
     pub budget_remaining: Option<Usd>,
+    /// The upstream reported no usable token counts: they were estimated.
+    pub usage_estimated: bool,
 }
 
 // Names built at compile time: `HeaderName::from_static` at run time parses
@@ -37,6 +39,7 @@ const ESCALATED: HeaderName = HeaderName::from_static("x-cascade-escalated");
 const BUDGET_REMAINING: HeaderName = HeaderName::from_static("x-cascade-budget-remaining-usd");
 const COST: HeaderName = HeaderName::from_static("x-cascade-cost-usd");
 const SAVINGS: HeaderName = HeaderName::from_static("x-cascade-savings-usd");
+const USAGE_ESTIMATED: HeaderName = HeaderName::from_static("x-cascade-usage-estimated");
 
 fn put(h: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
@@ -101,6 +104,9 @@ pub fn apply(h: &mut HeaderMap, rt: &Runtime, r: &Report<'_>) {
     }
     if let Some(left) = r.budget_remaining {
         put(h, BUDGET_REMAINING, left.plain().as_str());
+    }
+    if r.usage_estimated {
+        h.insert(USAGE_ESTIMATED, HeaderValue::from_static("true"));
     }
     if r.cost_in_headers {
         put(h, COST, r.cost.plain().as_str());

@@ -3,11 +3,12 @@
 
 mod auth;
 mod chat;
+pub mod conn;
 mod headers;
 mod ops;
 mod stream;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -15,7 +16,6 @@ use arc_swap::ArcSwap;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 
@@ -125,6 +125,21 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// What a connection beyond `server.max_connections` may reach: the probes
+/// and the metrics, so a saturated gateway can still be watched.
+pub fn ops_app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(saturated)
+        .with_state(state)
+}
+
+async fn saturated() -> Response {
+    GatewayError::Saturated.into_response()
+}
+
 async fn not_found(req: Request) -> Response {
     GatewayError::NotFound(req.uri().path().to_string()).into_response()
 }
@@ -133,22 +148,20 @@ async fn method_not_allowed(req: Request) -> Response {
     GatewayError::MethodNotAllowed(req.method().to_string()).into_response()
 }
 
-/// Serve until `shutdown` resolves, then drain (SPEC 1): /readyz turns 503 at
-/// once, connections are still accepted for `shutdown_delay`, then the
-/// listener closes and in-flight requests get `shutdown_grace` to finish.
+/// Serve until `shutdown` resolves, then drain: /readyz turns 503 at once,
+/// connections are still accepted for `shutdown_delay`, then the listener
+/// closes and in-flight requests get `shutdown_grace` to finish. Connection
+/// limits and timeouts are in `conn`.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (delay, grace) = {
+    let (delay, grace, limits) = {
         let rt = state.runtime();
-        (
-            rt.config.server.shutdown_delay,
-            rt.config.server.shutdown_grace,
-        )
+        let s = &rt.config.server;
+        (s.shutdown_delay, s.shutdown_grace, conn::Limits::of(s))
     };
-    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
     let drain_state = state.clone();
     let stop_accepting = async move {
         shutdown.await;
@@ -158,27 +171,21 @@ pub async fn serve(
             "shutting down: not ready, draining"
         );
         tokio::time::sleep(delay).await;
-        let _ = closed_tx.send(());
     };
-    // no Nagle delay on answers, as nginx does for keep-alive connections
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(stop_accepting);
-    let server = server.into_future();
-    tokio::pin!(server);
-    tokio::select! {
-        r = &mut server => return r,
-        _ = closed_rx => {}
+    let finished = conn::run(
+        listener,
+        app(state.clone()),
+        ops_app(state),
+        limits,
+        stop_accepting,
+        grace,
+    )
+    .await;
+    if !finished {
+        tracing::warn!(
+            grace_ms = grace.as_millis() as u64,
+            "shutdown grace ran out; closing the remaining connections"
+        );
     }
-    match tokio::time::timeout(grace, server).await {
-        Ok(r) => r,
-        Err(_) => {
-            tracing::warn!(
-                grace_ms = grace.as_millis() as u64,
-                "shutdown grace ran out; closing the remaining connections"
-            );
-            Ok(())
-        }
-    }
+    Ok(())
 }

@@ -11,6 +11,7 @@ use crate::chain::health::{until, Circuit};
 use crate::config::Name;
 use crate::error::GatewayError;
 use crate::ledger::Window;
+use crate::routing;
 
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
@@ -41,13 +42,29 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 
 pub async fn models(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let rt = state.runtime();
-    if let Err(e) = auth::client(&rt.config, &headers) {
-        return e.into_response();
-    }
+    let caller = match auth::client(&rt.config, &headers) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    // a named key sees only the names its allowed tiers can serve
+    let usable = |name: &str| {
+        let Some(key) = caller.named() else {
+            return true;
+        };
+        let req = routing::RouteRequest {
+            model: Some(name),
+            ..Default::default()
+        };
+        !matches!(
+            routing::resolve(&rt, &req, Some(key)),
+            Err(GatewayError::TierNotAllowed(_))
+        )
+    };
     let data: Vec<Value> = rt
         .config
         .client_names()
         .into_iter()
+        .filter(|(name, _)| usable(name))
         .map(|(name, what)| {
             let kind = match what {
                 Name::Task(_) => "task",

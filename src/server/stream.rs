@@ -34,15 +34,22 @@ pub struct Started {
 }
 
 /// Open the stream and read until the first content, tool-call, reasoning or
-/// finish delta. Role-only chunks are held back; a failure before content is
-/// a failed attempt like any other.
+/// finish delta. Role-only chunks are held back, up to `max_hold` bytes; a
+/// failure before content is a failed attempt like any other.
 pub async fn start(
     open: impl Future<Output = Result<UpstreamStream, UpstreamError>>,
+    max_hold: usize,
 ) -> Result<Started, UpstreamError> {
     let t0 = Instant::now();
     let mut upstream = open.await?;
-    let mut buffered = Vec::new();
+    let mut buffered: Vec<Chunk> = Vec::new();
+    let mut held = 0usize;
     loop {
+        if held > max_hold {
+            return Err(UpstreamError::BadBody(format!(
+                "more than policy.max_event_bytes ({max_hold} bytes) before the first content"
+            )));
+        }
         match upstream.next().await {
             None => {
                 return Err(UpstreamError::MidStream(
@@ -51,7 +58,10 @@ pub async fn start(
             }
             Some(Err(e)) => return Err(e),
             Some(Ok(c)) => match c.kind {
-                ChunkKind::Preamble | ChunkKind::UsageOnly => buffered.push(c),
+                ChunkKind::Preamble | ChunkKind::UsageOnly => {
+                    held += c.data.len();
+                    buffered.push(c);
+                }
                 ChunkKind::Content => {
                     buffered.push(c);
                     return Ok(Started {

@@ -53,12 +53,11 @@ impl AnthropicClient {
             .send(req.headers, body, false)
             .await
             .map_err(|e| self.error(e))?;
-        let body = self.up.read(resp).await?;
-        let (completion, usage) =
-            response::completion(&body, json_tool.as_deref()).map_err(|e| self.up.scrub_err(e))?;
+        let body = self.up.read(resp, req.limits.max_response_bytes).await?;
+        let (completion, usage) = response::completion(&body, json_tool.as_deref())?;
         Ok(Completion {
             body: Bytes::from(completion.to_string()),
-            usage: Some(usage),
+            usage,
         })
     }
 
@@ -71,16 +70,20 @@ impl AnthropicClient {
             .map_err(|e| self.error(e))?;
         if !is_sse(&resp) {
             // A JSON body where a stream was asked for: usually an error in a 200.
-            let body = self.up.read(resp).await?;
+            let body = self.up.read(resp, req.limits.max_response_bytes).await?;
             return Err(match response::completion(&body, None) {
-                Err(e) => self.up.scrub_err(e),
+                Err(e) => e,
                 Ok(_) => {
                     UpstreamError::BadBody("a JSON body where an event stream was asked for".into())
                 }
             });
         }
         let translator = stream::Translator::new(json_tool);
-        Ok(stream::from_sse(body_stream(resp), translator))
+        Ok(stream::from_sse(
+            body_stream(resp),
+            translator,
+            req.limits.max_event_bytes,
+        ))
     }
 
     /// An error status keeps its classification; its Anthropic body (given
@@ -97,7 +100,7 @@ impl AnthropicClient {
                 let translated = serde_json::from_slice(&body)
                     .ok()
                     .and_then(|v| response::openai_error_body(&v, context_length))
-                    .map(|v| Bytes::from(self.up.scrub(v.to_string())));
+                    .map(|v| Bytes::from(v.to_string()));
                 UpstreamError::Status {
                     status,
                     message,

@@ -5,16 +5,20 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
+use crate::api::Tokens;
 use crate::cost::Usage;
-use crate::providers::{truncate, UpstreamError};
+use crate::providers::UpstreamError;
 
 /// A complete 200 body: the OpenAI completion and its usage; an error object
 /// (`{"type": "error", ...}`) or garbage is an error.
-pub fn completion(body: &[u8], json_tool: Option<&str>) -> Result<(Value, Usage), UpstreamError> {
+pub fn completion(
+    body: &[u8],
+    json_tool: Option<&str>,
+) -> Result<(Value, Option<Usage>), UpstreamError> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| UpstreamError::BadBody(format!("not JSON: {e}")))?;
     if let Some(msg) = error_message(&v) {
-        return Err(UpstreamError::ErrorInBody(truncate(msg)));
+        return Err(UpstreamError::ErrorInBody(msg));
     }
     let blocks = v
         .get("content")
@@ -70,7 +74,7 @@ pub fn completion(body: &[u8], json_tool: Option<&str>) -> Result<(Value, Usage)
         }],
         "usage": usage.to_openai(),
     });
-    Ok((out, usage.usage()))
+    Ok((out, usage.valid()))
 }
 
 /// Anthropic `stop_reason` -> OpenAI `finish_reason`. A forced
@@ -92,6 +96,8 @@ pub struct AnthropicUsage {
     pub output: u64,
     pub cache_read: u64,
     pub cache_creation: u64,
+    /// A count was negative, not a whole number or absurdly large.
+    pub absurd: bool,
 }
 
 impl AnthropicUsage {
@@ -99,11 +105,25 @@ impl AnthropicUsage {
     /// (a stream's `message_delta` may carry only `output_tokens`).
     pub fn update(&mut self, usage: Option<&Value>) {
         let Some(u) = usage else { return };
-        let get = |k: &str| u.get(k).and_then(Value::as_u64);
+        let mut absurd = false;
+        let mut get = |k: &str| match u.get(k).map_or(Tokens::Missing, Tokens::of) {
+            Tokens::Count(c) => Some(c),
+            Tokens::Missing => None,
+            Tokens::Absurd => {
+                absurd = true;
+                None
+            }
+        };
         self.input = get("input_tokens").unwrap_or(self.input);
         self.output = get("output_tokens").unwrap_or(self.output);
         self.cache_read = get("cache_read_input_tokens").unwrap_or(self.cache_read);
         self.cache_creation = get("cache_creation_input_tokens").unwrap_or(self.cache_creation);
+        self.absurd |= absurd;
+    }
+
+    /// The usage, unless a count was absurd (then it is estimated).
+    pub fn valid(self) -> Option<Usage> {
+        (!self.absurd).then(|| self.usage())
     }
 
     /// In the OpenAI sense (SPEC 7): prompt = input + cache read + cache creation.
@@ -116,7 +136,12 @@ impl AnthropicUsage {
         }
     }
 
+    /// `usage` in the OpenAI shape; null when a count was absurd, so the
+    /// usage is estimated downstream.
     pub fn to_openai(self) -> Value {
+        if self.absurd {
+            return Value::Null;
+        }
         let u = self.usage();
         json!({
             "prompt_tokens": u.prompt,
@@ -221,12 +246,12 @@ mod tests {
         );
         assert_eq!(
             usage,
-            Usage {
+            Some(Usage {
                 prompt: 2095,
                 completion: 503,
                 cached: 0,
                 cache_write: 0
-            }
+            })
         );
     }
 
@@ -252,12 +277,12 @@ mod tests {
         // SPEC 7: prompt = input + cache read + cache creation
         assert_eq!(
             usage,
-            Usage {
+            Some(Usage {
                 prompt: 2572,
                 completion: 91,
                 cached: 2000,
                 cache_write: 100
-            }
+            })
         );
         assert_eq!(v["usage"]["prompt_tokens"], 2572);
         assert_eq!(v["usage"]["total_tokens"], 2663);

@@ -11,13 +11,12 @@
 use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
-use eventsource_stream::Eventsource;
 use futures_util::{Stream, StreamExt};
 use serde_json::{json, Value};
 
 use super::response::{error_message, finish_reason, now, AnthropicUsage};
 use crate::providers::stream::{classify_event, Chunk, UpstreamStream};
-use crate::providers::{truncate, UpstreamError};
+use crate::providers::UpstreamError;
 
 /// What an Anthropic content block (by its `index`) turned into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,7 +153,7 @@ impl Translator {
             }
             "error" => {
                 let msg = error_message(&v).unwrap_or_else(|| "an error event".into());
-                return Err(UpstreamError::ErrorInBody(truncate(msg)));
+                return Err(UpstreamError::ErrorInBody(msg));
             }
             // ping, content_block_stop, and event types added later
             _ => {}
@@ -207,13 +206,13 @@ struct State<E> {
 
 /// Turn an Anthropic SSE byte stream into classified OpenAI chunks. Ends
 /// after `message_stop`; a stream that ends without it is an interruption.
-pub fn from_sse<S, E>(bytes: S, translator: Translator) -> UpstreamStream
+pub fn from_sse<S, E>(bytes: S, translator: Translator, max_event: usize) -> UpstreamStream
 where
     S: Stream<Item = Result<Bytes, E>> + Send + 'static,
     E: std::fmt::Display + Send + 'static,
 {
     let state = State {
-        events: Box::pin(bytes.eventsource()),
+        events: crate::providers::sse::events(bytes, max_event),
         translator,
         pending: VecDeque::new(),
         done: false,
@@ -236,7 +235,7 @@ where
                 }
                 Some(Err(e)) => {
                     s.done = true;
-                    return Some((Err(UpstreamError::MidStream(truncate(e.to_string()))), s));
+                    return Some((Err(e), s));
                 }
                 Some(Ok(ev)) => {
                     if ev.data.is_empty() {

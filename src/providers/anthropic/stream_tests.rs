@@ -257,6 +257,7 @@ async fn a_whole_stream_is_classified_and_ends_after_done() {
     let s = from_sse(
         futures_util::stream::iter(sse(&tool_stream())),
         Translator::new(None),
+        1 << 20,
     );
     let chunks: Vec<_> = s.collect().await;
     let kinds: Vec<ChunkKind> = chunks.iter().map(|c| c.as_ref().unwrap().kind).collect();
@@ -284,6 +285,7 @@ async fn a_stream_cut_before_message_stop_is_an_interruption() {
     let s = from_sse(
         futures_util::stream::iter(sse(&events)),
         Translator::new(None),
+        1 << 20,
     );
     let chunks: Vec<_> = s.collect().await;
     assert_eq!(chunks.len(), 3, "role, content, then the interruption");
@@ -306,6 +308,7 @@ async fn an_error_event_ends_the_stream_with_an_error() {
     let s = from_sse(
         futures_util::stream::iter(sse(&events)),
         Translator::new(None),
+        1 << 20,
     );
     let chunks: Vec<_> = s.collect().await;
     assert_eq!(chunks.len(), 2);
