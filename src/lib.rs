@@ -17,6 +17,8 @@ pub mod routing;
 pub mod runtime;
 pub mod secret;
 pub mod server;
+#[cfg(test)]
+mod testing;
 
 pub use server::{app, AppState};
 pub mod cli;

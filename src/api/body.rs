@@ -286,4 +286,79 @@ mod tests {
         let ok = br#"{"messages":[{"role":"user"},{"role":"assistant"}]}"#;
         assert!(ChatBody::parse(ok).is_ok());
     }
+
+    mod props {
+        use proptest::prelude::*;
+        use serde_json::{json, Map, Value};
+
+        use super::*;
+        use crate::testing::{json, object};
+
+        const KEYS: &[&str] = &[
+            "model",
+            "messages",
+            "stream",
+            "stream_options",
+            "include_usage",
+            "tools",
+            "role",
+            "content",
+        ];
+
+        /// A request a client could send: the fields as generated, a string
+        /// model, a non-empty message list, a boolean stream.
+        fn request() -> impl Strategy<Value = Map<String, Value>> {
+            (
+                object(KEYS),
+                ".{0,16}",
+                prop::collection::vec(json(KEYS), 1..4),
+                any::<bool>(),
+            )
+                .prop_map(|(mut m, model, messages, stream)| {
+                    m.insert("model".into(), json!(model));
+                    m.insert("messages".into(), Value::Array(messages));
+                    m.insert("stream".into(), json!(stream));
+                    m.remove("stream_options");
+                    m
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn any_bytes_are_parsed_or_refused_never_a_panic(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
+                let _ = ChatBody::parse(&bytes);
+            }
+
+            #[test]
+            fn any_json_object_is_parsed_or_refused_with_a_message(v in object(KEYS)) {
+                let text = Value::Object(v).to_string();
+                if let Err(e) = ChatBody::parse(text.as_bytes()) {
+                    prop_assert!(!e.message.is_empty());
+                }
+            }
+
+            #[test]
+            fn a_valid_request_round_trips(req in request(), upstream in "[a-z0-9/._-]{1,24}") {
+                let text = Value::Object(req.clone()).to_string();
+                let body = ChatBody::parse(text.as_bytes()).unwrap();
+                prop_assert_eq!(body.model(), req["model"].as_str());
+                prop_assert_eq!(body.stream(), req["stream"] == json!(true));
+                prop_assert_eq!(&body.to_value(), &req);
+                // rendered for an upstream: the same fields, the upstream's model
+                let out: Map<String, Value> = serde_json::from_slice(&body.render(&upstream, false)).unwrap();
+                let mut want = req.clone();
+                want.insert("model".into(), json!(upstream));
+                prop_assert_eq!(out, want);
+            }
+
+            #[test]
+            fn a_repeated_key_is_refused_naming_it(req in request(), which in 0usize..3) {
+                let key = ["model", "messages", "stream"][which];
+                let text = Value::Object(req.clone()).to_string();
+                let dup = format!("{{{}:{},{}", Value::from(key), req[key], &text[1..]);
+                let e = ChatBody::parse(dup.as_bytes()).err().unwrap();
+                prop_assert!(e.message.contains(&format!("{key:?}")), "{}", e.message);
+            }
+        }
+    }
 }

@@ -305,4 +305,83 @@ mod tests {
         }
         assert!(p.buf.len() < 64);
     }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::testing::chunked;
+
+        /// Feed `chunks`, checking after each that the parser holds no more
+        /// than the limit allows: the unfinished line and the event so far.
+        fn parse_bounded(chunks: &[Vec<u8>], max: usize) -> Result<Vec<Event>, TooLarge> {
+            let mut p = Parser::new(max);
+            let mut out = Vec::new();
+            for c in chunks {
+                p.push(c);
+                while let Some(ev) = p.next_event()? {
+                    out.push(ev);
+                }
+                assert!(p.held() + (p.buf.len() - p.start) <= max);
+                assert!(p.buf.len() <= max + c.len() + 1);
+            }
+            while let Some(ev) = p.finish()? {
+                out.push(ev);
+            }
+            Ok(out)
+        }
+
+        fn sse_bytes() -> impl Strategy<Value = Vec<u8>> {
+            // the bytes that matter to the grammar, and anything else
+            let byte = prop_oneof![
+                4 => prop::sample::select(&b"data: event:\r\n\n\n\r"[..]),
+                1 => any::<u8>(),
+            ];
+            prop::collection::vec(byte, 0..600)
+        }
+
+        proptest! {
+            #[test]
+            fn any_bytes_any_cuts_never_panic_and_stay_bounded(
+                bytes in sse_bytes(),
+                cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
+                max in 1usize..300,
+            ) {
+                let whole = parse_bounded(std::slice::from_ref(&bytes), max);
+                let pieces = parse_bounded(&chunked(bytes, cuts), max);
+                // the same events whatever the chunking, up to the limit
+                if let (Ok(w), Ok(p)) = (&whole, &pieces) {
+                    prop_assert_eq!(w, p);
+                }
+            }
+
+            #[test]
+            fn valid_events_round_trip(
+                events in prop::collection::vec(
+                    ("[a-z_]{0,8}", prop::collection::vec("[^\r\n]{0,20}", 1..4)),
+                    0..8,
+                ),
+                cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
+                crlf in any::<bool>(),
+            ) {
+                let nl = if crlf { "\r\n" } else { "\n" };
+                let mut text = String::new();
+                for (name, lines) in &events {
+                    if !name.is_empty() {
+                        text.push_str(&format!("event: {name}{nl}"));
+                    }
+                    for l in lines {
+                        text.push_str(&format!("data: {l}{nl}"));
+                    }
+                    text.push_str(nl);
+                }
+                let want: Vec<Event> = events
+                    .iter()
+                    .map(|(name, lines)| Event { event: name.clone(), data: lines.join("\n") })
+                    .collect();
+                let got = parse_bounded(&chunked(text.into_bytes(), cuts), 1 << 20).unwrap();
+                prop_assert_eq!(got, want);
+            }
+        }
+    }
 }

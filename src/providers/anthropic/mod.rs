@@ -2,6 +2,8 @@
 //! to `POST {base_url}/v1/messages`, answers, streams and errors back to
 //! OpenAI chat completions. The mapping is documented in docs/providers.md.
 
+#[cfg(test)]
+mod props;
 mod request;
 mod response;
 mod stream;

@@ -44,6 +44,55 @@ pub fn spawn_with(config: &Path, port: u16, env: &[(&str, &str)]) -> Proc {
     )
 }
 
+/// `cascade serve` with its log (text, `RUST_LOG=info`, on stdout) and
+/// stderr written to `log`,
+/// started with the usual soft open-files limit of 1,024 (the hard limit
+/// unchanged), as a login shell would start it.
+pub fn spawn_logged(config: &Path, port: u16, env: &[(&str, &str)], log: &Path) -> Proc {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cascade"));
+    cmd.args(["serve", "--config"])
+        .arg(config)
+        .env("CASCADE__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .stdout(std::fs::File::create(log).unwrap())
+        .stderr(std::fs::OpenOptions::new().append(true).open(log).unwrap());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_max > 1024 {
+                lim.rlim_cur = 1024;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            }
+            Ok(())
+        });
+    }
+    Proc(cmd.spawn().unwrap())
+}
+
+/// Resident memory of a process, in bytes, from /proc.
+pub fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// Open file descriptors of a process.
+pub fn open_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
 /// Bounded poll until GET {url}/readyz answers 200.
 pub async fn wait_ready(http: &reqwest::Client, url: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);

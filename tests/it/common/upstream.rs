@@ -45,6 +45,20 @@ pub enum Step {
     Json(Value),
     /// 200 with these SSE events, verbatim: (event name or "", data).
     Events(Vec<(&'static str, Value)>),
+    /// This status, content type and body, verbatim.
+    Raw(u16, &'static str, String),
+    /// This status and content type; `head`, then `repeat` up to `times`
+    /// times or until the client goes away (bytes sent: `flood_bytes`).
+    Flood(Flood),
+}
+
+#[derive(Clone, Debug)]
+pub struct Flood {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub head: Bytes,
+    pub repeat: Bytes,
+    pub times: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -87,6 +101,7 @@ pub struct Inner {
     scripts: Mutex<HashMap<String, VecDeque<Step>>>,
     requests: Mutex<Vec<Recorded>>,
     streams_closed_early: AtomicUsize,
+    flood_bytes: AtomicUsize,
 }
 
 #[derive(Clone)]
@@ -140,6 +155,11 @@ impl Upstream {
 
     pub fn count(&self, model: &str) -> usize {
         self.requests_for(model).len()
+    }
+
+    /// Bytes sent by `Step::Flood` answers so far.
+    pub fn flood_bytes(&self) -> usize {
+        self.inner.flood_bytes.load(Ordering::SeqCst)
     }
 
     /// Streams whose client (the gateway) went away before the end.
@@ -265,7 +285,51 @@ pub async fn respond(inner: Arc<Inner>, model: &str, step: Step) -> Response {
             let last = frames.last().cloned().unwrap_or_default();
             sse_response(inner, futures_util::stream::iter(frames.into_iter().map(Ok::<Bytes, std::io::Error>)), last)
         }
+        Step::Raw(status, content_type, body) => (
+            StatusCode::from_u16(status).unwrap(),
+            [("content-type", content_type)],
+            body,
+        )
+            .into_response(),
+        Step::Flood(f) => flood(inner, f),
     }
+}
+
+fn flood(inner: Arc<Inner>, f: Flood) -> Response {
+    let status = StatusCode::from_u16(f.status).unwrap();
+    let content_type = f.content_type;
+    let counter = Arc::clone(&inner);
+    let s = async_stream(move |tx| async move {
+        let send = |b: Bytes| {
+            counter.flood_bytes.fetch_add(b.len(), Ordering::SeqCst);
+            tx.send(Ok(b))
+        };
+        if send(f.head.clone()).await.is_err() {
+            return;
+        }
+        for _ in 0..f.times {
+            if send(f.repeat.clone()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut guard = CloseGuard {
+        inner,
+        finished: false,
+    };
+    let mut left = f.times.saturating_add(1);
+    let s = s.map(move |item| {
+        let g: &mut CloseGuard = &mut guard;
+        left -= 1;
+        g.finished = left == 0;
+        item
+    });
+    (
+        status,
+        [("content-type", content_type)],
+        Body::from_stream(s),
+    )
+        .into_response()
 }
 
 /// One SSE event: `event: NAME` (when given), then `data: JSON`.
