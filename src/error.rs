@@ -135,8 +135,10 @@ impl IntoResponse for GatewayError {
                     axum::http::header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),
                 );
-                resp.headers_mut()
-                    .insert("x-should-retry", HeaderValue::from_static("false"));
+                resp.headers_mut().insert(
+                    crate::header_names::SHOULD_RETRY,
+                    HeaderValue::from_static("false"),
+                );
                 return resp;
             }
         }
@@ -153,7 +155,10 @@ impl IntoResponse for GatewayError {
         }
         let mut resp = (status, Json(body)).into_response();
         let headers = resp.headers_mut();
-        headers.insert("x-should-retry", HeaderValue::from_static("false"));
+        headers.insert(
+            crate::header_names::SHOULD_RETRY,
+            HeaderValue::from_static("false"),
+        );
         if let Some(ra) = retry_after {
             // whole seconds, rounded up, at least 1
             let secs = ra.as_millis().div_ceil(1000).max(1);

@@ -3,6 +3,7 @@
 
 use std::sync::OnceLock;
 
+use crate::outcome::AttemptOutcome;
 use prometheus::{
     Counter, CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -202,7 +203,6 @@ pub struct AttemptMetrics {
 
 impl AttemptMetrics {
     pub fn new(m: &Metrics, tier: &str, model: &str) -> AttemptMetrics {
-        use crate::chain::AttemptOutcome;
         AttemptMetrics {
             outcomes: AttemptOutcome::ALL
                 .map(|o| m.attempts.with_label_values(&[tier, model, o.as_str()])),

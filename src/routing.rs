@@ -1,9 +1,10 @@
-//! Name -> chain (SPEC 4.1, 4.3): which targets a request runs through, in
-//! order, with how many retries each. A pure lookup over the runtime config.
+//! The plan of a request: name -> route (which targets it runs through, in
+//! order, with how many retries each; docs/api.md, routing), the budget gate,
+//! and escalation. One call per request, over the chain's targets.
 
+use crate::chain::{Chain, Route, Step};
 use crate::config::{Name, NamedKey, TaskId, TierId};
 use crate::error::GatewayError;
-use crate::runtime::Runtime;
 
 /// The routing inputs a request carries.
 #[derive(Debug, Default, Clone)]
@@ -14,39 +15,51 @@ pub struct RouteRequest<'a> {
     pub chain_header: Option<&'a str>,
     pub max_retries_header: Option<&'a str>,
     pub minor_header: bool,
+    /// `x-cascade-escalate: true`.
+    pub escalate_header: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Step {
-    /// Index into `Runtime::targets`.
-    pub target: usize,
-    pub max_retries: u32,
+/// A request refused while planning, with its route when it had one.
+pub struct Refused {
+    pub err: GatewayError,
+    pub route: Option<Box<Route>>,
 }
 
-#[derive(Debug, Clone)]
-pub struct Route {
-    pub steps: Vec<Step>,
-    pub task: Option<TaskId>,
-    pub minor: bool,
-    /// Started at the first tier's `escalate.to` (SPEC 4.4).
-    pub escalated: bool,
-    /// The task's retries per tier, if it sets them.
-    pub task_retries: Option<u32>,
-    /// `x-cascade-max-retries`, if sent.
-    pub retries_cap: Option<u32>,
-}
-
-impl Route {
-    /// Retries for a target of this request: the task's or the tier's, capped
-    /// by the header.
-    pub fn retries_for(&self, configured: u32) -> u32 {
-        let r = self.task_retries.unwrap_or(configured);
-        self.retries_cap.map_or(r, |cap| cap.min(r))
+impl From<GatewayError> for Refused {
+    fn from(err: GatewayError) -> Self {
+        Refused { err, route: None }
     }
 }
 
+/// Plan a request: resolve its route for `key`; refuse it when
+/// `spent_rejects` says a spent budget refuses everything; start it one tier
+/// up when an escalation is owed or asked for.
+pub fn plan(
+    chain: &Chain,
+    req: &RouteRequest<'_>,
+    key: Option<&NamedKey>,
+    spent_rejects: impl FnOnce() -> bool,
+) -> Result<Route, Refused> {
+    let mut route = resolve(chain, req, key)?;
+    if spent_rejects() {
+        return Err(Refused {
+            err: GatewayError::BudgetExceeded("the budget for this period is spent".into()),
+            route: Some(Box::new(route)),
+        });
+    }
+    if let Some((from, to)) = escalate(chain, &mut route, req.escalate_header, key) {
+        let tiers = &chain.config.tiers;
+        chain
+            .metrics
+            .escalations
+            .with_label_values(&[&tiers[from].name, &tiers[to].name])
+            .inc();
+    }
+    Ok(route)
+}
+
 pub fn resolve(
-    rt: &Runtime,
+    rt: &Chain,
     req: &RouteRequest<'_>,
     key: Option<&NamedKey>,
 ) -> Result<Route, GatewayError> {
@@ -182,13 +195,13 @@ pub fn resolve(
     Ok(route)
 }
 
-/// Escalation (SPEC 4.4): when the chain's first tier has `escalate` and an
+/// Escalation (docs/configuration.md, `escalate`): when the chain's first tier has `escalate` and an
 /// escalation is owed (or the client asks with `x-cascade-escalate: true`),
 /// start at `escalate.to`, then continue with the original chain. Returns
 /// the (from, to) tiers when it applied. A minor request, or a key not
 /// allowed the target tier, is never escalated (and owes nothing).
 pub fn escalate(
-    rt: &Runtime,
+    rt: &Chain,
     route: &mut Route,
     asked: bool,
     key: Option<&NamedKey>,
@@ -223,7 +236,7 @@ pub fn escalate(
 
 /// A tier target is allowed when listed; a direct model when it belongs to
 /// an allowed tier.
-fn target_allowed(rt: &Runtime, target: usize, allowed: &[TierId]) -> bool {
+fn target_allowed(rt: &Chain, target: usize, allowed: &[TierId]) -> bool {
     let t = &rt.targets[target];
     match t.tier {
         Some(tier) => allowed.contains(&tier),

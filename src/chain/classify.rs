@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+pub use crate::outcome::AttemptOutcome;
 use crate::providers::UpstreamError;
 
 /// What the chain does after a failed attempt.
@@ -39,43 +40,6 @@ pub fn classify(err: &UpstreamError, first_tier: bool) -> Verdict {
             s if *s >= 500 => Verdict::Retry,
             _ => Verdict::Fallback,
         },
-    }
-}
-
-/// The `outcome` label of cascade_attempts_total.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AttemptOutcome {
-    Success,
-    Timeout,
-    RateLimited,
-    UpstreamError,
-    ConnectError,
-    ClientError,
-}
-
-impl AttemptOutcome {
-    pub const ALL: [AttemptOutcome; 6] = [
-        AttemptOutcome::Success,
-        AttemptOutcome::Timeout,
-        AttemptOutcome::RateLimited,
-        AttemptOutcome::UpstreamError,
-        AttemptOutcome::ConnectError,
-        AttemptOutcome::ClientError,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AttemptOutcome::Success => "success",
-            AttemptOutcome::Timeout => "timeout",
-            AttemptOutcome::RateLimited => "rate_limited",
-            AttemptOutcome::UpstreamError => "upstream_error",
-            AttemptOutcome::ConnectError => "connect_error",
-            AttemptOutcome::ClientError => "client_error",
-        }
-    }
-
-    pub fn index(self) -> usize {
-        self as usize
     }
 }
 

@@ -1,36 +1,44 @@
-//! The fallback chain: one explicit ordered loop over the route's steps, with
-//! one deadline around it, recording every attempt (SPEC 4.2). Classification
-//! is `classify`; delays are `backoff`; each attempt goes through the
-//! per-model stack of `breaker` (a tower layer over `health`). This is the
-//! only place that retries.
+//! The fallback chain: one ordered walk over the route's steps, with one
+//! deadline around it. Each attempt is admitted, timed, made, classified and
+//! recorded (`attempt`); after a failure `next` decides what follows (retry
+//! here after how long, the next tier, stop). Classification is `classify`;
+//! delays are `backoff`; admission is `breaker` (a tower layer over `health`).
+//! This is the only place that retries and the only place that records an
+//! attempt's outcome: a stream's attempt is finished here too
+//! (`OpenAttempt::finish`) when the stream ends.
 
 pub mod backoff;
 pub mod breaker;
 pub mod classify;
 pub mod health;
+pub mod next;
+mod route;
+mod targets;
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
 use tokio::time::Instant;
-
-use breaker::{Admitted, HealthLayer, Refused};
-use classify::classify;
-pub use classify::{AttemptOutcome, Verdict};
-use health::{earliest, Permit, Unavailable};
 use tower::{Layer, Service};
 
+use breaker::{Admitted, HealthLayer, Refused};
+pub use classify::Verdict;
+use health::{earliest, Permit, Unavailable};
+use next::{Failed, Next};
+pub use route::{Route, Step};
+pub use targets::{Chain, Escalation, Target};
+
 use crate::config::ModelId;
+pub use crate::outcome::AttemptOutcome;
 use crate::providers::UpstreamError;
-use crate::routing::Route;
-use crate::runtime::Runtime;
 
 /// One upstream attempt, as reported in metrics, logs and `all_models_failed`.
 #[derive(Clone, Debug)]
 pub struct AttemptRecord {
-    /// Index into `Runtime::targets`.
+    /// Index into `Chain::targets`.
     pub target: usize,
     pub model: ModelId,
     /// 1-based, across the whole request.
@@ -43,7 +51,7 @@ pub struct AttemptRecord {
     pub retry_after: Option<Duration>,
 }
 
-/// What the loop did, whatever the result.
+/// What the walk did, whatever the result.
 #[derive(Debug, Default)]
 pub struct Run {
     pub attempts: Vec<AttemptRecord>,
@@ -55,10 +63,11 @@ pub struct Run {
 pub struct Served<T> {
     pub target: usize,
     pub model: ModelId,
+    /// Where `model` is in its target's `models` (and `metrics`).
+    pub index: usize,
     pub value: T,
-    /// Held while a stream is open (the model's concurrency slot); its
-    /// outcome is reported when the stream ends. None when already reported.
-    pub permit: Option<Permit>,
+    /// A stream's attempt, still open: finished when the stream ends.
+    pub open: Option<OpenAttempt>,
 }
 
 #[derive(Debug)]
@@ -82,10 +91,104 @@ pub enum Mode {
     Stream,
 }
 
+/// How a stream that had started ended.
+#[derive(Clone, Copy, Debug)]
+pub enum StreamEnd<'a> {
+    /// It finished as it should.
+    Done,
+    /// The upstream broke, went quiet too long, or sent what could not be read.
+    Broke(&'a UpstreamError),
+    /// The client went away; the upstream was cancelled.
+    ClientGone,
+}
+
+/// A streaming attempt that answered: its outcome is known only when the
+/// stream ends. Holds the model's concurrency slot until then.
+pub struct OpenAttempt {
+    target: usize,
+    index: usize,
+    started: Instant,
+    permit: Option<Permit>,
+}
+
+impl OpenAttempt {
+    /// Record how the stream ended: the attempt's outcome and duration, the
+    /// model's health, the tier's escalation count, and (when it broke) the
+    /// attempt's record in `run`. A client that left says nothing about the
+    /// upstream: the slot is freed, nothing is recorded.
+    pub fn finish(mut self, chain: &Chain, run: &mut Run, end: StreamEnd<'_>) {
+        let err = match end {
+            StreamEnd::ClientGone => return,
+            StreamEnd::Done => None,
+            StreamEnd::Broke(e) => Some(e),
+        };
+        let target = &chain.targets[self.target];
+        let outcome = err.map_or(AttemptOutcome::Success, classify::outcome);
+        let m = &target.metrics[self.index];
+        m.outcomes[outcome.index()].inc();
+        m.upstream_duration
+            .observe(self.started.elapsed().as_secs_f64());
+        if let Some(permit) = self.permit.take() {
+            permit.record(err.map_or(classify::HealthEffect::Success, classify::health_effect));
+        }
+        if let Some(e) = err {
+            // the attempt that started the stream failed after all
+            if let Some(a) = run.attempts.last_mut() {
+                a.outcome = outcome;
+                a.status = e.status();
+                a.error = Some(e.to_string());
+            }
+            escalation_failure(chain, self.target, outcome);
+        }
+    }
+}
+
+/// A failed attempt on a tier with `escalate` counts toward it, unless the
+/// client's request was at fault.
+fn escalation_failure(chain: &Chain, target: usize, outcome: AttemptOutcome) {
+    let Some(t) = chain.targets[target].tier else {
+        return;
+    };
+    if let (Some(esc), true) = (
+        chain.config.tiers[t].escalate,
+        outcome != AttemptOutcome::ClientError,
+    ) {
+        chain.escalation[t].failure(esc.after);
+    }
+}
+
+/// An admitted attempt, not yet awaited.
+struct Picked<P> {
+    /// Models of the tier passed over to reach it.
+    skipped: usize,
+    index: usize,
+    model: ModelId,
+    call: Pin<Box<P>>,
+}
+
+/// The walk's state between attempts.
+struct Walk {
+    run: Run,
+    /// Attempts on the whole request.
+    total: u32,
+    deadline_hit: bool,
+    /// When the first model refused at admission may be back.
+    back_at: Option<Instant>,
+    /// After a context-length failure: only models with a larger window.
+    min_window: Option<u64>,
+    /// A retry's delay, slept before choosing the model (a 429's rest ends
+    /// with its Retry-After).
+    retry_delay: Duration,
+    /// The pause between tiers, slept once the next tier has a model to try
+    /// (so never after the last attempt).
+    tier_pause: Duration,
+    budget_skipped: bool,
+}
+
 /// Run `call` down the route until an attempt succeeds, the chain is
 /// exhausted, `max_total_attempts` is reached or `deadline` passes.
 pub async fn execute<T, F, Fut>(
-    rt: &Runtime,
+    chain: &Chain,
     route: &Route,
     deadline: Instant,
     mode: Mode,
@@ -96,32 +199,22 @@ where
     F: FnMut(ModelId, Duration) -> Fut,
     Fut: Future<Output = Result<T, UpstreamError>>,
 {
-    let cfg = &rt.config;
-    let policy = &cfg.policy;
-    let mut run = Run::default();
-    let mut total: u32 = 0;
-    let mut deadline_hit = false;
-    let mut back_at: Option<Instant> = None;
-    // after a context-length failure: only models with a larger window
-    let mut min_window: Option<u64> = None;
-    // a delay owed before the next attempt, if there is one: a retry's is
-    // slept before choosing the model (a 429's rest ends with its
-    // Retry-After), the pause between tiers only once a model is chosen
-    // (so it is never slept after the last attempt)
-    let mut pending_delay = Duration::ZERO;
-    let mut budget_skipped = false;
-
+    let policy = &chain.config.policy;
+    let mut w = Walk {
+        run: Run::default(),
+        total: 0,
+        deadline_hit: false,
+        back_at: None,
+        min_window: None,
+        retry_delay: Duration::ZERO,
+        tier_pause: Duration::ZERO,
+        budget_skipped: false,
+    };
     'steps: for step in &route.steps {
-        // enabled, and (after a context-length failure) a larger window
-        let eligible = |model: ModelId| {
-            let m = &cfg.models[model];
-            m.enabled && min_window.is_none_or(|w| m.context_window.is_some_and(|mw| mw > w))
-        };
-        let target = &rt.targets[step.target];
+        let target = &chain.targets[step.target];
         if !target.enabled {
             continue;
         }
-        let n = target.models.len();
         let start = match target.strategy {
             crate::config::Strategy::Ordered => 0,
             crate::config::Strategy::RoundRobin => {
@@ -132,39 +225,19 @@ where
         let mut tier_attempts: u32 = 0;
         // the model whose failure the next attempt on this tier retries
         let mut retry_of: Option<usize> = None;
-        loop {
-            if tier_attempts > step.max_retries {
-                break;
-            }
-            if total >= policy.max_total_attempts {
+        while tier_attempts <= step.max_retries {
+            if w.total >= policy.max_total_attempts {
                 break 'steps;
             }
             // budgets are checked before every attempt on a paid tier
             if !target.free && !paid_allowed() {
-                budget_skipped = true;
+                w.budget_skipped = true;
                 break;
             }
-            if retry_of.is_some() && !pending_delay.is_zero() {
-                if Instant::now() + pending_delay < deadline {
-                    tokio::time::sleep(pending_delay).await;
-                }
-                pending_delay = Duration::ZERO;
-            }
-            // the pause between tiers is owed only if an attempt follows
-            if !pending_delay.is_zero() {
-                let now = Instant::now();
-                let follows = target
-                    .models
-                    .iter()
-                    .any(|&m| eligible(m) && rt.health[m].would_admit(now));
-                if follows && now + pending_delay < deadline {
-                    tokio::time::sleep(pending_delay).await;
-                }
-                pending_delay = Duration::ZERO;
-            }
+            w.sleep_owed(chain, step.target, deadline).await;
             let now = Instant::now();
             if now >= deadline {
-                deadline_hit = true;
+                w.deadline_hit = true;
                 break 'steps;
             }
             let per_attempt = match mode {
@@ -172,196 +245,267 @@ where
                 Mode::Stream => target.first_token_timeout,
             };
             let limit = per_attempt.min(deadline - now);
-            // next model, in strategy order, through the per-model stack:
-            // health (breaker, rest, concurrency) -> timeout -> provider call.
-            // An unavailable model refuses at once and costs no attempt.
-            let mut picked = None;
-            for k in 0..n {
-                let idx = (start + cursor + k) % n;
-                let model = target.models[idx];
-                if !eligible(model) {
-                    continue;
-                }
-                let mut stack =
-                    HealthLayer::new(Arc::clone(&rt.health[model]), mode == Mode::Stream).layer(
-                        tower::service_fn(|()| {
-                            let attempt = call(model, limit);
-                            async move {
-                                tokio::time::timeout(limit, attempt)
-                                    .await
-                                    .unwrap_or(Err(UpstreamError::Timeout))
-                            }
-                        }),
-                    );
-                // service_fn is always ready; the health check is in `call`.
-                // Boxed: the attempt (an HTTP client's future under a timeout)
-                // is kilobytes, and every request future holding it inline
-                // was copied whole at each layer on the way in.
-                let attempt = Box::pin(stack.call(()));
-                match attempt.refused() {
-                    Some(why) => {
-                        back_at = earliest(
-                            back_at,
-                            why.until().or(match why {
-                                Unavailable::Saturated | Unavailable::Probing => {
-                                    Some(now + Duration::from_secs(1))
-                                }
-                                _ => None,
-                            }),
-                        )
-                    }
-                    None => {
-                        cursor += k + 1;
-                        picked = Some((idx, model, attempt));
-                        break;
-                    }
-                }
-            }
-            let Some((idx, model, attempt)) = picked else {
+            let Some(picked) = w.pick(
+                chain,
+                step.target,
+                (start + cursor, now),
+                mode,
+                limit,
+                &mut call,
+            ) else {
                 break;
             };
-            if run.tried.last() != Some(&step.target) {
-                if let Some(&from) = run.tried.last() {
-                    rt_fallback(rt, from, step.target);
+            cursor += picked.skipped + 1;
+            if w.run.tried.last() != Some(&step.target) {
+                if let Some(&from) = w.run.tried.last() {
+                    count_fallback(chain, from, step.target);
                 }
-                run.tried.push(step.target);
+                w.run.tried.push(step.target);
             }
-            let first_tier = run.tried.len() == 1;
-            total += 1;
+            let first_tier = w.run.tried.len() == 1;
+            w.total += 1;
             tier_attempts += 1;
-            let metrics = &target.metrics[idx];
             if let Some(failed) = retry_of.take() {
                 target.metrics[failed].retries.inc();
             }
-            let started = Instant::now();
-            let result = attempt.await;
-            let elapsed = started.elapsed();
-            let err = match result {
-                Ok(Admitted { value, permit }) => {
-                    if let Some(t) = target.tier {
-                        rt.escalation[t].success();
-                    }
-                    // a stream's attempt is counted when the stream ends:
-                    // it may still break
-                    if mode == Mode::Complete {
-                        metrics.upstream_duration.observe(elapsed.as_secs_f64());
-                        metrics.outcomes[AttemptOutcome::Success.index()].inc();
-                    }
-                    run.attempts.push(AttemptRecord {
-                        target: step.target,
-                        model,
-                        attempt: total,
-                        status: Some(200),
-                        outcome: AttemptOutcome::Success,
-                        error: None,
-                        elapsed,
-                        retry_after: None,
-                    });
-                    return (
-                        run,
-                        Ok(Served {
-                            target: step.target,
-                            model,
-                            value,
-                            permit,
-                        }),
-                    );
-                }
-                Err(Refused::Failed(e)) => e,
-                // admission was checked above; a refusal now changes nothing
-                Err(Refused::Unavailable(_)) => continue,
+            let (index, model) = (picked.index, picked.model);
+            let err = match attempt(chain, &mut w, step.target, picked, mode).await {
+                Ok(served) => return (w.run, Ok(served)),
+                Err(e) => e,
             };
             if matches!(err, UpstreamError::Timeout) && Instant::now() >= deadline {
-                deadline_hit = true;
+                w.deadline_hit = true;
             }
-            metrics.upstream_duration.observe(elapsed.as_secs_f64());
-            let outcome = classify::outcome(&err);
-            metrics.outcomes[outcome.index()].inc();
-            if let Some(esc) = target
-                .tier
-                .and_then(|t| cfg.tiers[t].escalate.map(|e| (t, e)))
-            {
-                if outcome != AttemptOutcome::ClientError {
-                    rt.escalation[esc.0].failure(esc.1.after);
-                }
-            }
-            run.attempts.push(AttemptRecord {
-                target: step.target,
-                model,
-                attempt: total,
-                status: err.status(),
-                outcome,
-                error: Some(err.to_string()),
-                elapsed,
-                retry_after: match &err {
-                    UpstreamError::Status { retry_after, .. } => *retry_after,
-                    _ => None,
-                },
-            });
-            if deadline_hit {
+            if w.deadline_hit {
                 break 'steps;
             }
-            match classify(&err, first_tier) {
-                Verdict::Fatal => return (run, Err(Failure::Fatal(err))),
-                Verdict::Fallback => {
-                    pending_delay = between_tiers(policy, tier_attempts);
-                    break;
+            let failed = Failed {
+                err: &err,
+                first_tier,
+                tier_attempts,
+                max_retries: step.max_retries,
+                total: w.total,
+            };
+            match next::next(policy, &failed, Instant::now(), deadline, rand::random()) {
+                Next::Fatal => return (w.run, Err(Failure::Fatal(err))),
+                Next::Retry(delay) => {
+                    retry_of = Some(index);
+                    w.retry_delay = delay;
                 }
-                Verdict::ContextLength => {
-                    if let Some(w) = cfg.models[model].context_window {
-                        min_window = Some(min_window.map_or(w, |m| m.max(w)));
-                    }
-                    pending_delay = between_tiers(policy, tier_attempts);
-                    break;
-                }
-                Verdict::Retry => {
-                    if tier_attempts > step.max_retries || total >= policy.max_total_attempts {
-                        pending_delay = between_tiers(policy, tier_attempts);
-                        break;
-                    }
-                    let retry_after = match &err {
-                        UpstreamError::Status { retry_after, .. } if policy.respect_retry_after => {
-                            *retry_after
+                Next::NextTier {
+                    pause,
+                    larger_window,
+                } => {
+                    if larger_window {
+                        if let Some(win) = chain.config.models[model].context_window {
+                            w.min_window = Some(w.min_window.map_or(win, |m| m.max(win)));
                         }
-                        _ => None,
-                    };
-                    let delay = match retry_after {
-                        // longer than we would ever wait: fall back at once
-                        Some(ra) if ra > policy.backoff_max => break,
-                        Some(ra) => ra,
-                        None => backoff::delay(policy, tier_attempts, rand::random::<f64>()),
-                    };
-                    if Instant::now() + delay >= deadline {
-                        // a backoff that would outlast the deadline is not slept
-                        break;
                     }
-                    retry_of = Some(idx);
-                    pending_delay = delay;
+                    w.tier_pause = pause;
+                    break;
                 }
             }
         }
+        // a retry owed on a tier that is done is not slept
+        w.retry_delay = Duration::ZERO;
     }
 
-    if run.attempts.is_empty() && budget_skipped && !deadline_hit {
-        return (run, Err(Failure::BudgetExceeded));
+    if w.run.attempts.is_empty() && w.budget_skipped && !w.deadline_hit {
+        return (w.run, Err(Failure::BudgetExceeded));
     }
-    let status_and_retry = give_up_status(rt, route, &run, deadline_hit, back_at);
-    (run, Err(status_and_retry))
+    let failure = give_up_status(chain, route, &w.run, w.deadline_hit, w.back_at);
+    (w.run, Err(failure))
 }
 
-fn between_tiers(policy: &crate::config::Policy, tier_attempts: u32) -> Duration {
-    if policy.backoff_between_tiers {
-        backoff::delay(policy, tier_attempts.max(1), rand::random::<f64>())
-    } else {
-        Duration::ZERO
+impl Walk {
+    /// Whether a model may be tried now: enabled, and (after a
+    /// context-length failure) with a larger window.
+    fn eligible(&self, chain: &Chain, model: ModelId) -> bool {
+        let m = &chain.config.models[model];
+        m.enabled
+            && self
+                .min_window
+                .is_none_or(|w| m.context_window.is_some_and(|mw| mw > w))
+    }
+
+    /// Sleep what is owed before the next attempt on `target`: a retry's
+    /// delay, or the pause between tiers if a model of it would be admitted.
+    /// Never past the deadline.
+    async fn sleep_owed(&mut self, chain: &Chain, target: usize, deadline: Instant) {
+        let delay = if !self.retry_delay.is_zero() {
+            std::mem::take(&mut self.retry_delay)
+        } else if !self.tier_pause.is_zero() {
+            let pause = std::mem::take(&mut self.tier_pause);
+            let now = Instant::now();
+            let follows = chain.targets[target]
+                .models
+                .iter()
+                .any(|&m| self.eligible(chain, m) && chain.health[m].would_admit(now));
+            if follows {
+                pause
+            } else {
+                Duration::ZERO
+            }
+        } else {
+            return;
+        };
+        if !delay.is_zero() && Instant::now() + delay < deadline {
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Admission: the next model of `target` in strategy order from `from`
+    /// that its health admits, with its call built (the per-model stack:
+    /// health -> timeout -> provider call). A model that refuses costs no
+    /// attempt; when it may be back is kept for the Retry-After of a 503.
+    fn pick<T, F, Fut>(
+        &mut self,
+        chain: &Chain,
+        target: usize,
+        (from, now): (usize, Instant),
+        mode: Mode,
+        limit: Duration,
+        call: &mut F,
+    ) -> Option<Picked<impl Future<Output = Result<Admitted<T>, Refused>>>>
+    where
+        F: FnMut(ModelId, Duration) -> Fut,
+        Fut: Future<Output = Result<T, UpstreamError>>,
+    {
+        let models = &chain.targets[target].models;
+        let n = models.len();
+        for k in 0..n {
+            let index = (from + k) % n;
+            let model = models[index];
+            if !self.eligible(chain, model) {
+                continue;
+            }
+            let mut stack =
+                HealthLayer::new(Arc::clone(&chain.health[model]), mode == Mode::Stream).layer(
+                    tower::service_fn(|()| {
+                        let attempt = call(model, limit);
+                        async move {
+                            tokio::time::timeout(limit, attempt)
+                                .await
+                                .unwrap_or(Err(UpstreamError::Timeout))
+                        }
+                    }),
+                );
+            // service_fn is always ready. Boxed: the attempt (an HTTP
+            // client's future under a timeout) is kilobytes, and every request
+            // future holding it inline was copied whole at each layer on the
+            // way in.
+            let pending = Box::pin(stack.call(()));
+            match pending.refused() {
+                Some(why) => {
+                    self.back_at = earliest(
+                        self.back_at,
+                        why.until().or(match why {
+                            Unavailable::Saturated | Unavailable::Probing => {
+                                Some(now + Duration::from_secs(1))
+                            }
+                            _ => None,
+                        }),
+                    );
+                }
+                None => {
+                    return Some(Picked {
+                        skipped: k,
+                        index,
+                        model,
+                        call: pending,
+                    })
+                }
+            }
+        }
+        None
     }
 }
 
-fn rt_fallback(rt: &Runtime, from: usize, to: usize) {
-    let counter = rt.targets[from].fallbacks.get(to, || {
-        rt.metrics
+/// One admitted attempt: make the call (under its timeout), classify what
+/// came back and record it: the attempt metrics (a stream's when it ends),
+/// the tier's escalation count, the run's record.
+async fn attempt<T, P>(
+    chain: &Chain,
+    w: &mut Walk,
+    target: usize,
+    picked: Picked<P>,
+    mode: Mode,
+) -> Result<Served<T>, UpstreamError>
+where
+    P: Future<Output = Result<Admitted<T>, Refused>>,
+{
+    let t = &chain.targets[target];
+    let metrics = &t.metrics[picked.index];
+    let started = Instant::now();
+    let result = picked.call.await;
+    let elapsed = started.elapsed();
+    let mut record = AttemptRecord {
+        target,
+        model: picked.model,
+        attempt: w.total,
+        status: Some(200),
+        outcome: AttemptOutcome::Success,
+        error: None,
+        elapsed,
+        retry_after: None,
+    };
+    let err = match result {
+        Ok(Admitted { value, permit }) => {
+            if let Some(tier) = t.tier {
+                chain.escalation[tier].success();
+            }
+            let open = match mode {
+                Mode::Complete => {
+                    metrics.upstream_duration.observe(elapsed.as_secs_f64());
+                    metrics.outcomes[AttemptOutcome::Success.index()].inc();
+                    None
+                }
+                // a stream's attempt is counted when the stream ends (it
+                // may still break); its first content came now
+                Mode::Stream => Some({
+                    metrics.ttft.observe(elapsed.as_secs_f64());
+                    OpenAttempt {
+                        target,
+                        index: picked.index,
+                        started,
+                        permit,
+                    }
+                }),
+            };
+            w.run.attempts.push(record);
+            return Ok(Served {
+                target,
+                model: picked.model,
+                index: picked.index,
+                value,
+                open,
+            });
+        }
+        Err(Refused::Failed(e)) => e,
+        // admission was checked when picked; it cannot refuse now
+        Err(Refused::Unavailable(_)) => UpstreamError::Connect("refused at admission".into()),
+    };
+    metrics.upstream_duration.observe(elapsed.as_secs_f64());
+    let outcome = classify::outcome(&err);
+    metrics.outcomes[outcome.index()].inc();
+    escalation_failure(chain, target, outcome);
+    record.status = err.status();
+    record.outcome = outcome;
+    record.error = Some(err.to_string());
+    record.retry_after = match &err {
+        UpstreamError::Status { retry_after, .. } => *retry_after,
+        _ => None,
+    };
+    w.run.attempts.push(record);
+    Err(err)
+}
+
+fn count_fallback(chain: &Chain, from: usize, to: usize) {
+    let counter = chain.targets[from].fallbacks.get(to, || {
+        chain
+            .metrics
             .fallbacks
-            .with_label_values(&[&rt.targets[from].label, &rt.targets[to].label])
+            .with_label_values(&[&chain.targets[from].label, &chain.targets[to].label])
     });
     if let Some(c) = counter {
         c.inc();
@@ -371,7 +515,7 @@ fn rt_fallback(rt: &Runtime, from: usize, to: usize) {
 /// 502, or 504 when every failure was a timeout or the deadline ran out, or
 /// 429 when every failure was a 429; 503 when no attempt could be made.
 fn give_up_status(
-    rt: &Runtime,
+    chain: &Chain,
     route: &Route,
     run: &Run,
     deadline_hit: bool,
@@ -401,8 +545,8 @@ fn give_up_status(
         let back = route
             .steps
             .iter()
-            .flat_map(|s| rt.targets[s.target].models.iter())
-            .filter_map(|&m| rt.health[m].resting_until())
+            .flat_map(|s| chain.targets[s.target].models.iter())
+            .filter_map(|&m| chain.health[m].resting_until())
             .min()
             .map(health::until)
             // no rests (breaker off): the shortest Retry-After the upstreams sent
@@ -417,3 +561,6 @@ fn give_up_status(
         retry_after: None,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -24,20 +24,21 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::UpstreamError;
 use crate::config::{Auth, Provider};
+use crate::header_names as names;
 
 /// An upstream's answer: status and headers known, body still to read.
 pub type Response = http::Response<Incoming>;
 
-/// The client headers that may reach an upstream (SPEC 4.1). Names built at
+/// The client headers that may reach an upstream (docs/api.md). Names built at
 /// compile time: a lookup by `&str` parses the name on every call.
 pub const FORWARDED_HEADERS: [HeaderName; 7] = [
     http::header::CONTENT_TYPE,
     http::header::ACCEPT,
     http::header::USER_AGENT,
-    HeaderName::from_static("x-request-id"),
-    HeaderName::from_static("traceparent"),
-    HeaderName::from_static("tracestate"),
-    HeaderName::from_static("openai-beta"),
+    names::REQUEST_ID,
+    names::TRACEPARENT,
+    names::TRACESTATE,
+    names::OPENAI_BETA,
 ];
 
 /// Copy the allowlisted headers of `from` into `into`: the first value of

@@ -1,277 +1,55 @@
-//! POST /v1/chat/completions: parse, authenticate, route, run the chain,
-//! answer with the SPEC 5 headers. Every request is settled once (metrics,
-//! budget, ledger, log line) by `settle`, streams when they end.
+//! POST /v1/chat/completions, one straight pipeline: **parse** (read and
+//! check the body, read the routing headers) -> **plan** (`routing::plan`:
+//! route, budget gate, escalation) -> **execute** (`chain::execute`, the only
+//! place that retries) -> **settle** (`settle`: one settlement per request,
+//! priced, counted, recorded and reported once; a stream's when it ends).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 use tokio::time::Instant;
 
 use super::auth::{self, Caller};
-use super::headers::{apply, Report};
-use super::stream::{self, RelayContext};
-use super::AppState;
+use super::settle::{self, InFlight, ServedBy, Settlement, Ticket};
+use super::state::AppState;
+use super::stream;
 use crate::api::ChatBody;
 use crate::budget;
-use crate::chain::{self, AttemptRecord, Failure, Mode, Run};
+use crate::chain::{self, Failure, Mode, Route, Run};
 use crate::config::OnExhausted;
-use crate::cost::{self, Usage, Usd};
 use crate::error::GatewayError;
-use crate::ledger::{time, AttemptRow, RequestRow};
+use crate::header_names as names;
+use crate::ledger::time;
 use crate::providers::{UpstreamError, UpstreamRequest};
-use crate::routing::{self, Route, RouteRequest};
+use crate::routing::{self, RouteRequest};
 use crate::runtime::Runtime;
 
-/// The `outcome` label of cascade_requests_total.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RequestOutcome {
-    Success,
-    Failed,
-    ClientError,
-    Rejected,
-}
-
-// the runtime keeps one lazily resolved counter per outcome
-const _: () = assert!(RequestOutcome::Rejected as usize + 1 == crate::runtime::REQUEST_OUTCOMES);
-
-impl RequestOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RequestOutcome::Success => "success",
-            RequestOutcome::Failed => "failed",
-            RequestOutcome::ClientError => "client_error",
-            RequestOutcome::Rejected => "rejected",
-        }
-    }
-
-    fn of(e: &GatewayError) -> Self {
-        match e {
-            GatewayError::AllModelsFailed { .. } => RequestOutcome::Failed,
-            GatewayError::InvalidApiKey
-            | GatewayError::AdminOnly
-            | GatewayError::TierNotAllowed(_)
-            | GatewayError::BudgetExceeded(_) => RequestOutcome::Rejected,
-            _ => RequestOutcome::ClientError,
-        }
-    }
-}
-
-// The request headers Cascade reads, built at compile time.
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const SESSION: HeaderName = HeaderName::from_static("x-cascade-session");
-const TASK: HeaderName = HeaderName::from_static("x-cascade-task");
-const TIER: HeaderName = HeaderName::from_static("x-cascade-tier");
-const CHAIN: HeaderName = HeaderName::from_static("x-cascade-chain");
-const MAX_RETRIES: HeaderName = HeaderName::from_static("x-cascade-max-retries");
-const MINOR: HeaderName = HeaderName::from_static("x-cascade-minor");
-const ESCALATE: HeaderName = HeaderName::from_static("x-cascade-escalate");
-
-/// Keeps cascade_in_flight_requests right however the request ends.
-pub struct InFlight(prometheus::IntGauge);
-
-impl InFlight {
-    pub fn new(g: &prometheus::IntGauge) -> Self {
-        g.inc();
-        Self(g.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
-/// Everything known about a finished request.
-pub struct Settlement {
-    pub request_id: String,
-    /// The named key, if any.
-    pub key: Option<String>,
-    pub key_label: String,
-    pub session: Option<String>,
-    pub route: Option<Route>,
-    pub run: Option<Run>,
-    /// (target, model) that served.
-    pub served: Option<(usize, usize)>,
-    pub usage: Option<Usage>,
-    pub cost: Usd,
-    /// Billed on attempts that did not serve (a stream cut mid-way).
-    pub wasted: Usd,
-    pub savings: Usd,
-    pub status: u16,
-    pub outcome: RequestOutcome,
-    pub stream: bool,
-    pub started: Instant,
-}
-
-/// Count, spend, record and log a finished request, once. Returns what is
-/// left of the tightest budget that applies.
-pub fn settle(state: &AppState, rt: &Runtime, s: &Settlement) -> Option<Usd> {
-    let cfg = &rt.config;
-    let elapsed = s.started.elapsed();
-    let outcome_counter = |lazy: &crate::metrics::LazyCounters, tier: &str| {
-        let c = lazy.get(s.outcome as usize, || {
-            rt.metrics
-                .requests
-                .with_label_values(&[tier, s.outcome.as_str()])
-        });
-        if let Some(c) = c {
-            c.inc();
-        }
-    };
-    match s.served {
-        Some((t, _)) if s.outcome == RequestOutcome::Success => rt.targets[t].served.inc(),
-        Some((t, _)) => outcome_counter(&rt.targets[t].outcomes, &rt.targets[t].label),
-        None => outcome_counter(&rt.unserved, "none"),
-    }
-    match s.served {
-        Some((t, _)) => rt.targets[t]
-            .request_duration
-            .observe(elapsed.as_secs_f64()),
-        None => rt.unserved_duration.observe(elapsed.as_secs_f64()),
-    }
-    let spent = s.cost + s.wasted;
-    if let Some((target, model)) = s.served {
-        let t = &rt.targets[target];
-        if let (Some(i), Some(u)) = (t.models.iter().position(|&m| m == model), s.usage) {
-            let m = &t.metrics[i];
-            m.prompt_tokens.inc_by(u.prompt);
-            m.completion_tokens.inc_by(u.completion);
-            m.cost.inc_by(spent.as_f64());
-        }
-    }
-    if s.savings > Usd::ZERO {
-        rt.metrics.savings.inc_by(s.savings.as_f64());
-    }
-    let key = s
-        .key
-        .as_ref()
-        .and_then(|k| cfg.keys.iter().position(|nk| &nk.name == k));
-    if let Some(c) = key.and_then(|i| rt.key_cost.get(i)) {
-        c.inc_by(spent.as_f64());
-    }
-    let now = time::now_ms();
-    state
-        .budgets()
-        .record(s.key.as_deref(), s.session.as_deref(), spent, now);
-    if let (Some(ledger), Some(route)) = (state.ledger(), &s.route) {
-        ledger.record(ledger_row(rt, s, route, now, elapsed));
-    }
-    log_request(rt, s, elapsed);
-    let key = key.map(|i| &cfg.keys[i]);
-    state
-        .budgets()
-        .remaining(cfg, key, s.session.as_deref(), now)
-}
-
-fn ledger_row(
-    rt: &Runtime,
-    s: &Settlement,
-    route: &Route,
-    now: i64,
-    elapsed: Duration,
-) -> RequestRow {
-    let cfg = &rt.config;
-    let label = |t: usize| rt.targets[t].label.clone();
-    let nanos = |u: Usd| u.nanos_i64();
-    let usage = s.usage.unwrap_or_default();
-    let first = route.steps.first().map(|st| st.target);
-    RequestRow {
-        id: s.request_id.clone(),
-        ts_ms: now,
-        task: route.task.map(|t| cfg.tasks[t].name.clone()),
-        key: s.key.clone(),
-        session: s.session.clone(),
-        chain: s.run.as_ref().map_or(String::new(), |r| chain_label(rt, r)),
-        first_tier: first.map(label),
-        tier: s.served.map(|(t, _)| label(t)),
-        model: s.served.map(|(_, m)| cfg.models[m].name.clone()),
-        free: s.served.is_some_and(|(t, _)| rt.targets[t].free),
-        fallback: s.served.is_some_and(|(t, _)| Some(t) != first),
-        escalated: route.escalated,
-        status: s.status,
-        stream: s.stream,
-        prompt_tokens: usage.prompt,
-        completion_tokens: usage.completion,
-        cost_nanos: nanos(s.cost),
-        savings_nanos: nanos(s.savings),
-        wasted_nanos: nanos(s.wasted),
-        latency_ms: elapsed.as_millis() as u64,
-        attempts: s
-            .run
-            .as_ref()
-            .map(|r| {
-                r.attempts
-                    .iter()
-                    .map(|a| AttemptRow {
-                        tier: label(a.target),
-                        model: cfg.models[a.model].name.clone(),
-                        attempt: a.attempt,
-                        outcome: a.outcome.as_str(),
-                        status: a.status,
-                        elapsed_ms: a.elapsed.as_millis() as u64,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-    }
-}
-
-pub fn chain_label(rt: &Runtime, run: &Run) -> String {
-    run.tried
-        .iter()
-        .map(|&t| rt.targets[t].label.as_str())
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-fn log_request(rt: &Runtime, s: &Settlement, elapsed: Duration) {
-    let chain = s.run.as_ref().map(|r| chain_label(rt, r));
-    let task = s
-        .route
-        .as_ref()
-        .and_then(|r| r.task)
-        .map(|t| rt.config.tasks[t].name.as_str());
-    let tier = s.served.map(|(t, _)| rt.targets[t].label.as_str());
-    let model = s.served.map(|(_, m)| rt.config.models[m].name.as_str());
-    tracing::info!(
-        target: "cascade::request",
-        request_id = %s.request_id,
-        key = %s.key_label,
-        task,
-        chain = chain.as_deref().unwrap_or(""),
-        tier,
-        model,
-        attempts = s.run.as_ref().map_or(0, |r| r.attempts.len()),
-        status = s.status,
-        outcome = s.outcome.as_str(),
-        stream = s.stream,
-        latency_ms = elapsed.as_secs_f64() * 1000.0,
-        cost_usd = %(s.cost + s.wasted),
-        prompt_tokens = s.usage.map(|u| u.prompt),
-        completion_tokens = s.usage.map(|u| u.completion),
-        "chat completion"
-    );
-}
-
-/// What the handler knows when it gives up.
+/// A request given up, with what was known when it was.
 struct Refusal {
     err: GatewayError,
-    run: Option<Run>,
     route: Option<Route>,
+    run: Option<Run>,
 }
 
 impl From<GatewayError> for Refusal {
     fn from(err: GatewayError) -> Self {
         Refusal {
             err,
-            run: None,
             route: None,
+            run: None,
+        }
+    }
+}
+
+impl From<routing::Refused> for Refusal {
+    fn from(r: routing::Refused) -> Self {
+        Refusal {
+            err: r.err,
+            route: r.route.map(|r| *r),
+            run: None,
         }
     }
 }
@@ -282,102 +60,48 @@ pub async fn completions(State(state): State<AppState>, req: Request) -> Respons
     let rt = state.runtime();
     let (parts, body) = req.into_parts();
     let headers = &parts.headers;
-    let request_id = headers
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| plain_request_id(v))
-        .map(str::to_string)
-        .unwrap_or_else(new_request_id);
-    let session = headers
-        .get(&SESSION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty() && v.len() <= 200)
-        .map(str::to_string);
+    let mut ticket = Ticket {
+        request_id: headers
+            .get(&names::REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| plain_request_id(v))
+            .map(str::to_string)
+            .unwrap_or_else(new_request_id),
+        key: None,
+        key_label: "-".into(),
+        session: headers
+            .get(&names::SESSION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty() && v.len() <= 200)
+            .map(str::to_string),
+        started,
+    };
     let caller = match auth::client(&rt.config, headers) {
         Ok(c) => c,
-        Err(e) => {
-            return refuse(
-                &state,
-                &rt,
-                e.into(),
-                request_id,
-                None,
-                "-".into(),
-                session,
-                started,
-            )
-        }
+        Err(e) => return refuse(&state, &rt, ticket, e.into()),
     };
-    let key = caller.named().map(|k| k.name.clone());
-    let key_label = caller.label().to_string();
+    ticket.key = caller.named().map(|k| k.name.clone());
+    ticket.key_label = caller.label().to_string();
     let ctx = Ctx {
         state: &state,
         rt: &rt,
         headers,
-        request_id: &request_id,
         caller,
-        session: session.as_deref(),
-        started,
+        ticket: &ticket,
     };
-    match handle(&ctx, body, in_flight).await {
+    match serve(&ctx, body, in_flight).await {
         Ok(resp) => resp,
-        Err(refusal) => refuse(
-            &state, &rt, refusal, request_id, key, key_label, session, started,
-        ),
+        Err(refusal) => refuse(&state, &rt, ticket, refusal),
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn refuse(
-    state: &AppState,
-    rt: &Runtime,
-    refusal: Refusal,
-    request_id: String,
-    key: Option<String>,
-    key_label: String,
-    session: Option<String>,
-    started: Instant,
-) -> Response {
-    let outcome = RequestOutcome::of(&refusal.err);
-    let status = refusal.err.status();
-    let first_target = refusal
-        .route
-        .as_ref()
-        .and_then(|r| r.steps.first().map(|s| s.target));
-    let escalated = refusal.route.as_ref().is_some_and(|r| r.escalated);
-    let s = Settlement {
-        request_id,
-        key,
-        key_label,
-        session,
-        route: refusal.route,
-        run: refusal.run,
-        served: None,
-        usage: None,
-        cost: Usd::ZERO,
-        wasted: Usd::ZERO,
-        savings: Usd::ZERO,
-        status: status.as_u16(),
-        outcome,
-        stream: false,
-        started,
-    };
-    let remaining = settle(state, rt, &s);
-    let mut resp = refusal.err.into_response();
-    let report = Report {
-        request_id: &s.request_id,
-        run: s.run.as_ref(),
-        served: None,
-        first_target,
-        cost: Usd::ZERO,
-        savings: Usd::ZERO,
-        cost_in_headers: true,
-        escalated,
-        budget_remaining: remaining,
-        usage_estimated: false,
-    };
-    apply(resp.headers_mut(), rt, &report);
+/// Settle a refused request and answer with its error.
+fn refuse(state: &AppState, rt: &Runtime, ticket: Ticket, r: Refusal) -> Response {
+    let s = Settlement::refused(ticket, &r.err, r.route, r.run);
+    let remaining = settle::settle(state, rt, &s);
+    let mut resp = r.err.into_response();
+    settle::headers(resp.headers_mut(), rt, &s, remaining, true);
     resp
 }
 
@@ -385,42 +109,43 @@ struct Ctx<'a> {
     state: &'a AppState,
     rt: &'a Arc<Runtime>,
     headers: &'a HeaderMap,
-    request_id: &'a str,
     caller: Caller<'a>,
-    session: Option<&'a str>,
-    started: Instant,
+    ticket: &'a Ticket,
 }
 
 impl Ctx<'_> {
-    /// The settlement of a request this context served (nothing priced yet).
-    fn served(&self, route: Route, run: Run, by: (usize, usize), stream: bool) -> Settlement {
-        Settlement {
-            request_id: self.request_id.to_string(),
-            key: self.caller.named().map(|k| k.name.clone()),
-            key_label: self.caller.label().to_string(),
-            session: self.session.map(str::to_string),
-            route: Some(route),
-            run: Some(run),
-            served: Some(by),
-            usage: None,
-            cost: Usd::ZERO,
-            wasted: Usd::ZERO,
-            savings: Usd::ZERO,
-            status: 200,
-            outcome: RequestOutcome::Success,
-            stream,
-            started: self.started,
-        }
+    /// A routing header's value, trimmed, when not empty.
+    fn header(&self, name: &header::HeaderName) -> Option<&str> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    }
+
+    fn flag(&self, name: &header::HeaderName) -> bool {
+        self.header(name)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    }
+
+    /// What is left of the tightest budget that applies, now.
+    fn remaining(&self) -> Option<crate::cost::Usd> {
+        let cfg = &self.rt.config;
+        let session = self.ticket.session.as_deref();
+        self.state
+            .budgets()
+            .remaining(cfg, self.caller.named(), session, time::now_ms())
     }
 }
 
-async fn handle(ctx: &Ctx<'_>, body: Body, in_flight: InFlight) -> Result<Response, Refusal> {
+async fn serve(ctx: &Ctx<'_>, body: Body, in_flight: InFlight) -> Result<Response, Refusal> {
     let rt = ctx.rt;
     let cfg = &rt.config;
-    let headers = ctx.headers;
+
+    // parse
     let body = match tokio::time::timeout_at(
-        ctx.started + cfg.server.request_timeout,
-        read_body(body, headers, cfg.server.max_body_bytes),
+        ctx.ticket.started + cfg.server.request_timeout,
+        read_body(body, ctx.headers, cfg.server.max_body_bytes),
     )
     .await
     {
@@ -428,167 +153,117 @@ async fn handle(ctx: &Ctx<'_>, body: Body, in_flight: InFlight) -> Result<Respon
         Err(_) => return Err(GatewayError::RequestTimeout.into()),
     };
     let body = ChatBody::parse(&body).map_err(|e| GatewayError::invalid(e.message, e.param))?;
-    let h = |name: &HeaderName| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-    };
     let route_req = RouteRequest {
-        task_header: h(&TASK),
-        tier_header: h(&TIER),
+        task_header: ctx.header(&names::TASK),
+        tier_header: ctx.header(&names::TIER),
         model: body.model(),
-        chain_header: h(&CHAIN),
-        max_retries_header: headers.get(&MAX_RETRIES).map(|v| v.to_str().unwrap_or("?")),
-        minor_header: h(&MINOR).is_some_and(|v| v.eq_ignore_ascii_case("true")),
+        chain_header: ctx.header(&names::CHAIN),
+        max_retries_header: ctx
+            .headers
+            .get(&names::MAX_RETRIES)
+            .map(|v| v.to_str().unwrap_or("?")),
+        minor_header: ctx.flag(&names::MINOR),
+        escalate_header: ctx.flag(&names::ESCALATE),
     };
-    let key = ctx.caller.named();
-    let mut route = routing::resolve(rt, &route_req, key)?;
 
-    // a spent budget with on_exhausted = reject refuses everything
-    let budgets = ctx.state.budgets();
-    let remaining = || budgets.remaining(cfg, key, ctx.session, time::now_ms());
-    if budget::on_exhausted(cfg) == OnExhausted::Reject && remaining().is_some_and(|r| r.is_zero())
-    {
-        return Err(Refusal {
-            err: GatewayError::BudgetExceeded("the budget for this period is spent".into()),
-            run: None,
-            route: Some(route),
-        });
-    }
-    let asked = h(&ESCALATE).is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    if let Some((from, to)) = routing::escalate(rt, &mut route, asked, key) {
-        rt.metrics
-            .escalations
-            .with_label_values(&[&cfg.tiers[from].name, &cfg.tiers[to].name])
-            .inc();
-    }
-    let paid_allowed = || remaining().is_none_or(|r| !r.is_zero());
-    let deadline = ctx.started + cfg.server.request_timeout;
-    let forwarded = forwardable(headers, ctx.request_id);
+    // plan
+    let route = routing::plan(&rt.chain, &route_req, ctx.caller.named(), || {
+        budget::on_exhausted(cfg) == OnExhausted::Reject
+            && ctx.remaining().is_some_and(|r| r.is_zero())
+    })?;
 
-    if body.stream() {
+    // execute
+    let paid_allowed = || ctx.remaining().is_none_or(|r| !r.is_zero());
+    let deadline = ctx.ticket.started + cfg.server.request_timeout;
+    let forwarded = forwardable(ctx.headers, &ctx.ticket.request_id);
+    let upstream = |model: usize| UpstreamRequest {
+        body: &body,
+        model: &cfg.models[model],
+        headers: &forwarded,
+        limits: cfg.policy.limits,
+    };
+    let mode = if body.stream() {
+        Mode::Stream
+    } else {
+        Mode::Complete
+    };
+    if mode == Mode::Stream {
+        let max_hold = cfg.policy.limits.max_event_bytes;
         let (run, result) = chain::execute(
-            rt,
+            &rt.chain,
             &route,
             deadline,
-            Mode::Stream,
+            mode,
             &paid_allowed,
-            |model, _limit| {
-                let req = UpstreamRequest {
-                    body: &body,
-                    model: &cfg.models[model],
-                    headers: &forwarded,
-                    limits: cfg.policy.limits,
-                };
-                let max_hold = cfg.policy.limits.max_event_bytes;
-                async move { stream::start(rt.open_stream(req), max_hold).await }
-            },
+            |model, _| stream::start(rt.open_stream(upstream(model)), max_hold),
         )
         .await;
         let served = match result {
             Ok(served) => served,
-            Err(failure) => return Err(give_up(rt, failure, run, route)),
+            Err(f) => return Err(give_up(rt, f, run, route)),
         };
+        // settle: when the stream ends; the headers now
+        let by = ServedBy::from(&served);
+        let Some(attempt) = served.open else {
+            return Err(GatewayError::invalid("a stream's attempt was not left open", None).into());
+        };
+        let settlement = Settlement::served(ctx.ticket.clone(), route, run, by, true);
         let mut resp = Response::new(Body::empty());
-        let report = Report {
-            request_id: ctx.request_id,
-            run: Some(&run),
-            served: Some((served.target, served.model)),
-            first_target: route.steps.first().map(|s| s.target),
-            cost: Usd::ZERO,
-            savings: Usd::ZERO,
-            cost_in_headers: false,
-            escalated: route.escalated,
-            budget_remaining: remaining(),
-            usage_estimated: false,
-        };
-        apply(resp.headers_mut(), rt, &report);
+        settle::headers(resp.headers_mut(), rt, &settlement, ctx.remaining(), false);
         let h = resp.headers_mut();
         h.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/event-stream"),
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        let relay = stream::Relay::new(
-            RelayContext {
-                state: ctx.state.clone(),
-                rt: Arc::clone(rt),
-                client_wants_usage: body.client_wants_usage(),
-                prompt_chars_estimate: body.raw("messages").map_or(0, str::len),
-                permit: served.permit,
-                // usage, cost and savings are filled in when the stream ends
-                settlement: ctx.served(route, run, (served.target, served.model), true),
-                _in_flight: in_flight,
-            },
-            served.value,
-        );
+        let open = stream::Open {
+            state: ctx.state.clone(),
+            rt: Arc::clone(rt),
+            settlement,
+            attempt,
+            client_wants_usage: body.client_wants_usage(),
+            prompt_chars: body.raw("messages").map_or(0, str::len),
+            idle: rt.chain.targets[by.target].timeout,
+        };
+        let relay = stream::Relay::new(open, served.value, in_flight);
         *resp.body_mut() = Body::from_stream(relay.into_stream());
         return Ok(resp);
     }
-
     let (run, result) = chain::execute(
-        rt,
+        &rt.chain,
         &route,
         deadline,
-        Mode::Complete,
+        mode,
         &paid_allowed,
-        |model, _limit| {
-            rt.complete(UpstreamRequest {
-                body: &body,
-                model: &cfg.models[model],
-                headers: &forwarded,
-                limits: cfg.policy.limits,
-            })
-        },
+        |model, _| rt.complete(upstream(model)),
     )
     .await;
     let served = match result {
         Ok(served) => served,
-        Err(failure) => return Err(give_up(rt, failure, run, route)),
+        Err(f) => return Err(give_up(rt, f, run, route)),
     };
+
+    // settle
+    let by = ServedBy::from(&served);
     let completion = served.value;
-    // no usage, or absurd counts: estimated from the text, and said so
-    let usage_estimated = completion.usage.is_none();
-    let usage = completion.usage.unwrap_or_else(|| {
-        cost::estimate(
+    let mut s = Settlement::served(ctx.ticket.clone(), route, run, by, false);
+    s.price(rt, completion.usage, || {
+        crate::cost::estimate(
             body.raw("messages").map_or(0, str::len),
             crate::api::completion_text_chars(&completion.body),
         )
     });
-    let cost = cost::cost(&cfg.models[served.model].prices, &usage);
-    let savings = savings(rt, &route, &usage, cost);
-    let first_target = route.steps.first().map(|s| s.target);
-    let escalated = route.escalated;
-    let s = Settlement {
-        usage: Some(usage),
-        cost,
-        savings,
-        ..ctx.served(route, run, (served.target, served.model), false)
-    };
-    let budget_remaining = settle(ctx.state, rt, &s);
+    let remaining = settle::settle(ctx.state, rt, &s);
     let mut resp = Response::new(Body::from(completion.body));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    let report = Report {
-        request_id: ctx.request_id,
-        run: s.run.as_ref(),
-        served: s.served,
-        first_target,
-        cost,
-        savings,
-        cost_in_headers: true,
-        escalated,
-        budget_remaining,
-        usage_estimated,
-    };
-    apply(resp.headers_mut(), rt, &report);
+    settle::headers(resp.headers_mut(), rt, &s, remaining, true);
     Ok(resp)
 }
 
+/// What the client is told when the chain gives up.
 fn give_up(rt: &Runtime, failure: Failure, run: Run, route: Route) -> Refusal {
     let err = match failure {
         Failure::BudgetExceeded => GatewayError::BudgetExceeded(
@@ -611,14 +286,14 @@ fn give_up(rt: &Runtime, failure: Failure, run: Run, route: Route) -> Refusal {
         } => GatewayError::AllModelsFailed {
             status,
             message: give_up_message(rt, &run, status),
-            attempts: attempts_json(rt, &run.attempts),
+            attempts: settle::attempts_json(rt, &run),
             retry_after,
         },
     };
     Refusal {
         err,
-        run: Some(run),
         route: Some(route),
+        run: Some(run),
     }
 }
 
@@ -633,43 +308,8 @@ fn give_up_message(rt: &Runtime, run: &Run, status: StatusCode) -> String {
     format!(
         "all models failed after {} attempt(s) on tier(s) {}",
         run.attempts.len(),
-        chain_label(rt, run).replace(',', ", ")
+        rt.chain.label(&run.tried).replace(',', ", ")
     )
-}
-
-pub fn attempts_json(rt: &Runtime, attempts: &[AttemptRecord]) -> serde_json::Value {
-    let cfg = &rt.config;
-    attempts
-        .iter()
-        .map(|a| {
-            json!({
-                "tier": rt.targets[a.target].label,
-                "model": cfg.models[a.model].name,
-                "provider": cfg.model_provider(a.model).name,
-                "attempt": a.attempt,
-                "status": a.status,
-                "error": a.error,
-                "elapsed_ms": a.elapsed.as_millis() as u64,
-            })
-        })
-        .collect()
-}
-
-/// The baseline's price for these tokens minus the cost: the configured
-/// baseline model, else the priciest model of the request's chain.
-pub fn savings(rt: &Runtime, route: &Route, usage: &Usage, cost: Usd) -> Usd {
-    let cfg = &rt.config;
-    let baseline = match cfg.baseline_model {
-        Some(m) => cost::cost(&cfg.models[m].prices, usage),
-        None => route
-            .steps
-            .iter()
-            .flat_map(|s| rt.targets[s.target].models.iter())
-            .map(|&m| cost::cost(&cfg.models[m].prices, usage))
-            .max()
-            .unwrap_or(Usd::ZERO),
-    };
-    baseline - cost
 }
 
 /// Read the body, refusing more than `max` bytes with a 413.
@@ -692,12 +332,12 @@ async fn read_body(body: Body, headers: &HeaderMap, max: usize) -> Result<Bytes,
     })
 }
 
-/// The client headers an upstream may see (SPEC 4.1), with the request id.
+/// The client headers an upstream may see (docs/api.md), with the request id.
 fn forwardable(headers: &HeaderMap, request_id: &str) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(crate::providers::FORWARDED_HEADERS.len());
     crate::providers::copy_forwarded(headers, &mut out);
     if let Ok(v) = HeaderValue::from_str(request_id) {
-        out.insert(REQUEST_ID, v);
+        out.insert(names::REQUEST_ID, v);
     }
     out
 }

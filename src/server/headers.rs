@@ -1,4 +1,5 @@
-//! The SPEC 5 response headers, on every chat completion response.
+//! The response headers of every chat completion (docs/api.md), from the
+//! report the accountant (`settle`) makes.
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -25,21 +26,10 @@ pub struct Report<'a> {
     pub usage_estimated: bool,
 }
 
-// Names built at compile time: `HeaderName::from_static` at run time parses
-// the name on every call.
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const TIER: HeaderName = HeaderName::from_static("x-cascade-tier");
-const MODEL: HeaderName = HeaderName::from_static("x-cascade-model");
-const PROVIDER: HeaderName = HeaderName::from_static("x-cascade-provider");
-const FALLBACK: HeaderName = HeaderName::from_static("x-cascade-fallback");
-const CHAIN: HeaderName = HeaderName::from_static("x-cascade-chain");
-const ATTEMPTS: HeaderName = HeaderName::from_static("x-cascade-attempts");
-const RETRIES: HeaderName = HeaderName::from_static("x-cascade-retries");
-const ESCALATED: HeaderName = HeaderName::from_static("x-cascade-escalated");
-const BUDGET_REMAINING: HeaderName = HeaderName::from_static("x-cascade-budget-remaining-usd");
-const COST: HeaderName = HeaderName::from_static("x-cascade-cost-usd");
-const SAVINGS: HeaderName = HeaderName::from_static("x-cascade-savings-usd");
-const USAGE_ESTIMATED: HeaderName = HeaderName::from_static("x-cascade-usage-estimated");
+use crate::header_names::{
+    ATTEMPTS, BUDGET_REMAINING, CHAIN, COST, ESCALATED, FALLBACK, MODEL, PROVIDER, REQUEST_ID,
+    RETRIES, SAVINGS, TIER, USAGE_ESTIMATED,
+};
 
 fn put(h: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
@@ -59,11 +49,11 @@ fn count(n: usize) -> HeaderValue {
 }
 
 pub fn apply(h: &mut HeaderMap, rt: &Runtime, r: &Report<'_>) {
-    // room for every SPEC 5 header at once, not a regrowth on the way
+    // room for every x-cascade-* header at once, not a regrowth on the way
     h.reserve(12);
     put(h, REQUEST_ID, r.request_id);
     if let Some((target, model)) = r.served {
-        put_value(h, TIER, rt.targets[target].label_header.as_ref());
+        put_value(h, TIER, rt.chain.targets[target].label_header.as_ref());
         let names = &rt.model_headers[model];
         put_value(h, MODEL, names.model.as_ref());
         put_value(h, PROVIDER, names.provider.as_ref());
@@ -80,15 +70,8 @@ pub fn apply(h: &mut HeaderMap, rt: &Runtime, r: &Report<'_>) {
         Some(run) => {
             match run.tried.as_slice() {
                 // one tier: its label as resolved at load
-                [only] => put_value(h, CHAIN, rt.targets[*only].label_header.as_ref()),
-                tried => {
-                    let chain = tried
-                        .iter()
-                        .map(|&t| rt.targets[t].label.as_str())
-                        .collect::<Vec<_>>()
-                        .join(",");
-                    put(h, CHAIN, &chain);
-                }
+                [only] => put_value(h, CHAIN, rt.chain.targets[*only].label_header.as_ref()),
+                tried => put(h, CHAIN, &rt.chain.label(tried)),
             }
             run.attempts.len()
         }

@@ -6,7 +6,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::{auth, AppState};
+use super::auth;
+use super::state::AppState;
 use crate::chain::health::{until, Circuit};
 use crate::config::Name;
 use crate::error::GatewayError;
@@ -56,7 +57,7 @@ pub async fn models(State(state): State<AppState>, headers: HeaderMap) -> Respon
             ..Default::default()
         };
         !matches!(
-            routing::resolve(&rt, &req, Some(key)),
+            routing::resolve(&rt.chain, &req, Some(key)),
             Err(GatewayError::TierNotAllowed(_))
         )
     };
@@ -103,8 +104,8 @@ pub async fn status(State(state): State<AppState>, headers: HeaderMap) -> Respon
                 "escalate": t.escalate.map(|e| json!({
                     "after_consecutive_failures": e.after,
                     "to": cfg.tiers[e.to].name,
-                    "consecutive_failures": rt.escalation[i].consecutive(),
-                    "pending": rt.escalation[i].pending(),
+                    "consecutive_failures": rt.chain.escalation[i].consecutive(),
+                    "pending": rt.chain.escalation[i].pending(),
                 })),
             })
         })
@@ -119,7 +120,7 @@ pub async fn status(State(state): State<AppState>, headers: HeaderMap) -> Respon
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            let h = &rt.health[i];
+            let h = &rt.chain.health[i];
             let (circuit, open_ms) = match h.circuit() {
                 Circuit::Closed { .. } => ("closed", None),
                 Circuit::Open { until: t } => ("open", Some(until(t).as_millis() as u64)),

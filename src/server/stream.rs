@@ -1,9 +1,9 @@
-//! Streaming (SPEC 4.5). `start` holds an upstream stream until its first
-//! content (so the chain can still retry or fall back); `Relay` then forwards
-//! each event as it arrives, bounds the idle gap, and ends with the closing
-//! cost comment and `[DONE]`, or with an error event when the upstream breaks.
-//! Whatever happens, the request is accounted once, when the relay ends or is
-//! dropped (client gone).
+//! Streaming (docs/api.md, streaming). `start` holds an upstream stream until
+//! its first content (so the chain can still retry or fall back); `Relay` is
+//! then a pump: it forwards each event as it arrives, bounds the idle gap, and
+//! reports how the stream ended, once (done, broke, or the client left when
+//! it is dropped): the chain finishes the attempt, the accountant settles the
+//! request and gives the closing comment sent before `[DONE]`.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -16,21 +16,16 @@ use futures_util::{Stream, StreamExt};
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::chat::{self, InFlight, RequestOutcome, Settlement};
-use super::AppState;
-use crate::chain::classify::{self, HealthEffect};
-use crate::chain::health::Permit;
-use crate::chain::AttemptOutcome;
-use crate::cost::{self, Usage};
+use super::settle::{self, InFlight, Settlement, StreamTally};
+use super::state::AppState;
+use crate::chain::{OpenAttempt, StreamEnd};
 use crate::providers::{Chunk, ChunkKind, UpstreamError, UpstreamStream};
-use crate::routing::Route;
 use crate::runtime::Runtime;
 
 /// An upstream stream that has produced its first content.
 pub struct Started {
     upstream: UpstreamStream,
     buffered: Vec<Chunk>,
-    ttft: Duration,
 }
 
 /// Open the stream and read until the first content, tool-call, reasoning or
@@ -40,7 +35,6 @@ pub async fn start(
     open: impl Future<Output = Result<UpstreamStream, UpstreamError>>,
     max_hold: usize,
 ) -> Result<Started, UpstreamError> {
-    let t0 = Instant::now();
     let mut upstream = open.await?;
     let mut buffered: Vec<Chunk> = Vec::new();
     let mut held = 0usize;
@@ -64,11 +58,7 @@ pub async fn start(
                 }
                 ChunkKind::Content => {
                     buffered.push(c);
-                    return Ok(Started {
-                        upstream,
-                        buffered,
-                        ttft: t0.elapsed(),
-                    });
+                    return Ok(Started { upstream, buffered });
                 }
                 ChunkKind::Done => {
                     return Err(UpstreamError::BadBody(
@@ -80,17 +70,19 @@ pub async fn start(
     }
 }
 
-/// What the relay needs to settle the request when it ends.
-pub struct RelayContext {
+/// A started stream's request, until it is settled.
+pub struct Open {
     pub state: AppState,
     pub rt: Arc<Runtime>,
-    pub permit: Option<Permit>,
-    pub client_wants_usage: bool,
-    pub prompt_chars_estimate: usize,
-    /// Filled in and settled when the stream ends.
+    /// The request as served; priced when the stream ends.
     pub settlement: Settlement,
-    /// Held until the stream ends.
-    pub _in_flight: InFlight,
+    /// The chain's attempt, finished when the stream ends.
+    pub attempt: OpenAttempt,
+    pub client_wants_usage: bool,
+    /// Characters of the request's messages (for an estimate of its usage).
+    pub prompt_chars: usize,
+    /// The serving tier's timeout: the longest quiet gap allowed.
+    pub idle: Duration,
 }
 
 enum Phase {
@@ -100,15 +92,16 @@ enum Phase {
 }
 
 pub struct Relay {
-    ctx: RelayContext,
+    /// Until the stream is settled.
+    open: Option<Open>,
+    /// Held until the relay is dropped.
+    _in_flight: InFlight,
+    client_wants_usage: bool,
     upstream: UpstreamStream,
     pending: VecDeque<Chunk>,
     idle: Duration,
-    usage: Option<Usage>,
-    text_len: usize,
+    tally: StreamTally,
     phase: Phase,
-    accounted: bool,
-    attempt_started: Instant,
     /// When the upstream last sent an event.
     last_event: Instant,
     /// Send a keep-alive comment after this long without an upstream event.
@@ -127,27 +120,21 @@ fn event(data: &[u8]) -> Bytes {
 }
 
 impl Relay {
-    pub fn new(ctx: RelayContext, started: Started) -> Self {
-        let (target, model) = ctx.settlement.served.unwrap_or_default();
-        let t = &ctx.rt.targets[target];
-        if let Some(i) = t.models.iter().position(|&m| m == model) {
-            t.metrics[i].ttft.observe(started.ttft.as_secs_f64());
-        }
-        let idle = t.timeout;
-        let last = ctx.settlement.run.as_ref().and_then(|r| r.attempts.last());
-        let attempt_started = Instant::now()
-            .checked_sub(last.map_or(Duration::ZERO, |a| a.elapsed))
-            .unwrap_or_else(Instant::now);
+    pub fn new(open: Open, started: Started, in_flight: InFlight) -> Self {
+        let idle = open.idle;
         Self {
             idle,
+            _in_flight: in_flight,
+            client_wants_usage: open.client_wants_usage,
+            tally: StreamTally {
+                usage: None,
+                prompt_chars: open.prompt_chars,
+                text_chars: 0,
+            },
+            open: Some(open),
             upstream: started.upstream,
             pending: started.buffered.into(),
-            ctx,
-            usage: None,
-            text_len: 0,
             phase: Phase::Relaying,
-            accounted: false,
-            attempt_started,
             last_event: Instant::now(),
             // well inside the idle timeout, so a client's own read timeout
             // sees bytes during long quiet stretches of a healthy stream
@@ -200,18 +187,18 @@ impl Relay {
             match next {
                 Ok(c) => {
                     if c.usage.is_some() {
-                        self.usage = c.usage;
+                        self.tally.usage = c.usage;
                     }
-                    self.text_len += c.text_len;
+                    self.tally.text_chars += c.text_len;
                     match c.kind {
                         ChunkKind::Done => {
-                            let comment = self.account(None);
+                            let comment = self.end(StreamEnd::Done);
                             self.phase = Phase::Closing(VecDeque::from([
                                 comment,
                                 Bytes::from_static(b"data: [DONE]\n\n"),
                             ]));
                         }
-                        ChunkKind::UsageOnly if !self.ctx.client_wants_usage => {}
+                        ChunkKind::UsageOnly if !self.client_wants_usage => {}
                         _ => return Some(event(&c.data)),
                     }
                 }
@@ -229,7 +216,7 @@ impl Relay {
                         "param": null,
                         "code": "stream_interrupted",
                     }});
-                    let comment = self.account(Some(&e));
+                    let comment = self.end(StreamEnd::Broke(&e));
                     self.phase = Phase::Closing(VecDeque::from([
                         event(error.to_string().as_bytes()),
                         comment,
@@ -239,126 +226,24 @@ impl Relay {
         }
     }
 
-    /// Usage as reported, or estimated from what was seen.
-    fn usage(&self) -> (Usage, bool) {
-        match self.usage {
-            Some(u) => (u, false),
-            None => (
-                Usage {
-                    prompt: (self.ctx.prompt_chars_estimate as u64).div_ceil(4),
-                    completion: (self.text_len as u64).div_ceil(4),
-                    ..Usage::default()
-                },
-                true,
-            ),
+    /// Report how the stream ended, once: the chain finishes its attempt,
+    /// the accountant settles the request. The closing comment.
+    fn end(&mut self, end: StreamEnd<'_>) -> Bytes {
+        let Some(open) = self.open.take() else {
+            return Bytes::new();
+        };
+        let mut settlement = open.settlement;
+        if let Some(run) = settlement.run.as_mut() {
+            open.attempt.finish(&open.rt.chain, run, end);
         }
-    }
-
-    /// Count, price and settle the request once. `failure`: the upstream
-    /// broke mid-stream. Returns the closing comment.
-    fn account(&mut self, failure: Option<&UpstreamError>) -> Bytes {
-        self.accounted = true;
-        let rt = Arc::clone(&self.ctx.rt);
-        let (target_id, model) = self.ctx.settlement.served.unwrap_or_default();
-        let (usage, estimated) = self.usage();
-        let prices = &rt.config.models[model].prices;
-        let s = &mut self.ctx.settlement;
-        s.usage = Some(usage);
-        match failure {
-            None => {
-                s.cost = cost::cost(prices, &usage);
-                s.savings = chat::savings(
-                    &rt,
-                    s.route.as_ref().map_or(&EMPTY_ROUTE, |r| r),
-                    &usage,
-                    s.cost,
-                );
-            }
-            Some(_) => {
-                // billed tokens of a broken stream: spent, and wasted
-                s.wasted = cost::token_cost(prices, &usage);
-                s.outcome = RequestOutcome::Failed;
-            }
-        }
-        let target = &rt.targets[target_id];
-        let outcome = failure.map_or(AttemptOutcome::Success, classify::outcome);
-        if let Some(i) = target.models.iter().position(|&m| m == model) {
-            target.metrics[i].outcomes[outcome.index()].inc();
-            target.metrics[i]
-                .upstream_duration
-                .observe(self.attempt_started.elapsed().as_secs_f64());
-        }
-        if let Some(permit) = self.ctx.permit.take() {
-            permit.record(failure.map_or(HealthEffect::Success, classify::health_effect));
-        }
-        if let Some(e) = failure {
-            tracing::warn!(request_id = %s.request_id, error = %e, "stream interrupted after it started");
-            // the attempt that started the stream failed after all
-            if let Some(a) = s.run.as_mut().and_then(|r| r.attempts.last_mut()) {
-                a.outcome = outcome;
-                a.status = e.status();
-                a.error = Some(e.to_string());
-            }
-            if let Some(t) = target.tier {
-                if let (Some(esc), true) = (
-                    rt.config.tiers[t].escalate,
-                    outcome != AttemptOutcome::ClientError,
-                ) {
-                    rt.escalation[t].failure(esc.after);
-                }
-            }
-        }
-        let remaining = chat::settle(&self.ctx.state, &rt, s);
-        let mut report = json!({
-            "cost_usd": (s.cost + s.wasted).to_json(),
-            "prompt_tokens": usage.prompt,
-            "completion_tokens": usage.completion,
-            "savings_usd": s.savings.to_json(),
-        });
-        if estimated {
-            report["usage_estimated"] = json!(true);
-        }
-        if let Some(left) = remaining {
-            report["budget_remaining_usd"] = left.to_json();
-        }
-        Bytes::from(format!(
-            ": cascade {}\n\n",
-            crate::api::to_plain_json(&report)
-        ))
+        settle::stream_ended(&open.state, &open.rt, settlement, &self.tally, end)
     }
 }
 
-static EMPTY_ROUTE: Route = Route {
-    steps: Vec::new(),
-    task: None,
-    minor: false,
-    escalated: false,
-    task_retries: None,
-    retries_cap: None,
-};
-
 impl Drop for Relay {
     fn drop(&mut self) {
-        if self.accounted {
-            return;
-        }
-        // the client went away mid-stream: the upstream is cancelled with
-        // this relay; its tokens so far are still priced (the provider bills
-        // them) and recorded, with status 499
-        self.accounted = true;
-        let rt = Arc::clone(&self.ctx.rt);
-        let (target, model) = self.ctx.settlement.served.unwrap_or_default();
-        rt.metrics
-            .client_disconnects
-            .with_label_values(&[&rt.targets[target].label])
-            .inc();
-        let (usage, _) = self.usage();
-        let s = &mut self.ctx.settlement;
-        s.usage = Some(usage);
-        s.cost = cost::token_cost(&rt.config.models[model].prices, &usage);
-        s.outcome = RequestOutcome::ClientError;
-        s.status = 499;
-        chat::settle(&self.ctx.state, &rt, s);
-        tracing::info!(request_id = %s.request_id, "client disconnected mid-stream; upstream cancelled");
+        // unsettled: the client went away mid-stream, and the upstream is
+        // cancelled with this relay
+        self.end(StreamEnd::ClientGone);
     }
 }

@@ -256,7 +256,7 @@ async fn a_reload_keeps_clients_circuits_and_counters_of_what_did_not_change() {
         "the pooled client is kept"
     );
     assert!(
-        Arc::ptr_eq(&old.health[0], &new.health[0]),
+        Arc::ptr_eq(&old.chain.health[0], &new.chain.health[0]),
         "the model's health is kept"
     );
     // still open after the reload: skipped, no attempt

@@ -1,0 +1,235 @@
+//! What the chain runs over, resolved once at load: the targets a route's
+//! steps point at, each model's health, each tier's escalation state.
+
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use prometheus::{Histogram, IntCounter};
+
+use super::health::Health;
+use crate::config::{Config, ModelId, Strategy, TierId};
+use crate::metrics::{AttemptMetrics, LazyCounters, Metrics};
+use crate::outcome::RequestOutcome;
+
+/// Something a chain step can point at: a tier, or (for requests naming a
+/// model directly) a single model.
+pub struct Target {
+    /// The tier name, or `model:NAME` for a direct model request.
+    pub label: String,
+    pub tier: Option<TierId>,
+    pub models: Vec<ModelId>,
+    pub strategy: Strategy,
+    pub timeout: Duration,
+    pub first_token_timeout: Duration,
+    pub max_retries: u32,
+    pub free: bool,
+    pub enabled: bool,
+    /// Aligned with `models`.
+    pub metrics: Vec<AttemptMetrics>,
+    pub request_duration: Histogram,
+    /// cascade_requests_total{tier=label, outcome="success"}: the common case,
+    /// resolved at load.
+    pub served: IntCounter,
+    /// cascade_requests_total{tier=label, outcome} for the other outcomes,
+    /// by `RequestOutcome as usize`.
+    pub outcomes: LazyCounters,
+    /// cascade_fallbacks_total{from_tier=label, to_tier}, by target index.
+    pub fallbacks: LazyCounters,
+    /// `label` as the x-cascade-tier header value.
+    pub label_header: Option<HeaderValue>,
+    /// Where the next round-robin request starts.
+    pub rr: AtomicUsize,
+}
+
+/// A tier's escalation state (docs/configuration.md, tiers): consecutive failed attempts across
+/// requests, and escalations owed to the next requests.
+#[derive(Debug, Default)]
+pub struct Escalation {
+    consecutive: AtomicU32,
+    pending: AtomicU32,
+}
+
+impl Escalation {
+    /// Count a failed attempt; when the count reaches `after` it starts again
+    /// from zero and one escalation is owed. Exact under concurrency: each
+    /// failure moves the count by one, and only the one reaching `after` fires.
+    pub fn failure(&self, after: u32) -> bool {
+        let mut cur = self.consecutive.load(Ordering::Acquire);
+        loop {
+            let next = if cur + 1 >= after { 0 } else { cur + 1 };
+            match self.consecutive.compare_exchange_weak(
+                cur,
+                next,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    if next == 0 {
+                        self.pending.fetch_add(1, Ordering::AcqRel);
+                        return true;
+                    }
+                    return false;
+                }
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    pub fn success(&self) {
+        self.consecutive.store(0, Ordering::Release);
+    }
+
+    /// Take one owed escalation, if any.
+    pub fn take(&self) -> bool {
+        self.pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| p.checked_sub(1))
+            .is_ok()
+    }
+
+    pub fn consecutive(&self) -> u32 {
+        self.consecutive.load(Ordering::Acquire)
+    }
+
+    pub fn pending(&self) -> u32 {
+        self.pending.load(Ordering::Acquire)
+    }
+}
+
+/// The chain's world: the config it was built from, its targets (tiers
+/// first, same index as `config.tiers`, then one per model), each model's
+/// health and each tier's escalation state.
+pub struct Chain {
+    pub config: Arc<Config>,
+    pub targets: Vec<Target>,
+    /// One per model.
+    pub health: Vec<Arc<Health>>,
+    /// One per tier.
+    pub escalation: Vec<Arc<Escalation>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Chain {
+    /// Resolve the targets of a config. With `previous` (a reload), model
+    /// health and escalation counters are kept where nothing they depend on
+    /// changed, so open circuits stay open.
+    pub fn build(config: &Arc<Config>, metrics: &Arc<Metrics>, previous: Option<&Chain>) -> Chain {
+        let health = config
+            .models
+            .iter()
+            .map(|m| {
+                let kept = previous.and_then(|old| {
+                    let oc = &old.config;
+                    let i = oc.models.iter().position(|om| {
+                        om.name == m.name
+                            && om.upstream == m.upstream
+                            && om.max_concurrency == m.max_concurrency
+                            && oc.providers[om.provider] == config.providers[m.provider]
+                            && oc.breaker.failure_threshold == config.breaker.failure_threshold
+                            && oc.breaker.open == config.breaker.open
+                    })?;
+                    Some(Arc::clone(&old.health[i]))
+                });
+                kept.unwrap_or_else(|| {
+                    Arc::new(Health::new(
+                        config.breaker,
+                        m.max_concurrency,
+                        metrics.circuit_open.with_label_values(&[&m.name]),
+                    ))
+                })
+            })
+            .collect();
+        let escalation = config
+            .tiers
+            .iter()
+            .map(|t| {
+                previous
+                    .and_then(|old| {
+                        let i = old.config.tiers.iter().position(|ot| {
+                            ot.name == t.name
+                                && ot.escalate.map(|e| e.after) == t.escalate.map(|e| e.after)
+                        })?;
+                        Some(Arc::clone(&old.escalation[i]))
+                    })
+                    .unwrap_or_default()
+            })
+            .collect();
+        let n_targets = config.tiers.len() + config.models.len();
+        let mut targets = Vec::with_capacity(n_targets);
+        for (i, t) in config.tiers.iter().enumerate() {
+            targets.push(Target {
+                label: t.name.clone(),
+                tier: Some(i),
+                metrics: t
+                    .models
+                    .iter()
+                    .map(|&m| AttemptMetrics::new(metrics, &t.name, &config.models[m].name))
+                    .collect(),
+                request_duration: metrics.request_duration.with_label_values(&[&t.name]),
+                served: metrics.requests.with_label_values(&[&t.name, "success"]),
+                outcomes: LazyCounters::new(RequestOutcome::COUNT),
+                fallbacks: LazyCounters::new(n_targets),
+                label_header: HeaderValue::from_str(&t.name).ok(),
+                models: t.models.clone(),
+                strategy: t.strategy,
+                timeout: t.timeout,
+                first_token_timeout: t.first_token_timeout,
+                max_retries: t.max_retries,
+                free: t.free,
+                enabled: t.enabled,
+                rr: AtomicUsize::new(0),
+            });
+        }
+        let p = &config.policy;
+        for (i, m) in config.models.iter().enumerate() {
+            let label = format!("model:{}", m.name);
+            targets.push(Target {
+                metrics: vec![AttemptMetrics::new(metrics, &label, &m.name)],
+                request_duration: metrics.request_duration.with_label_values(&[&label]),
+                served: metrics.requests.with_label_values(&[&label, "success"]),
+                outcomes: LazyCounters::new(RequestOutcome::COUNT),
+                fallbacks: LazyCounters::new(n_targets),
+                label_header: HeaderValue::from_str(&label).ok(),
+                label,
+                tier: None,
+                models: vec![i],
+                strategy: Strategy::Ordered,
+                timeout: p.default_timeout,
+                first_token_timeout: p.default_first_token_timeout,
+                max_retries: p.default_max_retries,
+                free: m.prices.is_free(),
+                enabled: true,
+                rr: AtomicUsize::new(0),
+            });
+        }
+        Chain {
+            config: Arc::clone(config),
+            targets,
+            health,
+            escalation,
+            metrics: Arc::clone(metrics),
+        }
+    }
+
+    pub fn tier_target(&self, tier: TierId) -> usize {
+        tier
+    }
+
+    pub fn model_target(&self, model: ModelId) -> usize {
+        self.config.tiers.len() + model
+    }
+
+    /// The labels of `targets` joined with ',' (x-cascade-chain, the ledger,
+    /// the log line).
+    pub fn label(&self, targets: &[usize]) -> String {
+        let mut out = String::new();
+        for (i, &t) in targets.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&self.targets[t].label);
+        }
+        out
+    }
+}

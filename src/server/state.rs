@@ -1,0 +1,95 @@
+//! State shared by every request: the runtime (swapped whole on reload),
+//! metrics, readiness, the ledger and the budgets.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::budget::Budgets;
+use crate::ledger::Ledger;
+use crate::metrics::Metrics;
+use crate::runtime::Runtime;
+
+/// State shared by every request. The runtime is swapped whole on reload;
+/// a request keeps the one it started with.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    runtime: ArcSwap<Runtime>,
+    metrics: Arc<Metrics>,
+    ready: AtomicBool,
+    ledger: Option<Arc<Ledger>>,
+    budgets: Budgets,
+}
+
+impl AppState {
+    /// Open the ledger the config names (if any), load budget spend from it.
+    pub fn new(runtime: Runtime, metrics: Arc<Metrics>) -> Result<Self, String> {
+        let cfg = Arc::clone(&runtime.config);
+        let ledger = match &cfg.ledger.path {
+            Some(path) => Some(Arc::new(
+                Ledger::open(
+                    path,
+                    cfg.ledger.flush_interval,
+                    metrics.ledger_dropped.clone(),
+                )
+                .map_err(|e| e.to_string())?,
+            )),
+            None => None,
+        };
+        let budgets = match &ledger {
+            Some(l) => {
+                Budgets::load(l, crate::ledger::time::now_ms()).map_err(|e| e.to_string())?
+            }
+            None => Budgets::default(),
+        };
+        Ok(Self {
+            inner: Arc::new(Shared {
+                runtime: ArcSwap::from_pointee(runtime),
+                metrics,
+                ready: AtomicBool::new(true),
+                ledger,
+                budgets,
+            }),
+        })
+    }
+
+    pub fn ledger(&self) -> Option<&Arc<Ledger>> {
+        self.inner.ledger.as_ref()
+    }
+
+    pub fn budgets(&self) -> &Budgets {
+        &self.inner.budgets
+    }
+
+    /// Flush and stop the ledger writer.
+    pub fn close(&self) {
+        if let Some(l) = &self.inner.ledger {
+            l.close();
+        }
+    }
+
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.inner.runtime.load_full()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    pub fn swap_runtime(&self, runtime: Runtime) {
+        self.inner.runtime.store(Arc::new(runtime));
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.inner.ready.store(ready, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::SeqCst)
+    }
+}
