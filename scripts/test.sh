@@ -8,6 +8,16 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# --- 0. Format, lints, and no import circle among the modules of src/ ------
+step "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets --locked -- -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+
+step "module edges (no import circles)"
+python3 scripts/module-edges.py --quiet
+
 # --- 1. Rust: build the gateway binary, run unit + integration tests -------
 step "cargo build --locked"
 cargo build --locked

@@ -1,4 +1,4 @@
-//! Budgets (SPEC 4.6): spend per UTC day and month, per named key per day,
+//! Budgets (docs/api.md, budget): spend per UTC day and month, per named key per day,
 //! per session. Loaded from the ledger at start (so a restart does not reset
 //! them), then kept in memory.
 //!

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use crate::config::{Config, ProviderKind, Strategy};
+use crate::config::{Config, ProviderKind};
 use crate::cost::Usd;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
@@ -141,7 +141,7 @@ pub fn describe(cfg: &Config) -> String {
             if t.free { "free" } else { "paid" },
             chain.join(" -> "),
             models.join(", "),
-            match t.strategy { Strategy::Ordered => "ordered", Strategy::RoundRobin => "round_robin" },
+            t.strategy.as_str(),
             t.timeout.as_millis(),
             t.first_token_timeout.as_millis(),
             t.max_retries,

@@ -1,4 +1,4 @@
-//! The Prometheus registry and typed handles (SPEC 6). Label values come from
+//! The Prometheus registry and typed handles (docs/api.md, metrics). Label values come from
 //! config names and enums, never from client-supplied strings.
 
 use std::sync::OnceLock;

@@ -20,6 +20,7 @@ pub struct RouteRequest<'a> {
 }
 
 /// A request refused while planning, with its route when it had one.
+#[derive(Debug)]
 pub struct Refused {
     pub err: GatewayError,
     pub route: Option<Box<Route>>,
@@ -247,3 +248,6 @@ fn target_allowed(rt: &Chain, target: usize, allowed: &[TierId]) -> bool {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,7 +1,34 @@
 //! Strategies shared by the property tests.
 
+use std::sync::Arc;
+
 use proptest::prelude::*;
 use serde_json::{Map, Value};
+
+use crate::chain::Chain;
+use crate::config::{Config, Env};
+use crate::metrics::Metrics;
+
+/// A config from TOML text, with this environment.
+pub fn config(toml: &str, env: &[(&str, &str)]) -> Config {
+    let dir = std::env::temp_dir().join(format!("cascade-unit-{:x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.join("c.toml");
+    std::fs::write(&path, toml).unwrap_or_else(|e| panic!("{e}"));
+    let env: Env = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let cfg = Config::load_with_env(&path, &env);
+    let _ = std::fs::remove_dir_all(&dir);
+    cfg.unwrap_or_else(|e| panic!("config: {e}"))
+}
+
+/// The chain of a config from TOML text, with its own metrics registry.
+pub fn chain(toml: &str, env: &[(&str, &str)]) -> Chain {
+    let metrics = Arc::new(Metrics::new().unwrap_or_else(|e| panic!("{e}")));
+    Chain::build(&Arc::new(config(toml, env)), &metrics, None)
+}
 
 /// Any JSON value, a few levels deep; object keys drawn from `keys` half the
 /// time (so translators meet the fields they look for), anything otherwise.

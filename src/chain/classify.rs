@@ -1,4 +1,4 @@
-//! Pure classification of an upstream outcome (SPEC 4.2). The chain loop asks;
+//! Pure classification of an upstream outcome (docs/api.md, attempts, retries and fallback). The chain loop asks;
 //! nothing else decides whether to retry or fall back.
 
 use std::time::Duration;
@@ -57,7 +57,7 @@ pub fn outcome(err: &UpstreamError) -> AttemptOutcome {
     }
 }
 
-/// How an outcome affects the model's health (SPEC 2, 7).
+/// How an outcome affects the model's health (docs/api.md, model health).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HealthEffect {
     Success,

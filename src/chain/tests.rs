@@ -10,8 +10,6 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::*;
-use crate::config::{Config, Env};
-use crate::metrics::Metrics;
 
 /// Tier `a` (m1: 1 s timeout, one retry, escalates to `b` after 2 failures)
 /// falls back to tier `b` (m2, paid).
@@ -55,14 +53,7 @@ max_retries = 0
 {extra}
 "#
     );
-    let dir = std::env::temp_dir().join(format!("cascade-chain-{:x}", rand::random::<u64>()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("c.toml");
-    std::fs::write(&path, toml).unwrap();
-    let cfg = Config::load_with_env(&path, &Env::new()).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    let metrics = Arc::new(Metrics::new().unwrap());
-    Chain::build(&Arc::new(cfg), &metrics, None)
+    crate::testing::chain(&toml, &[])
 }
 
 fn route(c: &Chain) -> Route {

@@ -177,6 +177,18 @@ pub enum Strategy {
     RoundRobin,
 }
 
+impl Strategy {
+    pub const ALL: [Strategy; 2] = [Strategy::Ordered, Strategy::RoundRobin];
+
+    /// The name in config files and in the status endpoint.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Ordered => "ordered",
+            Strategy::RoundRobin => "round_robin",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Escalate {
     pub after: u32,

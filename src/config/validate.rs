@@ -259,15 +259,17 @@ pub(super) fn validate(path: &Path, raw: RawConfig, env: &Env) -> Result<Config,
             }
         }
         let strategy = match t.strategy.as_deref() {
-            None | Some("ordered") => Strategy::Ordered,
-            Some("round_robin") => Strategy::RoundRobin,
-            Some(other) => {
-                c.err(
-                    format!("{key}.strategy"),
-                    format!("unknown strategy {other:?} (ordered | round_robin)"),
-                );
-                Strategy::Ordered
-            }
+            None => Strategy::Ordered,
+            Some(name) => match Strategy::ALL.into_iter().find(|k| k.as_str() == name) {
+                Some(known) => known,
+                None => {
+                    c.err(
+                        format!("{key}.strategy"),
+                        format!("unknown strategy {name:?} (ordered | round_robin)"),
+                    );
+                    Strategy::Ordered
+                }
+            },
         };
         let mut chain = vec![i];
         for f in &t.fallback {

@@ -1,4 +1,4 @@
-//! The cost report (SPEC 5) from the ledger, as JSON or as a table.
+//! The cost report (docs/api.md, cost report) from the ledger, as JSON or as a table.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -22,7 +22,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::UpstreamError;
+use super::call::UpstreamError;
 use crate::config::{Auth, Provider};
 use crate::header_names as names;
 
@@ -234,7 +234,8 @@ fn status_error(status: u16, headers: &HeaderMap, body: Bytes) -> UpstreamError 
         .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
     UpstreamError::Status {
         status,
-        context_length: (status == 400 || status == 413) && super::is_context_length(&message),
+        context_length: (status == 400 || status == 413)
+            && super::call::is_context_length(&message),
         retry_after: retry_after(headers),
         message,
         // passed back to the client as is when its request was wrong

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
+use super::call::{Completion, UpstreamError, UpstreamRequest};
 use super::stream::{classify_event, UpstreamStream};
-use super::{Completion, UpstreamError, UpstreamRequest};
 use crate::config::MockSettings;
 use crate::cost::Usage;
 

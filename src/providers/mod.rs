@@ -4,123 +4,20 @@
 //! servers: they send one request and say what happened.
 
 mod anthropic;
+mod call;
 mod http;
 mod mock;
 mod openai;
 pub mod sse;
 pub mod stream;
 
-use std::time::Duration;
+use crate::config::{Provider, ProviderKind};
 
-use ::http::HeaderMap;
-use bytes::Bytes;
-
-use crate::api::ChatBody;
-use crate::config::{Limits, Model, Provider, ProviderKind};
-use crate::cost::Usage;
-use crate::secret::Scrubber;
-
+pub use call::{
+    is_context_length, parse_completion, Completion, UpstreamError, UpstreamRequest, MESSAGE_MAX,
+};
 pub use http::{copy_forwarded, FORWARDED_HEADERS};
 pub use stream::{Chunk, ChunkKind, UpstreamStream};
-
-/// One upstream call: the client's body, the model to send it to, and the
-/// client headers that may be forwarded.
-pub struct UpstreamRequest<'a> {
-    pub body: &'a ChatBody,
-    pub model: &'a Model,
-    pub headers: &'a HeaderMap,
-    /// How much of the upstream's answer may be held.
-    pub limits: Limits,
-}
-
-/// A successful non-streaming answer: the body to return as is, and its usage.
-#[derive(Debug)]
-pub struct Completion {
-    pub body: Bytes,
-    pub usage: Option<Usage>,
-}
-
-/// What went wrong with an upstream call. Messages are as the upstream sent
-/// them until [`UpstreamError::scrubbed`] cleans and shortens them, which the
-/// chain does to every error before anything else sees it.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum UpstreamError {
-    #[error("timed out")]
-    Timeout,
-    #[error("connection failed: {0}")]
-    Connect(String),
-    #[error("HTTP {status}: {message}")]
-    Status {
-        status: u16,
-        message: String,
-        retry_after: Option<Duration>,
-        /// The error says the context length was exceeded.
-        context_length: bool,
-        /// The upstream's body, for client errors returned as is.
-        body: Bytes,
-    },
-    #[error("unparseable response: {0}")]
-    BadBody(String),
-    #[error("error in a 200 response: {0}")]
-    ErrorInBody(String),
-    /// The stream broke after it started (reset, bad event, idle too long).
-    #[error("stream interrupted: {0}")]
-    MidStream(String),
-}
-
-/// Upstream messages are kept this short in attempt lists and logs.
-pub const MESSAGE_MAX: usize = 300;
-
-impl UpstreamError {
-    /// Every credential the gateway holds removed from what the upstream
-    /// sent (messages and a passed-through body), then messages cut short.
-    pub fn scrubbed(self, s: &Scrubber) -> UpstreamError {
-        let cut = |m: String| s.clean_cut(m, MESSAGE_MAX);
-        match self {
-            UpstreamError::Timeout => UpstreamError::Timeout,
-            UpstreamError::Connect(m) => UpstreamError::Connect(cut(m)),
-            UpstreamError::Status {
-                status,
-                message,
-                retry_after,
-                context_length,
-                body,
-            } => UpstreamError::Status {
-                status,
-                message: cut(message),
-                retry_after,
-                context_length,
-                body: s.clean_bytes(body),
-            },
-            UpstreamError::BadBody(m) => UpstreamError::BadBody(cut(m)),
-            UpstreamError::ErrorInBody(m) => UpstreamError::ErrorInBody(cut(m)),
-            UpstreamError::MidStream(m) => UpstreamError::MidStream(cut(m)),
-        }
-    }
-
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            UpstreamError::Status { status, .. } => Some(*status),
-            _ => None,
-        }
-    }
-}
-
-/// Whether an upstream error message says the prompt did not fit.
-pub fn is_context_length(message: &str) -> bool {
-    let m = message.to_ascii_lowercase();
-    [
-        "context_length_exceeded",
-        "context length",
-        "context window",
-        "maximum context",
-        "prompt is too long",
-        "too many tokens",
-        "input is too long",
-    ]
-    .iter()
-    .any(|needle| m.contains(needle))
-}
 
 pub enum Client {
     OpenAi(openai::OpenAiClient),
@@ -156,34 +53,4 @@ impl Client {
             Client::Mock(c) => c.stream(req).await,
         }
     }
-}
-
-/// Classify a complete 200 body: a completion with its usage, an error
-/// carried in a 200, or garbage.
-pub fn parse_completion(body: Bytes) -> Result<Completion, UpstreamError> {
-    #[derive(serde::Deserialize)]
-    struct Probe {
-        #[serde(default)]
-        choices: Option<serde::de::IgnoredAny>,
-        #[serde(default)]
-        error: Option<serde_json::Value>,
-        #[serde(default)]
-        usage: Option<crate::api::WireUsage>,
-    }
-    let probe: Probe = serde_json::from_slice(&body)
-        .map_err(|e| UpstreamError::BadBody(format!("not JSON: {e}")))?;
-    if let Some(err) = probe.error.filter(|e| !e.is_null()) {
-        let msg = crate::api::upstream_error_message(&serde_json::json!({ "error": err }))
-            .unwrap_or_else(|| "an error object".into());
-        return Err(UpstreamError::ErrorInBody(msg));
-    }
-    if probe.choices.is_none() {
-        return Err(UpstreamError::BadBody(
-            "no 'choices' in the response".into(),
-        ));
-    }
-    Ok(Completion {
-        usage: probe.usage.as_ref().and_then(crate::api::WireUsage::usage),
-        body,
-    })
 }

@@ -4,8 +4,9 @@
 use bytes::Bytes;
 use http::HeaderMap;
 
+use super::call::{parse_completion, Completion, UpstreamError, UpstreamRequest};
 use super::http::{body_stream, is_sse, HttpUpstream};
-use super::{parse_completion, stream, Completion, UpstreamError, UpstreamRequest, UpstreamStream};
+use super::stream::{self, UpstreamStream};
 use crate::config::Provider;
 
 pub struct OpenAiClient {

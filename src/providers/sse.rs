@@ -10,7 +10,7 @@ use std::pin::Pin;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
-use super::UpstreamError;
+use super::call::UpstreamError;
 
 /// One dispatched event: its `event` field (empty when absent) and its data
 /// lines joined with '\n'.

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 
-use super::UpstreamError;
+use super::call::UpstreamError;
 use crate::api::WireUsage;
 use crate::cost::Usage;
 

@@ -1,4 +1,4 @@
-//! Gateway keys (SPEC 5): `Authorization: Bearer KEY`, compared in constant time.
+//! Gateway keys (docs/api.md, authentication): `Authorization: Bearer KEY`, compared in constant time.
 
 use axum::http::HeaderMap;
 

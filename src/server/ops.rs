@@ -97,7 +97,7 @@ pub async fn status(State(state): State<AppState>, headers: HeaderMap) -> Respon
                 "chain": tier_names(&t.chain),
                 "free": t.free,
                 "enabled": t.enabled,
-                "strategy": match t.strategy { crate::config::Strategy::Ordered => "ordered", crate::config::Strategy::RoundRobin => "round_robin" },
+                "strategy": t.strategy.as_str(),
                 "timeout_ms": t.timeout.as_millis() as u64,
                 "first_token_timeout_ms": t.first_token_timeout.as_millis() as u64,
                 "max_retries": t.max_retries,

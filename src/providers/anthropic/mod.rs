@@ -11,8 +11,9 @@ mod stream;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 
+use super::call::{Completion, UpstreamError, UpstreamRequest};
 use super::http::{body_stream, is_sse, HttpUpstream};
-use super::{Completion, UpstreamError, UpstreamRequest, UpstreamStream};
+use super::stream::UpstreamStream;
 use crate::config::{Auth, Provider};
 
 /// The API version sent as `anthropic-version` (a provider `headers` entry

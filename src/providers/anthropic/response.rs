@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use crate::api::Tokens;
 use crate::cost::Usage;
-use crate::providers::UpstreamError;
+use crate::providers::call::UpstreamError;
 
 /// A complete 200 body: the OpenAI completion and its usage; an error object
 /// (`{"type": "error", ...}`) or garbage is an error.
@@ -126,7 +126,7 @@ impl AnthropicUsage {
         (!self.absurd).then(|| self.usage())
     }
 
-    /// In the OpenAI sense (SPEC 7): prompt = input + cache read + cache creation.
+    /// In the OpenAI sense (docs/api.md, money): prompt = input + cache read + cache creation.
     pub fn usage(self) -> Usage {
         Usage {
             prompt: self.input + self.cache_read + self.cache_creation,
@@ -274,7 +274,7 @@ mod tests {
             json!({"location": "San Francisco, CA", "unit": "celsius"})
         );
         assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
-        // SPEC 7: prompt = input + cache read + cache creation
+        // as in docs/api.md: prompt = input + cache read + cache creation
         assert_eq!(
             usage,
             Some(Usage {

@@ -15,8 +15,8 @@ use futures_util::{Stream, StreamExt};
 use serde_json::{json, Value};
 
 use super::response::{error_message, finish_reason, now, AnthropicUsage};
+use crate::providers::call::UpstreamError;
 use crate::providers::stream::{classify_event, Chunk, UpstreamStream};
-use crate::providers::UpstreamError;
 
 /// What an Anthropic content block (by its `index`) turned into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
