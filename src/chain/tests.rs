@@ -3,7 +3,6 @@
 //! stream ends. The calls are closures, so no upstream is involved.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
