@@ -98,7 +98,7 @@ pub async fn completions(State(state): State<AppState>, req: Request) -> Respons
 
 /// Settle a refused request and answer with its error.
 fn refuse(state: &AppState, rt: &Runtime, ticket: Ticket, r: Refusal) -> Response {
-    let s = Settlement::refused(ticket, &r.err, r.route, r.run);
+    let s = Settlement::refused(ticket, &r.err, r.route, r.run.unwrap_or_default());
     let remaining = settle::settle(state, rt, &s);
     let mut resp = r.err.into_response();
     settle::headers(resp.headers_mut(), rt, &s, remaining, true);
@@ -220,6 +220,7 @@ async fn serve(ctx: &Ctx<'_>, body: Body, in_flight: InFlight) -> Result<Respons
             state: ctx.state.clone(),
             rt: Arc::clone(rt),
             settlement,
+            by,
             attempt,
             client_wants_usage: body.client_wants_usage(),
             prompt_chars: body.raw("messages").map_or(0, str::len),

@@ -10,7 +10,7 @@ use crate::runtime::Runtime;
 /// What a chat completion response reports about itself.
 pub struct Report<'a> {
     pub request_id: &'a str,
-    pub run: Option<&'a Run>,
+    pub run: &'a Run,
     /// (target, model) that served.
     pub served: Option<(usize, usize)>,
     /// The route's first target.
@@ -66,20 +66,15 @@ pub fn apply(h: &mut HeaderMap, rt: &Runtime, r: &Report<'_>) {
         FALLBACK,
         HeaderValue::from_static(if fallback { "true" } else { "false" }),
     );
-    let attempts = match r.run {
-        Some(run) => {
-            match run.tried.as_slice() {
-                // one tier: its label as resolved at load
-                [only] => put_value(h, CHAIN, rt.chain.targets[*only].label_header.as_ref()),
-                tried => put(h, CHAIN, &rt.chain.label(tried)),
-            }
-            run.attempts.len()
-        }
-        None => {
+    match r.run.tried.as_slice() {
+        // one tier: its label as resolved at load
+        [only] => put_value(h, CHAIN, rt.chain.targets[*only].label_header.as_ref()),
+        [] => {
             h.insert(CHAIN, HeaderValue::from_static(""));
-            0
         }
-    };
+        tried => put(h, CHAIN, &rt.chain.label(tried)),
+    }
+    let attempts = r.run.attempts.len();
     h.insert(ATTEMPTS, count(attempts));
     h.insert(RETRIES, count(attempts.saturating_sub(1)));
     if r.escalated {

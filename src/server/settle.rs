@@ -70,7 +70,8 @@ impl<T> From<&Served<T>> for ServedBy {
 pub struct Settlement {
     pub ticket: Ticket,
     pub route: Option<Route>,
-    pub run: Option<Run>,
+    /// The chain's walk (empty when it never ran).
+    pub run: Run,
     pub served: Option<ServedBy>,
     pub usage: Option<Usage>,
     /// The upstream gave no usable token counts: they were estimated.
@@ -86,12 +87,7 @@ pub struct Settlement {
 
 impl Settlement {
     /// A request refused or failed with `err`, before or after running.
-    pub fn refused(
-        ticket: Ticket,
-        err: &GatewayError,
-        route: Option<Route>,
-        run: Option<Run>,
-    ) -> Self {
+    pub fn refused(ticket: Ticket, err: &GatewayError, route: Option<Route>, run: Run) -> Self {
         let outcome = match err {
             GatewayError::AllModelsFailed { .. } => RequestOutcome::Failed,
             GatewayError::InvalidApiKey
@@ -121,7 +117,7 @@ impl Settlement {
         Settlement {
             ticket,
             route: Some(route),
-            run: Some(run),
+            run,
             served: Some(by),
             usage: None,
             usage_estimated: false,
@@ -173,27 +169,23 @@ pub struct StreamTally {
 pub fn stream_ended(
     state: &AppState,
     rt: &Runtime,
-    mut s: Settlement,
+    (mut s, by): (Settlement, ServedBy),
     tally: &StreamTally,
     end: StreamEnd<'_>,
 ) -> Bytes {
-    let estimate = || cost::estimate(tally.prompt_chars, tally.text_chars);
-    let Some(by) = s.served else {
-        return Bytes::new();
-    };
+    let usage = tally
+        .usage
+        .unwrap_or_else(|| cost::estimate(tally.prompt_chars, tally.text_chars));
     let prices = &rt.config.models[by.model].prices;
     match end {
-        StreamEnd::Done => s.price(rt, tally.usage, estimate),
+        StreamEnd::Done => s.price(rt, Some(usage), || usage),
         StreamEnd::Broke(e) => {
-            let usage = tally.usage.unwrap_or_else(estimate);
-            s.usage_estimated = tally.usage.is_none();
             s.usage = Some(usage);
             s.wasted = cost::token_cost(prices, &usage);
             s.outcome = RequestOutcome::Failed;
             tracing::warn!(request_id = %s.ticket.request_id, error = %e, "stream interrupted after it started");
         }
         StreamEnd::ClientGone => {
-            let usage = tally.usage.unwrap_or_else(estimate);
             s.usage = Some(usage);
             s.cost = cost::token_cost(prices, &usage);
             s.outcome = RequestOutcome::ClientError;
@@ -205,13 +197,13 @@ pub fn stream_ended(
             tracing::info!(request_id = %s.ticket.request_id, "client disconnected mid-stream; upstream cancelled");
         }
     }
+    s.usage_estimated = tally.usage.is_none();
     let remaining = settle(state, rt, &s);
-    closing_comment(&s, remaining)
+    closing_comment(&s, &usage, remaining)
 }
 
 /// `: cascade {json}` with what the stream cost, before `[DONE]`.
-fn closing_comment(s: &Settlement, remaining: Option<Usd>) -> Bytes {
-    let usage = s.usage.unwrap_or_default();
+fn closing_comment(s: &Settlement, usage: &Usage, remaining: Option<Usd>) -> Bytes {
     let mut report = json!({
         "cost_usd": (s.cost + s.wasted).to_json(),
         "prompt_tokens": usage.prompt,
@@ -241,7 +233,7 @@ pub fn headers(
 ) {
     let report = Report {
         request_id: &s.ticket.request_id,
-        run: s.run.as_ref(),
+        run: &s.run,
         served: s.served.map(|b| (b.target, b.model)),
         first_target: s.first_target(),
         cost: s.cost,
@@ -330,10 +322,7 @@ fn ledger_row(
         task: route.task.map(|t| cfg.tasks[t].name.clone()),
         key: s.ticket.key.clone(),
         session: s.ticket.session.clone(),
-        chain: s
-            .run
-            .as_ref()
-            .map_or(String::new(), |r| rt.chain.label(&r.tried)),
+        chain: rt.chain.label(&s.run.tried),
         first_tier: first.map(label),
         tier: s.served.map(|b| label(b.target)),
         model: s.served.map(|b| cfg.models[b.model].name.clone()),
@@ -350,26 +339,22 @@ fn ledger_row(
         latency_ms: elapsed.as_millis() as u64,
         attempts: s
             .run
-            .as_ref()
-            .map(|r| {
-                r.attempts
-                    .iter()
-                    .map(|a| AttemptRow {
-                        tier: label(a.target),
-                        model: cfg.models[a.model].name.clone(),
-                        attempt: a.attempt,
-                        outcome: a.outcome.as_str(),
-                        status: a.status,
-                        elapsed_ms: a.elapsed.as_millis() as u64,
-                    })
-                    .collect()
+            .attempts
+            .iter()
+            .map(|a| AttemptRow {
+                tier: label(a.target),
+                model: cfg.models[a.model].name.clone(),
+                attempt: a.attempt,
+                outcome: a.outcome.as_str(),
+                status: a.status,
+                elapsed_ms: a.elapsed.as_millis() as u64,
             })
-            .unwrap_or_default(),
+            .collect(),
     }
 }
 
 fn log_request(rt: &Runtime, s: &Settlement, elapsed: Duration) {
-    let chain = s.run.as_ref().map(|r| rt.chain.label(&r.tried));
+    let chain = rt.chain.label(&s.run.tried);
     let task = s
         .route
         .as_ref()
@@ -382,10 +367,10 @@ fn log_request(rt: &Runtime, s: &Settlement, elapsed: Duration) {
         request_id = %s.ticket.request_id,
         key = %s.ticket.key_label,
         task,
-        chain = chain.as_deref().unwrap_or(""),
+        chain = chain.as_str(),
         tier,
         model,
-        attempts = s.run.as_ref().map_or(0, |r| r.attempts.len()),
+        attempts = s.run.attempts.len(),
         status = s.status,
         outcome = s.outcome.as_str(),
         stream = s.stream,

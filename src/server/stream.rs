@@ -16,7 +16,7 @@ use futures_util::{Stream, StreamExt};
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::settle::{self, InFlight, Settlement, StreamTally};
+use super::settle::{self, InFlight, ServedBy, Settlement, StreamTally};
 use super::state::AppState;
 use crate::chain::{OpenAttempt, StreamEnd};
 use crate::providers::{Chunk, ChunkKind, UpstreamError, UpstreamStream};
@@ -76,6 +76,8 @@ pub struct Open {
     pub rt: Arc<Runtime>,
     /// The request as served; priced when the stream ends.
     pub settlement: Settlement,
+    /// What serves it.
+    pub by: ServedBy,
     /// The chain's attempt, finished when the stream ends.
     pub attempt: OpenAttempt,
     pub client_wants_usage: bool,
@@ -233,10 +235,15 @@ impl Relay {
             return Bytes::new();
         };
         let mut settlement = open.settlement;
-        if let Some(run) = settlement.run.as_mut() {
-            open.attempt.finish(&open.rt.chain, run, end);
-        }
-        settle::stream_ended(&open.state, &open.rt, settlement, &self.tally, end)
+        open.attempt
+            .finish(&open.rt.chain, &mut settlement.run, end);
+        settle::stream_ended(
+            &open.state,
+            &open.rt,
+            (settlement, open.by),
+            &self.tally,
+            end,
+        )
     }
 }
 
