@@ -88,11 +88,10 @@ pub async fn completions(State(state): State<AppState>, req: Request) -> Respons
         rt: &rt,
         headers,
         caller,
-        ticket: &ticket,
     };
-    match serve(&ctx, body, in_flight).await {
+    match serve(&ctx, ticket, body, in_flight).await {
         Ok(resp) => resp,
-        Err(refusal) => refuse(&state, &rt, ticket, refusal),
+        Err((refusal, ticket)) => refuse(&state, &rt, ticket, refusal),
     }
 }
 
@@ -110,7 +109,6 @@ struct Ctx<'a> {
     rt: &'a Arc<Runtime>,
     headers: &'a HeaderMap,
     caller: Caller<'a>,
-    ticket: &'a Ticket,
 }
 
 impl Ctx<'_> {
@@ -129,22 +127,20 @@ impl Ctx<'_> {
     }
 
     /// What is left of the tightest budget that applies, now.
-    fn remaining(&self) -> Option<crate::cost::Usd> {
+    fn remaining(&self, ticket: &Ticket) -> Option<crate::cost::Usd> {
         let cfg = &self.rt.config;
-        let session = self.ticket.session.as_deref();
+        let session = ticket.session.as_deref();
         self.state
             .budgets()
             .remaining(cfg, self.caller.named(), session, time::now_ms())
     }
 }
 
-async fn serve(ctx: &Ctx<'_>, body: Body, in_flight: InFlight) -> Result<Response, Refusal> {
-    let rt = ctx.rt;
-    let cfg = &rt.config;
-
-    // parse
+/// Parse and plan: the body read and checked, the route.
+async fn prepare(ctx: &Ctx<'_>, ticket: &Ticket, body: Body) -> Result<(ChatBody, Route), Refusal> {
+    let cfg = &ctx.rt.config;
     let body = match tokio::time::timeout_at(
-        ctx.ticket.started + cfg.server.request_timeout,
+        ticket.started + cfg.server.request_timeout,
         read_body(body, ctx.headers, cfg.server.max_body_bytes),
     )
     .await
@@ -165,17 +161,33 @@ async fn serve(ctx: &Ctx<'_>, body: Body, in_flight: InFlight) -> Result<Respons
         minor_header: ctx.flag(&names::MINOR),
         escalate_header: ctx.flag(&names::ESCALATE),
     };
-
-    // plan
-    let route = routing::plan(&rt.chain, &route_req, ctx.caller.named(), || {
+    let route = routing::plan(&ctx.rt.chain, &route_req, ctx.caller.named(), || {
         budget::on_exhausted(cfg) == OnExhausted::Reject
-            && ctx.remaining().is_some_and(|r| r.is_zero())
+            && ctx.remaining(ticket).is_some_and(|r| r.is_zero())
     })?;
+    Ok((body, route))
+}
+
+/// The pipeline after authentication. The ticket comes back with a refusal.
+async fn serve(
+    ctx: &Ctx<'_>,
+    ticket: Ticket,
+    body: Body,
+    in_flight: InFlight,
+) -> Result<Response, (Refusal, Ticket)> {
+    let rt = ctx.rt;
+    let cfg = &rt.config;
+
+    // parse, plan
+    let (body, route) = match prepare(ctx, &ticket, body).await {
+        Ok(prepared) => prepared,
+        Err(refusal) => return Err((refusal, ticket)),
+    };
 
     // execute
-    let paid_allowed = || ctx.remaining().is_none_or(|r| !r.is_zero());
-    let deadline = ctx.ticket.started + cfg.server.request_timeout;
-    let forwarded = forwardable(ctx.headers, &ctx.ticket.request_id);
+    let paid_allowed = || ctx.remaining(&ticket).is_none_or(|r| !r.is_zero());
+    let deadline = ticket.started + cfg.server.request_timeout;
+    let forwarded = forwardable(ctx.headers, &ticket.request_id);
     let upstream = |model: usize| UpstreamRequest {
         body: &body,
         model: &cfg.models[model],
@@ -200,16 +212,18 @@ async fn serve(ctx: &Ctx<'_>, body: Body, in_flight: InFlight) -> Result<Respons
         .await;
         let served = match result {
             Ok(served) => served,
-            Err(f) => return Err(give_up(rt, f, run, route)),
+            Err(f) => return Err((give_up(rt, f, run, route), ticket)),
         };
         // settle: when the stream ends; the headers now
         let by = ServedBy::from(&served);
         let Some(attempt) = served.open else {
-            return Err(GatewayError::invalid("a stream's attempt was not left open", None).into());
+            let err = GatewayError::invalid("a stream's attempt was not left open", None);
+            return Err((err.into(), ticket));
         };
-        let settlement = Settlement::served(ctx.ticket.clone(), route, run, by, true);
+        let remaining = ctx.remaining(&ticket);
+        let settlement = Settlement::served(ticket, route, run, by, true);
         let mut resp = Response::new(Body::empty());
-        settle::headers(resp.headers_mut(), rt, &settlement, ctx.remaining(), false);
+        settle::headers(resp.headers_mut(), rt, &settlement, remaining, false);
         let h = resp.headers_mut();
         h.insert(
             header::CONTENT_TYPE,
@@ -241,13 +255,13 @@ async fn serve(ctx: &Ctx<'_>, body: Body, in_flight: InFlight) -> Result<Respons
     .await;
     let served = match result {
         Ok(served) => served,
-        Err(f) => return Err(give_up(rt, f, run, route)),
+        Err(f) => return Err((give_up(rt, f, run, route), ticket)),
     };
 
     // settle
     let by = ServedBy::from(&served);
     let completion = served.value;
-    let mut s = Settlement::served(ctx.ticket.clone(), route, run, by, false);
+    let mut s = Settlement::served(ticket, route, run, by, false);
     s.price(rt, completion.usage, || {
         crate::cost::estimate(
             body.raw("messages").map_or(0, str::len),

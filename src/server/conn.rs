@@ -74,6 +74,15 @@ struct Watch {
     /// Milliseconds since `accepted` (plus one; 0: none) when bytes of a next
     /// request arrived on an idle connection.
     head_since: AtomicU64,
+    /// Raised by the watchdog: the connection expired, or should drain.
+    alarm: tokio::sync::Notify,
+    expired: AtomicBool,
+}
+
+/// Why the watchdog raised the alarm.
+enum Alarm {
+    Expired,
+    Drain,
 }
 
 impl Watch {
@@ -84,6 +93,16 @@ impl Watch {
             fresh: AtomicBool::new(true),
             idle_since: AtomicU64::new(0),
             head_since: AtomicU64::new(0),
+            alarm: tokio::sync::Notify::new(),
+            expired: AtomicBool::new(false),
+        }
+    }
+
+    fn alarm(&self) -> Alarm {
+        if self.expired.load(Ordering::Acquire) {
+            Alarm::Expired
+        } else {
+            Alarm::Drain
         }
     }
 
@@ -327,6 +346,34 @@ enum Slot {
     Reserved(#[allow(dead_code)] OwnedSemaphorePermit),
 }
 
+/// Watch one connection until it is `gone`: raise the alarm when it expires
+/// (waited too long for a head, or idle too long), and once when the
+/// gateway starts draining.
+async fn watchdog(
+    watch: Arc<Watch>,
+    limits: Limits,
+    mut signal: watch::Receiver<()>,
+    mut gone: tokio::sync::oneshot::Receiver<()>,
+) {
+    let expired = watch.expired(limits);
+    tokio::pin!(expired);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            _ = &mut gone => return,
+            _ = &mut expired => {
+                watch.expired.store(true, Ordering::Release);
+                watch.alarm.notify_one();
+                return;
+            }
+            _ = signal.changed(), if !draining => {
+                draining = true;
+                watch.alarm.notify_one();
+            }
+        }
+    }
+}
+
 /// Accept and serve until `stop` resolves; then stop accepting, ask every
 /// connection to finish gracefully, and wait for them up to `grace`.
 /// Returns whether every connection finished in time.
@@ -375,10 +422,18 @@ pub async fn run(
             Slot::Regular(_) => app.clone(),
             Slot::Reserved(_) => ops.clone(),
         };
-        let mut signal_rx = signal_rx.clone();
+        let watch = Arc::new(Watch::new());
+        // the watchdog runs beside the connection, so a request's wake-ups
+        // poll the connection and one `Notify`, no timer
+        let (done, gone) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(watchdog(
+            Arc::clone(&watch),
+            limits,
+            signal_rx.clone(),
+            gone,
+        ));
         let closed_rx = closed_rx.clone();
         tokio::spawn(async move {
-            let watch = Arc::new(Watch::new());
             let io = TokioIo::new(Guarded {
                 tcp,
                 watch: Arc::clone(&watch),
@@ -392,19 +447,17 @@ pub async fn run(
             let builder = Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection_with_upgrades(io, svc);
             tokio::pin!(conn);
-            let expired = watch.expired(limits);
-            tokio::pin!(expired);
-            let mut draining = false;
             loop {
                 tokio::select! {
+                    biased;
                     _ = conn.as_mut() => break,
-                    _ = &mut expired => break,
-                    _ = signal_rx.changed(), if !draining => {
-                        draining = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
+                    _ = watch.alarm.notified() => match watch.alarm() {
+                        Alarm::Expired => break,
+                        Alarm::Drain => conn.as_mut().graceful_shutdown(),
+                    },
                 }
             }
+            drop(done);
             drop(slot);
             drop(closed_rx);
         });

@@ -354,6 +354,9 @@ fn ledger_row(
 }
 
 fn log_request(rt: &Runtime, s: &Settlement, elapsed: Duration) {
+    if !tracing::enabled!(target: "cascade::request", tracing::Level::INFO) {
+        return;
+    }
     let chain = rt.chain.label(&s.run.tried);
     let task = s
         .route
