@@ -2,6 +2,7 @@
 //! order, with how many retries each; docs/api.md, routing), the budget gate,
 //! and escalation. One call per request, over the chain's targets.
 
+use crate::api::Endpoint;
 use crate::chain::{Chain, Route, Step};
 use crate::config::{Name, NamedKey, TaskId, TierId};
 use crate::error::GatewayError;
@@ -17,6 +18,9 @@ pub struct RouteRequest<'a> {
     pub minor_header: bool,
     /// `x-cascade-escalate: true`.
     pub escalate_header: bool,
+    /// The API the request came in on: chat models answer chat, embedding
+    /// models of one space answer embeddings.
+    pub endpoint: Endpoint,
 }
 
 /// A request refused while planning, with its route when it had one.
@@ -168,6 +172,8 @@ pub fn resolve(
         }
     }
 
+    same_kind(rt, &targets, req.endpoint)?;
+
     let minor = req.minor_header || task.is_some_and(|t| cfg.tasks[t].minor);
     if minor {
         targets.retain(|&t| rt.targets[t].free);
@@ -233,6 +239,50 @@ pub fn escalate(
     );
     route.escalated = true;
     Some((from, esc.to))
+}
+
+/// Every model of the chain answers in the endpoint's kind: chat models for
+/// chat; for embeddings, embedding models of one space (vectors of two
+/// spaces cannot be mixed). Else 400 on `model`.
+fn same_kind(rt: &Chain, targets: &[usize], endpoint: Endpoint) -> Result<(), GatewayError> {
+    let cfg = &rt.config;
+    let mut models = targets
+        .iter()
+        .flat_map(|&t| rt.targets[t].models.iter())
+        .map(|&m| &cfg.models[m]);
+    let wrong =
+        |what: &str| GatewayError::invalid(format!("this request routes to {what}"), Some("model"));
+    if endpoint.chat() {
+        if let Some(m) = models.find(|m| m.kind.is_embedding()) {
+            return Err(wrong(&format!(
+                "embedding model {:?}: send it to /v1/embeddings",
+                m.name
+            )));
+        }
+        return Ok(());
+    }
+    let Some(first) = models.next() else {
+        return Ok(());
+    };
+    if !first.kind.is_embedding() {
+        return Err(wrong(&format!(
+            "chat model {:?}: send it to /v1/chat/completions",
+            first.name
+        )));
+    }
+    if let Some(m) = models.find(|m| !m.kind.compatible(&first.kind)) {
+        return Err(GatewayError::invalid(
+            format!(
+                "the chain mixes {} (model {:?}) and {} (model {:?}): a fallback must return vectors of the same space",
+                first.kind.describe(),
+                first.name,
+                m.kind.describe(),
+                m.name
+            ),
+            Some("model"),
+        ));
+    }
+    Ok(())
 }
 
 /// A tier target is allowed when listed; a direct model when it belongs to

@@ -11,7 +11,9 @@ use crate::chain::Chain;
 use crate::config::Config;
 use crate::metrics::{LazyCounters, Metrics};
 use crate::outcome::RequestOutcome;
-use crate::providers::{Client, Completion, UpstreamError, UpstreamRequest, UpstreamStream};
+use crate::providers::{
+    Client, Completion, EmbedRequest, Embeddings, UpstreamError, UpstreamRequest, UpstreamStream,
+};
 use crate::secret::Scrubber;
 
 pub struct Runtime {
@@ -95,6 +97,15 @@ impl Runtime {
         let client = &self.clients[req.model.provider];
         client
             .complete(req)
+            .await
+            .map_err(|e| e.scrubbed(&self.scrubber))
+    }
+
+    /// One embeddings call; its errors scrubbed.
+    pub async fn embed(&self, req: EmbedRequest<'_>) -> Result<Embeddings, UpstreamError> {
+        let client = &self.clients[req.model.provider];
+        client
+            .embed(req)
             .await
             .map_err(|e| e.scrubbed(&self.scrubber))
     }

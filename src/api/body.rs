@@ -23,7 +23,7 @@ pub struct BodyError {
     pub param: Option<&'static str>,
 }
 
-fn bad(message: impl Into<String>, param: Option<&'static str>) -> BodyError {
+pub fn bad(message: impl Into<String>, param: Option<&'static str>) -> BodyError {
     BodyError {
         message: message.into(),
         param,
@@ -52,26 +52,65 @@ impl<'de> Deserialize<'de> for Fields {
     }
 }
 
+/// A request body's top-level fields, in order, as raw JSON: a JSON object
+/// whose keys do not repeat (a repeated key would be read one way here and
+/// another upstream).
+pub fn parse_fields(bytes: &[u8]) -> Result<Vec<(String, Box<RawValue>)>, BodyError> {
+    let Fields(fields) = serde_json::from_slice(bytes)
+        .map_err(|e| bad(format!("the request body is not a JSON object: {e}"), None))?;
+    if let Some(dup) = repeated_key(&fields) {
+        return Err(bad(
+            format!("the request body repeats the key {dup:?}; send each key once"),
+            None,
+        ));
+    }
+    Ok(fields)
+}
+
+/// A field's raw JSON text.
+pub fn raw_field<'a>(fields: &'a [(String, Box<RawValue>)], name: &str) -> Option<&'a str> {
+    fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.get())
+}
+
+/// `model`, when given: a string.
+pub fn model_field(fields: &[(String, Box<RawValue>)]) -> Result<Option<String>, BodyError> {
+    match raw_field(fields, "model") {
+        None | Some("null") => Ok(None),
+        Some(v) => serde_json::from_str::<String>(v)
+            .map(Some)
+            .map_err(|_| bad("'model' must be a string", Some("model"))),
+    }
+}
+
+/// The fields as sent, `model` set to `upstream_model`.
+pub fn render_with_model(fields: &[(String, Box<RawValue>)], upstream_model: &str) -> Bytes {
+    let mut out = Vec::with_capacity(
+        fields
+            .iter()
+            .map(|(k, v)| k.len() + v.get().len() + 4)
+            .sum::<usize>()
+            + upstream_model.len()
+            + 16,
+    );
+    out.push(b'{');
+    write_json_string(&mut out, "model");
+    out.push(b':');
+    write_json_string(&mut out, upstream_model);
+    for (key, value) in fields.iter().filter(|(k, _)| k != "model") {
+        out.push(b',');
+        write_json_string(&mut out, key);
+        out.push(b':');
+        out.extend_from_slice(value.get().as_bytes());
+    }
+    out.push(b'}');
+    Bytes::from(out)
+}
+
 impl ChatBody {
     pub fn parse(bytes: &[u8]) -> Result<ChatBody, BodyError> {
-        let Fields(fields) = serde_json::from_slice(bytes)
-            .map_err(|e| bad(format!("the request body is not a JSON object: {e}"), None))?;
-        // a repeated key would be read one way here and another upstream
-        if let Some(dup) = repeated_key(&fields) {
-            return Err(bad(
-                format!("the request body repeats the key {dup:?}; send each key once"),
-                None,
-            ));
-        }
-        let raw = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.get());
-
-        let model = match raw("model") {
-            None | Some("null") => None,
-            Some(v) => Some(
-                serde_json::from_str::<String>(v)
-                    .map_err(|_| bad("'model' must be a string", Some("model")))?,
-            ),
-        };
+        let fields = parse_fields(bytes)?;
+        let raw = |name: &str| raw_field(&fields, name);
+        let model = model_field(&fields)?;
         let stream = match raw("stream") {
             None | Some("null") => false,
             Some(v) => serde_json::from_str::<bool>(v)

@@ -1,8 +1,41 @@
 //! OpenAI wire types: the request body as the client sent it, usage, errors.
 
 mod body;
+pub mod embeddings;
 
 pub use body::{BodyError, ChatBody};
+pub use embeddings::EmbeddingsBody;
+
+/// The client API a request came in on: the ledger's `endpoint` column, the
+/// report's `by_endpoint`, the request log line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Endpoint {
+    #[default]
+    Chat,
+    Embeddings,
+}
+
+impl Endpoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "chat",
+            Endpoint::Embeddings => "embeddings",
+        }
+    }
+
+    /// The message of its request log line.
+    pub fn log_message(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "chat completion",
+            Endpoint::Embeddings => "embeddings",
+        }
+    }
+
+    /// Whether its requests go to chat models (else to embedding models).
+    pub fn chat(self) -> bool {
+        matches!(self, Endpoint::Chat)
+    }
+}
 
 use serde::Deserialize;
 use serde_json::{json, Value};

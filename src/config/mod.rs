@@ -169,6 +169,46 @@ pub struct Model {
     pub max_concurrency: u32,
     /// The model's own `enabled` and its provider's.
     pub enabled: bool,
+    pub kind: ModelKind,
+}
+
+/// What a model does. Embedding models carry their vector space: a chain
+/// falls back only between models of one space (their vectors can be mixed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelKind {
+    Chat,
+    Embedding {
+        /// The vectors' length, when configured: an answer of another length
+        /// is a failed attempt.
+        dimensions: Option<u32>,
+        space: String,
+    },
+}
+
+impl ModelKind {
+    /// Whether one chain may hold both: two chat models, or two embedding
+    /// models of one space.
+    pub fn compatible(&self, other: &ModelKind) -> bool {
+        match (self, other) {
+            (ModelKind::Chat, ModelKind::Chat) => true,
+            (ModelKind::Embedding { space: a, .. }, ModelKind::Embedding { space: b, .. }) => {
+                a == b
+            }
+            _ => false,
+        }
+    }
+
+    pub fn is_embedding(&self) -> bool {
+        matches!(self, ModelKind::Embedding { .. })
+    }
+
+    /// `chat`, or `embedding space NAME` (for messages).
+    pub fn describe(&self) -> String {
+        match self {
+            ModelKind::Chat => "chat".into(),
+            ModelKind::Embedding { space, .. } => format!("embedding space {space:?}"),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -158,6 +158,15 @@ pub struct RawModel {
     pub max_concurrency: i64,
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// `chat` (default) or `embedding`.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Embedding models: the length of their vectors.
+    #[serde(default)]
+    pub dimensions: Option<i64>,
+    /// Embedding models: the vector space (default: the model's own name).
+    #[serde(default)]
+    pub embedding_space: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -214,6 +214,52 @@ pub(super) fn validate(path: &Path, raw: RawConfig, env: &Env) -> Result<Config,
             if m.model.trim().is_empty() {
                 c.err(format!("{key}.model"), "the upstream model name is empty");
             }
+            let kind = match m.kind.as_deref() {
+                None | Some("chat") => {
+                    for (field, set) in [
+                        ("dimensions", m.dimensions.is_some()),
+                        ("embedding_space", m.embedding_space.is_some()),
+                    ] {
+                        if set {
+                            c.err(
+                                format!("{key}.{field}"),
+                                "only embedding models (kind = \"embedding\") take it",
+                            );
+                        }
+                    }
+                    ModelKind::Chat
+                }
+                Some("embedding") => {
+                    if providers
+                        .get(provider)
+                        .is_some_and(|p| matches!(p.kind, ProviderKind::Anthropic))
+                    {
+                        c.err(
+                            format!("{key}.kind"),
+                            "anthropic providers have no embeddings API",
+                        );
+                    }
+                    let space = m
+                        .embedding_space
+                        .as_deref()
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .unwrap_or(name)
+                        .to_string();
+                    ModelKind::Embedding {
+                        dimensions: positive(&mut c, "dimensions", m.dimensions)
+                            .map(|d| d.min(u64::from(u32::MAX)) as u32),
+                        space,
+                    }
+                }
+                Some(other) => {
+                    c.err(
+                        format!("{key}.kind"),
+                        format!("unknown kind {other:?} (chat | embedding)"),
+                    );
+                    ModelKind::Chat
+                }
+            };
             Model {
                 name: name.clone(),
                 provider,
@@ -223,9 +269,31 @@ pub(super) fn validate(path: &Path, raw: RawConfig, env: &Env) -> Result<Config,
                 max_output_tokens: positive(&mut c, "max_output_tokens", m.max_output_tokens),
                 max_concurrency: c.count(&format!("{key}.max_concurrency"), m.max_concurrency),
                 enabled: m.enabled && providers.get(provider).is_some_and(|p| p.enabled),
+                kind,
             }
         })
         .collect();
+    // one space, one length
+    for (i, a) in models.iter().enumerate() {
+        if let ModelKind::Embedding {
+            dimensions: Some(da),
+            space: sa,
+        } = &a.kind
+        {
+            let clash = models[..i].iter().find(|b| {
+                matches!(&b.kind, ModelKind::Embedding { dimensions: Some(db), space: sb } if sb == sa && db != da)
+            });
+            if let Some(b) = clash {
+                c.err(
+                    format!("models.{}.dimensions", a.name),
+                    format!(
+                        "embedding space {sa:?} has vectors of {da} here and of another length in models.{}",
+                        b.name
+                    ),
+                );
+            }
+        }
+    }
 
     // tiers
     let tier_ids: HashMap<&str, TierId> = raw
@@ -357,6 +425,44 @@ pub(super) fn validate(path: &Path, raw: RawConfig, env: &Env) -> Result<Config,
                 .map(|v| c.count(&format!("{key}.max_retries"), v)),
             minor: t.minor,
         });
+    }
+
+    // a chain runs over models of one kind, and embeddings over one space
+    let chains = tiers
+        .iter()
+        .map(|t| (format!("tiers.{}", t.name), t.chain.clone()))
+        .chain(
+            tasks
+                .iter()
+                .map(|t| (format!("tasks.{}", t.name), t.chain.clone())),
+        );
+    let models_ref = &models;
+    for (key, chain) in chains {
+        let mut kinds = chain
+            .iter()
+            .filter_map(|&t| tiers.get(t))
+            .flat_map(|t| t.models.iter().map(move |&m| (t, &models_ref[m])));
+        if let Some((first_tier, first)) = kinds.next() {
+            if let Some((tier, other)) = kinds.find(|(_, m)| !m.kind.compatible(&first.kind)) {
+                c.err(
+                    key,
+                    format!(
+                        "the chain mixes {} (models.{} in tiers.{}) and {} (models.{} in tiers.{}): a fallback must answer in the same kind{}",
+                        first.kind.describe(),
+                        first.name,
+                        first_tier.name,
+                        other.kind.describe(),
+                        other.name,
+                        tier.name,
+                        if first.kind.is_embedding() && other.kind.is_embedding() {
+                            ", and vectors of different spaces cannot be mixed"
+                        } else {
+                            ""
+                        },
+                    ),
+                );
+            }
+        }
     }
 
     // one namespace for what clients may name

@@ -28,6 +28,8 @@ const QUEUE: usize = 16_384;
 pub struct RequestRow {
     pub id: String,
     pub ts_ms: i64,
+    /// `chat`, `embeddings`, ...
+    pub endpoint: &'static str,
     pub task: Option<String>,
     pub key: Option<String>,
     pub session: Option<String>,
@@ -305,8 +307,8 @@ fn write_batch(conn: &mut Connection, rows: &[RequestRow]) -> rusqlite::Result<(
     {
         let mut req = tx.prepare_cached(
             "INSERT INTO requests (id, ts_ms, task, key, session, chain, first_tier, tier, model, free, fallback, \
-             escalated, status, stream, prompt_tokens, completion_tokens, cost_nanos, savings_nanos, wasted_nanos, latency_ms) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+             escalated, status, stream, prompt_tokens, completion_tokens, cost_nanos, savings_nanos, wasted_nanos, latency_ms, endpoint) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
         )?;
         let mut att = tx.prepare_cached(
             "INSERT INTO attempts (request_id, ts_ms, tier, model, attempt, outcome, status, elapsed_ms) \
@@ -334,6 +336,7 @@ fn write_batch(conn: &mut Connection, rows: &[RequestRow]) -> rusqlite::Result<(
                 r.savings_nanos,
                 r.wasted_nanos,
                 clamp_i64(r.latency_ms),
+                r.endpoint,
             ])?;
             for a in &r.attempts {
                 att.execute(params![

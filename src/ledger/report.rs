@@ -78,6 +78,8 @@ pub struct Report {
     pub by_tier: BTreeMap<String, TierLine>,
     pub by_model: BTreeMap<String, ModelLine>,
     pub by_key: BTreeMap<String, KeyLine>,
+    /// Requests and spend by client API (`chat`, `embeddings`, ...).
+    pub by_endpoint: BTreeMap<String, KeyLine>,
     pub cost_nanos: i64,
     pub wasted_nanos: i64,
     pub savings_nanos: i64,
@@ -131,17 +133,20 @@ impl Report {
             .iter()
             .map(|(k, m)| (k.clone(), with_cost(json!(m), m.cost_nanos)))
             .collect();
-        let keys: serde_json::Map<String, Value> = self
-            .by_key
-            .iter()
-            .map(|(k, m)| (k.clone(), with_cost(json!(m), m.cost_nanos)))
-            .collect();
+        let lines = |by: &BTreeMap<String, KeyLine>| -> serde_json::Map<String, Value> {
+            by.iter()
+                .map(|(k, m)| (k.clone(), with_cost(json!(m), m.cost_nanos)))
+                .collect()
+        };
+        let keys = lines(&self.by_key);
+        let endpoints = lines(&self.by_endpoint);
         json!({
             "since": self.since,
             "requests": self.requests,
             "by_tier": tiers,
             "by_model": models,
             "by_key": keys,
+            "by_endpoint": endpoints,
             "total_cost_usd": usd(self.total_nanos()).to_json(),
             "wasted_cost_usd": usd(self.wasted_nanos).to_json(),
             "estimated_savings_usd": usd(self.savings_nanos).to_json(),
@@ -232,28 +237,31 @@ pub fn build(conn: &Connection, window: Window, now_ms: i64) -> rusqlite::Result
         let m = r.by_model.entry(model).or_default();
         m.cost_nanos = m.cost_nanos.saturating_add(wasted);
     }
-    let mut stmt = conn.prepare(
-        "SELECT key, COUNT(*), CAST(TOTAL(cost_nanos + wasted_nanos) AS INTEGER) FROM requests \
-         WHERE ts_ms >= ?1 AND key IS NOT NULL GROUP BY key",
-    )?;
+    r.by_key = spend_by(conn, since, "key")?;
+    r.by_endpoint = spend_by(conn, since, "endpoint")?;
+    Ok(r)
+}
+
+/// Requests and spend (cost and wasted) grouped by a column of `requests`.
+fn spend_by(
+    conn: &Connection,
+    since: i64,
+    column: &'static str,
+) -> rusqlite::Result<BTreeMap<String, KeyLine>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {column}, COUNT(*), CAST(TOTAL(cost_nanos + wasted_nanos) AS INTEGER) FROM requests \
+         WHERE ts_ms >= ?1 AND {column} IS NOT NULL GROUP BY {column}"
+    ))?;
     let rows = stmt.query_map(params![since], |row| {
         Ok((
             row.get::<_, String>(0)?,
-            count(row.get::<_, i64>(1)?),
-            row.get::<_, i64>(2)?,
+            KeyLine {
+                requests: count(row.get::<_, i64>(1)?),
+                cost_nanos: row.get(2)?,
+            },
         ))
     })?;
-    for row in rows {
-        let (key, requests, cost) = row?;
-        r.by_key.insert(
-            key,
-            KeyLine {
-                requests,
-                cost_nanos: cost,
-            },
-        );
-    }
-    Ok(r)
+    rows.collect()
 }
 
 /// The report as a readable table.
@@ -292,6 +300,22 @@ pub fn render_table(r: &Report) -> String {
             m.failures,
             usd(m.cost_nanos)
         );
+    }
+    if r.by_endpoint.len() > 1 {
+        let _ = writeln!(
+            s,
+            "\n{:<20} {:>8} {:>14}",
+            "endpoint", "requests", "cost USD"
+        );
+        for (name, e) in &r.by_endpoint {
+            let _ = writeln!(
+                s,
+                "{:<20} {:>8} {:>14}",
+                name,
+                e.requests,
+                usd(e.cost_nanos)
+            );
+        }
     }
     if !r.by_key.is_empty() {
         let _ = writeln!(s, "\n{:<20} {:>8} {:>14}", "key", "requests", "cost USD");

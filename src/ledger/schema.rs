@@ -38,6 +38,8 @@ const MIGRATIONS: &[&str] = &[
         elapsed_ms INTEGER NOT NULL
     );
     CREATE INDEX attempts_ts ON attempts (ts_ms);",
+    // 2: the client API of each request; rows from before were all chat
+    "ALTER TABLE requests ADD COLUMN endpoint TEXT NOT NULL DEFAULT 'chat'",
 ];
 
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {

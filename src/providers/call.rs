@@ -7,8 +7,9 @@ use std::time::Duration;
 use ::http::HeaderMap;
 use bytes::Bytes;
 
-use crate::api::ChatBody;
-use crate::config::{Limits, Model};
+use crate::api::embeddings::{check_answer, BadAnswer};
+use crate::api::{ChatBody, EmbeddingsBody};
+use crate::config::{Limits, Model, ModelKind};
 use crate::cost::Usage;
 use crate::secret::Scrubber;
 
@@ -139,4 +140,40 @@ pub fn parse_completion(body: Bytes) -> Result<Completion, UpstreamError> {
         usage: probe.usage.as_ref().and_then(crate::api::WireUsage::usage),
         body,
     })
+}
+
+/// One embeddings call.
+pub struct EmbedRequest<'a> {
+    pub body: &'a EmbeddingsBody,
+    pub model: &'a Model,
+    pub headers: &'a HeaderMap,
+    pub limits: Limits,
+}
+
+impl EmbedRequest<'_> {
+    /// The length every vector must have: the client's `dimensions`, else
+    /// the model's configured one.
+    pub fn dimensions(&self) -> Option<u32> {
+        self.body.dimensions.or(match &self.model.kind {
+            ModelKind::Embedding { dimensions, .. } => *dimensions,
+            ModelKind::Chat => None,
+        })
+    }
+}
+
+/// An embeddings answer, checked: one vector per input, of the expected
+/// length and encoding.
+#[derive(Debug)]
+pub struct Embeddings {
+    pub body: Bytes,
+    pub usage: Option<Usage>,
+}
+
+/// Check a 200 body for `req`; a wrong one is a failed attempt.
+pub fn parse_embeddings(body: Bytes, req: &EmbedRequest<'_>) -> Result<Embeddings, UpstreamError> {
+    match check_answer(&body, req.body.inputs, req.body.encoding, req.dimensions()) {
+        Ok(usage) => Ok(Embeddings { body, usage }),
+        Err(BadAnswer::Error(m)) => Err(UpstreamError::ErrorInBody(m)),
+        Err(BadAnswer::Unreadable(m) | BadAnswer::Vectors(m)) => Err(UpstreamError::BadBody(m)),
+    }
 }

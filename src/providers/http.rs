@@ -64,6 +64,18 @@ pub struct HttpUpstream {
     headers: HeaderMap,
 }
 
+/// An endpoint's URI: `url` with the provider's `query` added.
+pub fn endpoint_uri(p: &Provider, url: &str) -> Result<Uri, String> {
+    let mut url =
+        url::Url::parse(url).map_err(|e| format!("providers.{}.base_url: {e}", p.name))?;
+    if !p.query.is_empty() {
+        url.query_pairs_mut().extend_pairs(p.query.iter());
+    }
+    url.as_str()
+        .parse()
+        .map_err(|e| format!("providers.{}.base_url: {e}", p.name))
+}
+
 /// How much of an error answer is read: enough for any real error message;
 /// the rest is never read (the connection is dropped, not pooled).
 pub const ERROR_BODY_MAX: usize = 8 * 1024;
@@ -84,15 +96,7 @@ impl HttpUpstream {
         auth: Auth,
         pool_idle: Duration,
     ) -> Result<Self, String> {
-        let mut url =
-            url::Url::parse(url).map_err(|e| format!("providers.{}.base_url: {e}", p.name))?;
-        if !p.query.is_empty() {
-            url.query_pairs_mut().extend_pairs(p.query.iter());
-        }
-        let uri: Uri = url
-            .as_str()
-            .parse()
-            .map_err(|e| format!("providers.{}.base_url: {e}", p.name))?;
+        let uri = endpoint_uri(p, url)?;
         let mut headers = defaults;
         for (k, v) in &p.headers {
             headers.insert(k.clone(), v.clone());
@@ -135,10 +139,22 @@ impl HttpUpstream {
         Ok(Self { http, uri, headers })
     }
 
-    /// POST a JSON body. Resolves once the status is known: a non-2xx answer
-    /// (its body read) is an `UpstreamError::Status`.
+    /// POST a JSON body to the endpoint. Resolves once the status is known:
+    /// a non-2xx answer (its body read) is an `UpstreamError::Status`.
     pub async fn send(
         &self,
+        client_headers: &HeaderMap,
+        body: Bytes,
+        stream: bool,
+    ) -> Result<Response, UpstreamError> {
+        self.send_to(&self.uri, client_headers, body, stream).await
+    }
+
+    /// `send`, to another endpoint of the same provider (same pool, headers
+    /// and auth).
+    pub async fn send_to(
+        &self,
+        uri: &Uri,
         client_headers: &HeaderMap,
         body: Bytes,
         stream: bool,
@@ -161,7 +177,7 @@ impl HttpUpstream {
         }
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = Method::POST;
-        *req.uri_mut() = self.uri.clone();
+        *req.uri_mut() = uri.clone();
         *req.headers_mut() = headers;
         let resp = self.http.request(req).await.map_err(|e| transport(&e))?;
         let status = resp.status();

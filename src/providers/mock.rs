@@ -9,8 +9,11 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use super::call::{Completion, UpstreamError, UpstreamRequest};
+use base64::Engine;
+
+use super::call::{Completion, EmbedRequest, Embeddings, UpstreamError, UpstreamRequest};
 use super::stream::{classify_event, UpstreamStream};
+use crate::api::embeddings::Encoding;
 use crate::config::MockSettings;
 use crate::cost::Usage;
 
@@ -35,7 +38,8 @@ impl MockClient {
         }
     }
 
-    async fn prepare(&self, req: &UpstreamRequest<'_>) -> Result<Answer, UpstreamError> {
+    /// The configured latency, then the configured share of failures.
+    async fn wait_or_fail(&self) -> Result<(), UpstreamError> {
         if !self.settings.latency.is_zero() {
             tokio::time::sleep(self.settings.latency).await;
         }
@@ -48,6 +52,58 @@ impl MockClient {
                 body: Bytes::new(),
             });
         }
+        Ok(())
+    }
+
+    /// Deterministic unit vectors: the same model and text give the same
+    /// vector, of the asked length (else `MOCK_DIMENSIONS`).
+    pub async fn embed(&self, req: EmbedRequest<'_>) -> Result<Embeddings, UpstreamError> {
+        self.wait_or_fail().await?;
+        let dims = req.dimensions().unwrap_or(MOCK_DIMENSIONS) as usize;
+        let input: Value = req
+            .body
+            .raw("input")
+            .and_then(|v| serde_json::from_str(v).ok())
+            .unwrap_or(Value::Null);
+        let texts: Vec<String> = match &input {
+            Value::Array(items) if !items.iter().all(Value::is_u64) => {
+                items.iter().map(|i| i.to_string()).collect()
+            }
+            other => vec![other.to_string()],
+        };
+        let data: Vec<Value> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let v = unit_vector(&req.model.upstream, text, dims);
+                let embedding = match req.body.encoding {
+                    Encoding::Float => json!(v),
+                    Encoding::Base64 => {
+                        let bytes: Vec<u8> = v.iter().flat_map(|f| f.to_le_bytes()).collect();
+                        json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+                    }
+                };
+                json!({"object": "embedding", "index": i, "embedding": embedding})
+            })
+            .collect();
+        let prompt = tokens(req.body.input_chars);
+        let body = json!({
+            "object": "list",
+            "data": data,
+            "model": req.model.upstream,
+            "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+        });
+        Ok(Embeddings {
+            body: Bytes::from(body.to_string()),
+            usage: Some(Usage {
+                prompt,
+                ..Usage::default()
+            }),
+        })
+    }
+
+    async fn prepare(&self, req: &UpstreamRequest<'_>) -> Result<Answer, UpstreamError> {
+        self.wait_or_fail().await?;
         let messages: Vec<Value> = req
             .body
             .raw("messages")
@@ -143,6 +199,33 @@ fn usage_json(u: &Usage) -> Value {
         "completion_tokens": u.completion,
         "total_tokens": u.prompt + u.completion,
     })
+}
+
+/// The mock's vector length when neither the model nor the client sets one.
+pub const MOCK_DIMENSIONS: u32 = 8;
+
+/// A unit vector from FNV-1a of (model, text) and a xorshift walk.
+fn unit_vector(model: &str, text: &str, dims: usize) -> Vec<f32> {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in model.bytes().chain([0]).chain(text.bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let mut v: Vec<f32> = (0..dims)
+        .map(|_| {
+            h ^= h << 13;
+            h ^= h >> 7;
+            h ^= h << 17;
+            (h >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect();
+    let norm = v
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::MIN_POSITIVE);
+    v.iter_mut().for_each(|x| *x /= norm);
+    v
 }
 
 /// About four characters a token, at least one.

@@ -11,10 +11,13 @@ mod openai;
 pub mod sse;
 pub mod stream;
 
+use bytes::Bytes;
+
 use crate::config::{Provider, ProviderKind};
 
 pub use call::{
-    is_context_length, parse_completion, Completion, UpstreamError, UpstreamRequest, MESSAGE_MAX,
+    is_context_length, parse_completion, Completion, EmbedRequest, Embeddings, UpstreamError,
+    UpstreamRequest, MESSAGE_MAX,
 };
 pub use http::{copy_forwarded, FORWARDED_HEADERS};
 pub use stream::{Chunk, ChunkKind, UpstreamStream};
@@ -41,6 +44,22 @@ impl Client {
             Client::OpenAi(c) => c.complete(req).await,
             Client::Anthropic(c) => c.complete(req).await,
             Client::Mock(c) => c.complete(req).await,
+        }
+    }
+
+    /// One embeddings call. Anthropic has no embeddings API (the config
+    /// refuses such a model; this answers 404 should one get here).
+    pub async fn embed(&self, req: EmbedRequest<'_>) -> Result<Embeddings, UpstreamError> {
+        match self {
+            Client::OpenAi(c) => c.embed(req).await,
+            Client::Mock(c) => c.embed(req).await,
+            Client::Anthropic(_) => Err(UpstreamError::Status {
+                status: 404,
+                message: "anthropic providers have no embeddings API".into(),
+                retry_after: None,
+                context_length: false,
+                body: Bytes::new(),
+            }),
         }
     }
 

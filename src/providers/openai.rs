@@ -4,13 +4,18 @@
 use bytes::Bytes;
 use http::HeaderMap;
 
-use super::call::{parse_completion, Completion, UpstreamError, UpstreamRequest};
-use super::http::{body_stream, is_sse, HttpUpstream};
+use super::call::{
+    parse_completion, parse_embeddings, Completion, EmbedRequest, Embeddings, UpstreamError,
+    UpstreamRequest,
+};
+use super::http::{body_stream, endpoint_uri, is_sse, HttpUpstream};
 use super::stream::{self, UpstreamStream};
 use crate::config::Provider;
 
 pub struct OpenAiClient {
     up: HttpUpstream,
+    /// `{base_url}/embeddings`, on the same connections.
+    embeddings: http::Uri,
     stream_usage: bool,
 }
 
@@ -19,8 +24,19 @@ impl OpenAiClient {
         let url = format!("{}/chat/completions", p.base_url);
         Ok(Self {
             up: HttpUpstream::new(p, &url, HeaderMap::new(), p.auth)?,
+            embeddings: endpoint_uri(p, &format!("{}/embeddings", p.base_url))?,
             stream_usage: p.stream_usage,
         })
+    }
+
+    pub async fn embed(&self, req: EmbedRequest<'_>) -> Result<Embeddings, UpstreamError> {
+        let body = req.body.render(&req.model.upstream);
+        let resp = self
+            .up
+            .send_to(&self.embeddings, req.headers, body, false)
+            .await?;
+        let body = self.up.read(resp, req.limits.max_response_bytes).await?;
+        parse_embeddings(body, &req)
     }
 
     fn body(&self, req: &UpstreamRequest<'_>) -> Bytes {

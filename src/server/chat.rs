@@ -6,165 +6,42 @@
 
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::{header, HeaderValue};
+use axum::response::Response;
 use tokio::time::Instant;
 
-use super::auth::{self, Caller};
+use super::pipeline::{self, give_up, Ctx, Refusal};
 use super::settle::{self, InFlight, ServedBy, Settlement, Ticket};
 use super::state::AppState;
 use super::stream;
-use crate::api::ChatBody;
-use crate::budget;
-use crate::chain::{self, Failure, Mode, Route, Run};
-use crate::config::OnExhausted;
+use crate::api::{ChatBody, Endpoint};
+use crate::chain::{self, Mode, Route};
 use crate::error::GatewayError;
-use crate::header_names as names;
-use crate::ledger::time;
-use crate::providers::{UpstreamError, UpstreamRequest};
-use crate::routing::{self, RouteRequest};
-use crate::runtime::Runtime;
-
-/// A request given up, with what was known when it was.
-struct Refusal {
-    err: GatewayError,
-    route: Option<Route>,
-    run: Option<Run>,
-}
-
-impl From<GatewayError> for Refusal {
-    fn from(err: GatewayError) -> Self {
-        Refusal {
-            err,
-            route: None,
-            run: None,
-        }
-    }
-}
-
-impl From<routing::Refused> for Refusal {
-    fn from(r: routing::Refused) -> Self {
-        Refusal {
-            err: r.err,
-            route: r.route.map(|r| *r),
-            run: None,
-        }
-    }
-}
+use crate::providers::UpstreamRequest;
 
 pub async fn completions(State(state): State<AppState>, req: Request) -> Response {
     let started = Instant::now();
     let in_flight = InFlight::new(&state.metrics().in_flight);
     let rt = state.runtime();
     let (parts, body) = req.into_parts();
-    let headers = &parts.headers;
-    let mut ticket = Ticket {
-        request_id: headers
-            .get(&names::REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| plain_request_id(v))
-            .map(str::to_string)
-            .unwrap_or_else(new_request_id),
-        key: None,
-        key_label: "-".into(),
-        session: headers
-            .get(&names::SESSION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty() && v.len() <= 200)
-            .map(str::to_string),
-        started,
-    };
-    let caller = match auth::client(&rt.config, headers) {
-        Ok(c) => c,
-        Err(e) => return refuse(&state, &rt, ticket, e.into()),
-    };
-    ticket.key = caller.named().map(|k| k.name.clone());
-    ticket.key_label = caller.label().to_string();
-    let ctx = Ctx {
-        state: &state,
-        rt: &rt,
-        headers,
-        caller,
+    let (ctx, ticket) = match pipeline::admit(&state, &rt, &parts.headers, Endpoint::Chat, started)
+    {
+        Ok(admitted) => admitted,
+        Err(refused) => return *refused,
     };
     match serve(&ctx, ticket, body, in_flight).await {
         Ok(resp) => resp,
-        Err((refusal, ticket)) => refuse(&state, &rt, ticket, refusal),
-    }
-}
-
-/// Settle a refused request and answer with its error.
-fn refuse(state: &AppState, rt: &Runtime, ticket: Ticket, r: Refusal) -> Response {
-    let s = Settlement::refused(ticket, &r.err, r.route, r.run.unwrap_or_default());
-    let remaining = settle::settle(state, rt, &s);
-    let mut resp = r.err.into_response();
-    settle::headers(resp.headers_mut(), rt, &s, remaining, true);
-    resp
-}
-
-struct Ctx<'a> {
-    state: &'a AppState,
-    rt: &'a Arc<Runtime>,
-    headers: &'a HeaderMap,
-    caller: Caller<'a>,
-}
-
-impl Ctx<'_> {
-    /// A routing header's value, trimmed, when not empty.
-    fn header(&self, name: &header::HeaderName) -> Option<&str> {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-    }
-
-    fn flag(&self, name: &header::HeaderName) -> bool {
-        self.header(name)
-            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
-    }
-
-    /// What is left of the tightest budget that applies, now.
-    fn remaining(&self, ticket: &Ticket) -> Option<crate::cost::Usd> {
-        let cfg = &self.rt.config;
-        let session = ticket.session.as_deref();
-        self.state
-            .budgets()
-            .remaining(cfg, self.caller.named(), session, time::now_ms())
+        Err((refusal, ticket)) => pipeline::refuse(&state, &rt, ticket, refusal),
     }
 }
 
 /// Parse and plan: the body read and checked, the route.
 async fn prepare(ctx: &Ctx<'_>, ticket: &Ticket, body: Body) -> Result<(ChatBody, Route), Refusal> {
-    let cfg = &ctx.rt.config;
-    let body = match tokio::time::timeout_at(
-        ticket.started + cfg.server.request_timeout,
-        read_body(body, ctx.headers, cfg.server.max_body_bytes),
-    )
-    .await
-    {
-        Ok(body) => body?,
-        Err(_) => return Err(GatewayError::RequestTimeout.into()),
-    };
+    let body = pipeline::read(ctx, ticket, body).await?;
     let body = ChatBody::parse(&body).map_err(|e| GatewayError::invalid(e.message, e.param))?;
-    let route_req = RouteRequest {
-        task_header: ctx.header(&names::TASK),
-        tier_header: ctx.header(&names::TIER),
-        model: body.model(),
-        chain_header: ctx.header(&names::CHAIN),
-        max_retries_header: ctx
-            .headers
-            .get(&names::MAX_RETRIES)
-            .map(|v| v.to_str().unwrap_or("?")),
-        minor_header: ctx.flag(&names::MINOR),
-        escalate_header: ctx.flag(&names::ESCALATE),
-    };
-    let route = routing::plan(&ctx.rt.chain, &route_req, ctx.caller.named(), || {
-        budget::on_exhausted(cfg) == OnExhausted::Reject
-            && ctx.remaining(ticket).is_some_and(|r| r.is_zero())
-    })?;
+    let route = pipeline::plan(ctx, ticket, body.model())?;
     Ok((body, route))
 }
 
@@ -187,7 +64,7 @@ async fn serve(
     // execute
     let paid_allowed = || ctx.remaining(&ticket).is_none_or(|r| !r.is_zero());
     let deadline = ticket.started + cfg.server.request_timeout;
-    let forwarded = forwardable(ctx.headers, &ticket.request_id);
+    let forwarded = pipeline::forwardable(ctx.headers, &ticket.request_id);
     let upstream = |model: usize| UpstreamRequest {
         body: &body,
         model: &cfg.models[model],
@@ -276,106 +153,6 @@ async fn serve(
     );
     settle::headers(resp.headers_mut(), rt, &s, remaining, true);
     Ok(resp)
-}
-
-/// What the client is told when the chain gives up.
-fn give_up(rt: &Runtime, failure: Failure, run: Run, route: Route) -> Refusal {
-    let err = match failure {
-        Failure::BudgetExceeded => GatewayError::BudgetExceeded(
-            "the budget for this period is spent and every tier left is paid".into(),
-        ),
-        Failure::Fatal(UpstreamError::Status {
-            status,
-            message,
-            body,
-            ..
-        }) => GatewayError::Rejected {
-            status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
-            message,
-            body,
-        },
-        Failure::Fatal(other) => GatewayError::invalid(other.to_string(), None),
-        Failure::AllFailed {
-            status,
-            retry_after,
-        } => GatewayError::AllModelsFailed {
-            status,
-            message: give_up_message(rt, &run, status),
-            attempts: settle::attempts_json(rt, &run),
-            retry_after,
-        },
-    };
-    Refusal {
-        err,
-        route: Some(route),
-        run: Some(run),
-    }
-}
-
-fn give_up_message(rt: &Runtime, run: &Run, status: StatusCode) -> String {
-    if run.attempts.is_empty() {
-        return if status == StatusCode::GATEWAY_TIMEOUT {
-            "the request deadline ran out before any model could be tried".into()
-        } else {
-            "no model of the chain could be tried: every one is circuit-open, rate-limited, saturated or disabled".into()
-        };
-    }
-    format!(
-        "all models failed after {} attempt(s) on tier(s) {}",
-        run.attempts.len(),
-        rt.chain.label(&run.tried).replace(',', ", ")
-    )
-}
-
-/// Read the body, refusing more than `max` bytes with a 413.
-async fn read_body(body: Body, headers: &HeaderMap, max: usize) -> Result<Bytes, GatewayError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        return Err(GatewayError::RequestTooLarge(max));
-    }
-    axum::body::to_bytes(body, max).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if too_large {
-            GatewayError::RequestTooLarge(max)
-        } else {
-            GatewayError::invalid(format!("could not read the request body: {e}"), None)
-        }
-    })
-}
-
-/// The client headers an upstream may see (docs/api.md), with the request id.
-fn forwardable(headers: &HeaderMap, request_id: &str) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(crate::providers::FORWARDED_HEADERS.len());
-    crate::providers::copy_forwarded(headers, &mut out);
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        out.insert(names::REQUEST_ID, v);
-    }
-    out
-}
-
-/// A client's request id is kept only when it is short and plain (1-128
-/// letters, digits, '-', '_', '.'): it goes into log lines and upstream.
-pub fn plain_request_id(id: &str) -> bool {
-    (1..=128).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
-
-/// `req_` and 24 random hex digits.
-fn new_request_id() -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut id = String::with_capacity(28);
-    id.push_str("req_");
-    let bits = rand::random::<u128>();
-    for i in (0..24).rev() {
-        id.push(char::from(HEX[((bits >> (i * 4)) & 0xf) as usize]));
-    }
-    id
 }
 
 #[cfg(test)]

@@ -4,8 +4,10 @@
 mod auth;
 mod chat;
 pub mod conn;
+mod embeddings;
 mod headers;
 mod ops;
+mod pipeline;
 mod settle;
 mod state;
 mod stream;
@@ -25,6 +27,7 @@ use crate::error::GatewayError;
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat::completions))
+        .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(ops::models))
         .route("/v1/cascade/status", get(ops::status))
         .route("/v1/cascade/costs", get(ops::costs))
@@ -33,7 +36,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        // the chat handler enforces server.max_body_bytes itself, with a 413
+        // the handlers enforce server.max_body_bytes themselves, with a 413
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use super::headers::{apply, Report};
 use super::state::AppState;
+use crate::api::Endpoint;
 use crate::chain::{Route, Run, Served, StreamEnd};
 use crate::config::ModelId;
 use crate::cost::{self, Usage, Usd};
@@ -45,6 +46,8 @@ pub struct Ticket {
     /// How the log line names the caller ("-" before authentication).
     pub key_label: String,
     pub session: Option<String>,
+    /// The API it came in on.
+    pub endpoint: Endpoint,
     pub started: Instant,
 }
 
@@ -319,6 +322,7 @@ fn ledger_row(
     RequestRow {
         id: s.ticket.request_id.clone(),
         ts_ms: now,
+        endpoint: s.ticket.endpoint.as_str(),
         task: route.task.map(|t| cfg.tasks[t].name.clone()),
         key: s.ticket.key.clone(),
         session: s.ticket.session.clone(),
@@ -381,7 +385,7 @@ fn log_request(rt: &Runtime, s: &Settlement, elapsed: Duration) {
         cost_usd = %(s.cost + s.wasted),
         prompt_tokens = s.usage.map(|u| u.prompt),
         completion_tokens = s.usage.map(|u| u.completion),
-        "chat completion"
+        message = s.ticket.endpoint.log_message(),
     );
 }
 

@@ -8,6 +8,7 @@ mod anthropic;
 mod chain;
 mod configs;
 mod cost;
+mod embeddings;
 mod hardening;
 mod http;
 mod lifecycle;

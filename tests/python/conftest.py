@@ -19,9 +19,11 @@ directory; a failing test gets the log's tail appended to its report.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
+import struct
 import socket
 import subprocess
 import threading
@@ -138,6 +140,56 @@ max_retries = 0
 
 [tasks.plan]
 tier = "fast"
+
+# embeddings: one space at two providers (the scripted upstream, then the
+# mock); a model that always fails (500) and one that answers short vectors
+[models.embed-scripted]
+provider = "scripted"
+model = "embed-ok"
+kind = "embedding"
+dimensions = 16
+embedding_space = "te-16"
+input_usd_per_mtok = 0.02
+
+[models.embed-500]
+provider = "scripted"
+model = "embed-500"
+kind = "embedding"
+dimensions = 16
+embedding_space = "te-16"
+input_usd_per_mtok = 0.02
+
+[models.embed-short-model]
+provider = "scripted"
+model = "embed-short"
+kind = "embedding"
+dimensions = 16
+embedding_space = "te-16"
+
+[models.embed-mock]
+provider = "mock"
+model = "te-16"
+kind = "embedding"
+dimensions = 16
+embedding_space = "te-16"
+
+[tiers.embed]
+models = ["embed-scripted"]
+max_retries = 0
+fallback = ["embed-backup"]
+
+[tiers.embed-failing]
+models = ["embed-500"]
+max_retries = 0
+fallback = ["embed-backup"]
+
+[tiers.embed-short]
+models = ["embed-short-model"]
+max_retries = 0
+fallback = ["embed-backup"]
+
+[tiers.embed-backup]
+models = ["embed-mock"]
 """
 
 
@@ -252,6 +304,9 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.split("?")[0] == "/v1/messages" and isinstance(body, dict):
             self._anthropic(body)
             return
+        if self.path.split("?")[0] == "/v1/embeddings" and isinstance(body, dict):
+            self._embeddings(body)
+            return
         if self.path.split("?")[0] != "/v1/chat/completions" or not isinstance(body, dict):
             self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request_error"}})
             return
@@ -266,6 +321,29 @@ class _Handler(BaseHTTPRequestHandler):
             self._full_stream(model, body)
         else:
             self._completion(model, body)
+
+    def _embeddings(self, body: dict) -> None:
+        """``embed-500``: a 500; ``embed-short``: vectors of 3 values; else
+        one vector of 16 values per input, in the encoding asked for."""
+        model = body.get("model", "")
+        if model == "embed-500":
+            self._send_json(500, {"error": {"message": "embeddings are down", "type": "server_error"}})
+            return
+        inputs = body.get("input")
+        n = len(inputs) if isinstance(inputs, list) and not all(isinstance(i, int) for i in inputs) else 1
+        dims = 3 if model == "embed-short" else 16
+        data = []
+        for i in range(n):
+            vec = [float(i + 1) / (j + 1) for j in range(dims)]
+            if body.get("encoding_format") == "base64":
+                emb: Any = base64.b64encode(struct.pack(f"<{dims}f", *vec)).decode()
+            else:
+                emb = vec
+            data.append({"object": "embedding", "index": i, "embedding": emb})
+        self._send_json(
+            200,
+            {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": 5 * n, "total_tokens": 5 * n}},
+        )
 
     def _completion(self, model: str, body: dict) -> None:
         text = f"echo: {_last_user_text(body)}"

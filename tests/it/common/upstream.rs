@@ -116,6 +116,7 @@ impl Upstream {
         let app = Router::new()
             .route("/v1/chat/completions", post(handle))
             .route("/v1/messages", post(handle_messages))
+            .route("/v1/embeddings", post(handle_embeddings))
             .with_state(Arc::clone(&inner));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -211,6 +212,46 @@ async fn handle_messages(
     let (model, step) = record(&inner, uri, headers, &body);
     super::messages::respond(inner, &model, step).await
 }
+
+/// `Step::Ok`: one vector of `EMBEDDING_DIMS` floats per input (base64 when
+/// asked), 3 prompt tokens an input; other steps as for chat.
+async fn handle_embeddings(
+    State(inner): State<Arc<Inner>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let (model, step) = record(&inner, uri, headers, &body);
+    if !matches!(step, Step::Ok) {
+        return respond(inner, &model, step).await;
+    }
+    let n = match &request["input"] {
+        Value::Array(items) if !items.iter().all(Value::is_u64) => items.len(),
+        _ => 1,
+    };
+    let base64 = request["encoding_format"] == "base64";
+    let data: Vec<Value> = (0..n)
+        .map(|i| {
+            let v: Vec<f32> = (0..EMBEDDING_DIMS).map(|j| (i + j) as f32).collect();
+            let embedding = if base64 {
+                use base64::Engine;
+                let bytes: Vec<u8> = v.iter().flat_map(|f| f.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    let tokens = 3 * n;
+    axum::Json(json!({"object": "list", "data": data, "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}))
+    .into_response()
+}
+
+/// The length of the scripted upstream's vectors.
+pub const EMBEDDING_DIMS: usize = 4;
 
 fn completion(model: &str, text: &str, prompt: u64, completion: u64) -> Value {
     json!({
