@@ -2,7 +2,9 @@
 //! two tiers misbehave at random and whose last tier (the built-in mock
 //! provider) is healthy. Every request must be answered with content, and the
 //! gateway's resident memory and open files at the end must be within 10% of
-//! where they stood after the warm-up.
+//! where they stood after the warm-up. Then a spike (500 requests at once)
+//! and, after 110 quiet seconds (idle upstream connections are closed within
+//! two pool sweeps of 50 s), the memory and files it left behind.
 //!
 //! One process plays the faulty upstream and the clients, and runs the
 //! gateway binary it is given. Prints one JSON object; exits 1 when a check
@@ -426,10 +428,44 @@ async fn main() {
     // let idle upstream and client connections time out on both sides
     tokio::time::sleep(Duration::from_secs(2)).await;
     let end = proc_status(pid);
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = std::fs::remove_dir_all(&dir);
 
+    // a spike: 500 requests at once (a third streams), then quiet; the
+    // memory it took should go back
+    let spike = Arc::new(Tally::default());
+    let spike_peak = {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let peak = Arc::new(AtomicU64::new(end.0));
+        let sampling = {
+            let peak = Arc::clone(&peak);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    peak.fetch_max(proc_status(pid).0, Ordering::Relaxed);
+                }
+            })
+        };
+        let mut burst = tokio::task::JoinSet::new();
+        for i in 0..500 {
+            let (http, url, tally) = (http.clone(), url.clone(), Arc::clone(&spike));
+            burst.spawn(async move {
+                tally.sent.fetch_add(1, Ordering::Relaxed);
+                match one(&http, &url, i % 3 == 0, &tally).await {
+                    Ok(()) => tally.answered.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => tally.failed.fetch_add(1, Ordering::Relaxed),
+                };
+            });
+        }
+        while burst.join_next().await.is_some() {}
+        sampling.abort();
+        peak.load(Ordering::Relaxed)
+    };
+    // past the upstream pool's idle timeout (50 s) and its next sweep (the
+    // pool looks for idle connections once per timeout): they are closed
+    tokio::time::sleep(Duration::from_secs(110)).await;
+    let after_spike = proc_status(pid);
     let within = |a: f64, b: f64| b <= a * 1.10;
     let rss_ok = within(after_warmup.0 as f64, end.0 as f64);
     let fds_ok = within(after_warmup.1 as f64, end.1 as f64) || end.1 <= after_warmup.1 + 2;
@@ -444,10 +480,15 @@ async fn main() {
         "fell_back": tally.fell_back.load(Ordering::Relaxed),
         "warmup_failed": warm.failed.load(Ordering::Relaxed),
         "errors": errors, "warmup_errors": warm_errors,
-        "rss_kb": {"start": start.0, "after_warmup": after_warmup.0, "peak": peak.load(Ordering::Relaxed), "end": end.0},
-        "open_files": {"start": start.1, "after_warmup": after_warmup.1, "end": end.1},
+        "rss_kb": {"start": start.0, "after_warmup": after_warmup.0, "peak": peak.load(Ordering::Relaxed), "end": end.0,
+            "spike_peak": spike_peak, "after_spike": after_spike.0},
+        "open_files": {"start": start.1, "after_warmup": after_warmup.1, "end": end.1, "after_spike": after_spike.1},
+        "spike": {"requests": spike.sent.load(Ordering::Relaxed), "answered_with_content": spike.answered.load(Ordering::Relaxed), "failed": spike.failed.load(Ordering::Relaxed)},
         "checks": {"every_request_answered": all_answered, "rss_within_10pct": rss_ok, "open_files_within_10pct": fds_ok},
     });
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
     println!("{}", serde_json::to_string_pretty(&out).unwrap());
     if !(all_answered && rss_ok && fds_ok) {
         std::process::exit(1);

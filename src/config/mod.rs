@@ -156,6 +156,20 @@ pub struct Provider {
     pub connect_timeout: Duration,
     pub stream_usage: bool,
     pub enabled: bool,
+    /// The proxy its connections go through, if any.
+    pub proxy: Option<Proxy>,
+    /// Extra trusted certificates (PEM).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// An HTTP proxy: plain HTTP requests are sent to it in absolute form, TLS
+/// connections are tunnelled through it with CONNECT.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Proxy {
+    /// `http://host:port`, without credentials (safe to log).
+    pub uri: String,
+    /// `user:password` from the proxy URL (sent as `Proxy-Authorization: Basic`).
+    pub credentials: Option<Secret>,
 }
 
 #[derive(Debug)]
@@ -340,6 +354,11 @@ impl Config {
         self.providers
             .iter()
             .filter_map(|p| p.key.as_ref())
+            .chain(
+                self.providers
+                    .iter()
+                    .filter_map(|p| p.proxy.as_ref()?.credentials.as_ref()),
+            )
             .chain(self.gateway_keys.iter())
             .chain(self.keys.iter().map(|k| &k.key))
             .chain(self.admin_key.iter())

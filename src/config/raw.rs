@@ -124,6 +124,14 @@ pub struct RawProvider {
     pub stream_usage: Option<bool>,
     #[serde(default)]
     pub enabled: Option<bool>,
+    /// `http://[user:password@]host:port`, or `none`; default: the
+    /// `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` / `NO_PROXY` environment.
+    #[serde(default)]
+    pub proxy: Option<String>,
+    /// PEM certificates trusted for this provider, besides the system's and
+    /// the built-in roots.
+    #[serde(default)]
+    pub ca_file: Option<String>,
     // mock only
     #[serde(default)]
     pub latency_ms: Option<i64>,

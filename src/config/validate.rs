@@ -465,6 +465,30 @@ pub(super) fn validate(path: &Path, raw: RawConfig, env: &Env) -> Result<Config,
         }
     }
 
+    // escalation stays within the kind and the space, too
+    for t in &tiers {
+        let Some(esc) = t.escalate else { continue };
+        let (Some(&from), Some(to)) = (t.models.first(), tiers.get(esc.to)) else {
+            continue;
+        };
+        if let Some(&m) = to
+            .models
+            .iter()
+            .find(|&&m| !models[m].kind.compatible(&models[from].kind))
+        {
+            c.err(
+                format!("tiers.{}.escalate.to", t.name),
+                format!(
+                    "tiers.{} holds {} (models.{}) where this tier holds {}",
+                    to.name,
+                    models[m].kind.describe(),
+                    models[m].name,
+                    models[from].kind.describe()
+                ),
+            );
+        }
+    }
+
     // one namespace for what clients may name
     let mut names: HashMap<String, Name> = HashMap::new();
     let mut claim = |c: &mut Checker, section: &str, name: &str, what: Name| {
@@ -782,6 +806,11 @@ fn provider(c: &mut Checker, name: &str, p: &RawProvider, env: &Env) -> Provider
             "needs a key: set api_key_env or api_key_file",
         );
     }
+    let proxy = if matches!(kind, ProviderKind::Mock(_)) || base_url.is_empty() {
+        None
+    } else {
+        proxy(c, &key, p.proxy.as_deref(), &base_url, env)
+    };
     Provider {
         name: name.to_string(),
         kind,
@@ -800,6 +829,113 @@ fn provider(c: &mut Checker, name: &str, p: &RawProvider, env: &Env) -> Provider
         ),
         stream_usage: p.stream_usage.unwrap_or(true),
         enabled,
+        proxy,
+        ca_file: p.ca_file.as_ref().and_then(|f| ca_file(c, &key, f)),
+    }
+}
+
+/// The provider's proxy: its own `proxy` (`none`: direct), else the
+/// environment's for its base URL (`NO_PROXY` honoured).
+fn proxy(
+    c: &mut Checker,
+    key: &str,
+    own: Option<&str>,
+    base_url: &str,
+    env: &Env,
+) -> Option<Proxy> {
+    let field = format!("{key}.proxy");
+    let url = match own.map(str::trim) {
+        Some("none") => return None,
+        Some(url) => url.to_string(),
+        None => {
+            let var = |names: [&str; 2]| {
+                names
+                    .iter()
+                    .find_map(|n| env.get(*n).filter(|v| !v.trim().is_empty()).cloned())
+                    .unwrap_or_default()
+            };
+            let matcher = hyper_util::client::proxy::matcher::Matcher::builder()
+                .all(var(["ALL_PROXY", "all_proxy"]))
+                .http(var(["HTTP_PROXY", "http_proxy"]))
+                .https(var(["HTTPS_PROXY", "https_proxy"]))
+                .no(var(["NO_PROXY", "no_proxy"]))
+                .build();
+            let uri: http::Uri = base_url.parse().ok()?;
+            let intercept = matcher.intercept(&uri)?;
+            let mut url = intercept.uri().to_string();
+            if let Some((user, pass)) = intercept.raw_auth() {
+                if let Ok(mut u) = url::Url::parse(&url) {
+                    let _ = u.set_username(user);
+                    let _ = u.set_password(Some(pass));
+                    url = u.to_string();
+                }
+            }
+            url
+        }
+    };
+    let parsed = match url::Url::parse(&url) {
+        Ok(u) => u,
+        Err(e) => {
+            c.err(field, format!("not a proxy URL: {e}"));
+            return None;
+        }
+    };
+    if parsed.scheme() != "http" {
+        c.err(
+            field,
+            format!(
+                "proxy scheme {:?} is not supported: use http://host:port (TLS upstreams are tunnelled through it)",
+                parsed.scheme()
+            ),
+        );
+        return None;
+    }
+    let Some(host) = parsed.host_str() else {
+        c.err(field, "the proxy URL has no host");
+        return None;
+    };
+    let credentials = (!parsed.username().is_empty()).then(|| {
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        Secret::new(&format!(
+            "{}:{}",
+            decode(parsed.username()),
+            decode(parsed.password().unwrap_or(""))
+        ))
+    });
+    Some(Proxy {
+        uri: format!(
+            "http://{host}:{}",
+            parsed.port_or_known_default().unwrap_or(80)
+        ),
+        credentials,
+    })
+}
+
+/// A PEM file with at least one certificate.
+fn ca_file(c: &mut Checker, key: &str, file: &str) -> Option<PathBuf> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let field = format!("{key}.ca_file");
+    match CertificateDer::pem_file_iter(file) {
+        Ok(certs) => match certs.collect::<Result<Vec<_>, _>>() {
+            Ok(certs) if !certs.is_empty() => Some(PathBuf::from(file)),
+            Ok(_) => {
+                c.err(field, format!("{file} holds no PEM certificate"));
+                None
+            }
+            Err(e) => {
+                c.err(field, format!("{file}: {e}"));
+                None
+            }
+        },
+        Err(e) => {
+            c.err(field, format!("cannot read {file}: {e}"));
+            None
+        }
     }
 }
 

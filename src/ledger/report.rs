@@ -238,7 +238,18 @@ pub fn build(conn: &Connection, window: Window, now_ms: i64) -> rusqlite::Result
         m.cost_nanos = m.cost_nanos.saturating_add(wasted);
     }
     r.by_key = spend_by(conn, since, "key")?;
-    r.by_endpoint = spend_by(conn, since, "endpoint")?;
+    // a ledger the gateway has not migrated yet (read by `cascade report`)
+    // has no endpoint column: its rows were all chat
+    let has_endpoint: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('requests') WHERE name = 'endpoint'",
+        [],
+        |row| row.get(0),
+    )?;
+    r.by_endpoint = spend_by(
+        conn,
+        since,
+        if has_endpoint { "endpoint" } else { "'chat'" },
+    )?;
     Ok(r)
 }
 

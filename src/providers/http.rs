@@ -23,6 +23,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::call::UpstreamError;
+use super::egress::{proxy_authorization, tls_config, Connector};
 use crate::config::{Auth, Provider};
 use crate::header_names as names;
 
@@ -58,7 +59,7 @@ pub fn copy_forwarded(from: &HeaderMap, into: &mut HeaderMap) {
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 
 pub struct HttpUpstream {
-    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    http: Client<HttpsConnector<Connector>, Full<Bytes>>,
     uri: Uri,
     /// The kind's own headers, then the provider's `headers`, then auth.
     headers: HeaderMap,
@@ -116,17 +117,21 @@ impl HttpUpstream {
                 headers.insert(HeaderName::from_static(name), v);
             }
         }
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(p.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(false);
-        // the crypto provider named, not picked from crate features at run time
+        let mut tcp = HttpConnector::new();
+        tcp.set_connect_timeout(Some(p.connect_timeout));
+        tcp.set_nodelay(true);
+        tcp.enforce_http(false);
+        // plain HTTP through a proxy: each request tells the proxy who may pass
+        if let (Some(proxy), false) = (&p.proxy, p.base_url.starts_with("https://")) {
+            if let Some(auth) = proxy_authorization(proxy) {
+                headers.insert(http::header::PROXY_AUTHORIZATION, auth);
+            }
+        }
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .map_err(|e| format!("providers.{}: TLS: {e}", p.name))?
+            .with_tls_config(tls_config(p)?)
             .https_or_http()
             .enable_all_versions()
-            .wrap_connector(connector);
+            .wrap_connector(Connector::new(p, tcp)?);
         // The pool's idle timeout only takes effect with a timer (hyper-util
         // has none by default): without it a connection the upstream closed
         // after its own keep-alive would sit in the pool until reused.
@@ -332,6 +337,8 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             stream_usage: true,
             enabled: true,
+            proxy: None,
+            ca_file: None,
         }
     }
 

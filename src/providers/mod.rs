@@ -5,6 +5,7 @@
 
 mod anthropic;
 mod call;
+mod egress;
 mod http;
 mod mock;
 mod openai;

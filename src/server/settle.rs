@@ -145,7 +145,7 @@ impl Settlement {
         self.savings = self
             .route
             .as_ref()
-            .map_or(Usd::ZERO, |r| savings(rt, r, &usage, self.cost));
+            .map_or(Usd::ZERO, |r| savings(rt, r, by.model, &usage, self.cost));
     }
 
     fn first_target(&self) -> Option<usize> {
@@ -390,10 +390,14 @@ fn log_request(rt: &Runtime, s: &Settlement, elapsed: Duration) {
 }
 
 /// The baseline's price for these tokens minus the cost: the configured
-/// baseline model, else the priciest model of the request's chain.
-fn savings(rt: &Runtime, route: &Route, usage: &Usage, cost: Usd) -> Usd {
+/// baseline model (when it answers in the served model's kind), else the
+/// priciest model of the request's chain.
+fn savings(rt: &Runtime, route: &Route, served: ModelId, usage: &Usage, cost: Usd) -> Usd {
     let cfg = &rt.config;
-    let baseline = match cfg.baseline_model {
+    let baseline = cfg
+        .baseline_model
+        .filter(|&m| cfg.models[m].kind.compatible(&cfg.models[served].kind));
+    let baseline = match baseline {
         Some(m) => cost::cost(&cfg.models[m].prices, usage),
         None => route
             .steps

@@ -140,7 +140,25 @@ async fn a_ledger_from_before_endpoints_reads_as_chat() {
         )
         .unwrap();
     }
-    let gw = Gateway::start(&config(&up, &db, ""), ENV).await;
+    // `cascade report` reads it as it is (read-only, not migrated)
+    let cfg = config(&up, &db, "");
+    let cfg_path = dir.0.join("cascade.toml");
+    std::fs::write(&cfg_path, &cfg).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cascade"))
+        .args(["report", "--config"])
+        .arg(&cfg_path)
+        .envs(ENV.iter().copied())
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(table.contains("requests               1"), "{table}");
+    // the gateway migrates it; the old row is chat
+    let gw = Gateway::start(&cfg, ENV).await;
     let report = gw.get_json("/v1/cascade/costs").await;
     assert_eq!(report["by_endpoint"]["chat"]["requests"], 1, "{report}");
 }
@@ -192,6 +210,7 @@ fn check_refuses_chains_that_mix_spaces_or_kinds() {
         ("[tiers.t1]\nmodels = [\"c\"]\n[tiers.t2]\nmodels = [\"e1\"]\n[tasks.x]\ntier = \"t1\"\nchain = [\"t1\", \"t2\"]\n", "tasks.x", "mixes"),
         ("[models.ea]\nprovider = \"a\"\nmodel = \"ea\"\nkind = \"embedding\"\n", "models.ea.kind", "anthropic"),
         ("[models.cd]\nprovider = \"p\"\nmodel = \"cd\"\ndimensions = 8\n", "models.cd.dimensions", "embedding"),
+        ("[tiers.t1]\nmodels = [\"e1\"]\nescalate = { after_consecutive_failures = 2, to = \"t2\" }\n[tiers.t2]\nmodels = [\"c\"]\n", "tiers.t1.escalate.to", "chat"),
         ("[models.e3]\nprovider = \"p\"\nmodel = \"e3\"\nkind = \"embedding\"\nembedding_space = \"one\"\ndimensions = 8\n[models.e4]\nprovider = \"p\"\nmodel = \"e4\"\nkind = \"embedding\"\nembedding_space = \"one\"\ndimensions = 16\n", "dimensions", "length"),
     ];
     for (i, (extra, key, word)) in cases.iter().enumerate() {
