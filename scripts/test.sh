@@ -19,6 +19,13 @@ step "module edges (no import circles)"
 python3 scripts/module-edges.py --quiet
 
 # --- 1. Rust: build the gateway binary, run unit + integration tests -------
+# the egress tests put a real HTTP proxy (tinyproxy) in front of an upstream
+if ! command -v tinyproxy >/dev/null 2>&1 && [ ! -x /usr/bin/tinyproxy ]; then
+    step "apt-get install tinyproxy (for the egress tests)"
+    apt-get install -y -q tinyproxy >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null && apt-get install -y -q tinyproxy >/dev/null; }
+fi
+
 step "cargo build --locked"
 cargo build --locked
 

@@ -32,7 +32,7 @@ pub type Response = http::Response<Incoming>;
 
 /// The client headers that may reach an upstream (docs/api.md). Names built at
 /// compile time: a lookup by `&str` parses the name on every call.
-pub const FORWARDED_HEADERS: [HeaderName; 7] = [
+pub static FORWARDED_HEADERS: [HeaderName; 7] = [
     http::header::CONTENT_TYPE,
     http::header::ACCEPT,
     http::header::USER_AGENT,

@@ -8,6 +8,7 @@ mod anthropic;
 mod chain;
 mod configs;
 mod cost;
+mod egress;
 mod embeddings;
 mod hardening;
 mod http;

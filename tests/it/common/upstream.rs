@@ -113,11 +113,7 @@ pub struct Upstream {
 impl Upstream {
     pub async fn start() -> Upstream {
         let inner = Arc::new(Inner::default());
-        let app = Router::new()
-            .route("/v1/chat/completions", post(handle))
-            .route("/v1/messages", post(handle_messages))
-            .route("/v1/embeddings", post(handle_embeddings))
-            .with_state(Arc::clone(&inner));
+        let app = router(Arc::clone(&inner));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -125,6 +121,56 @@ impl Upstream {
         });
         Upstream {
             base_url: format!("http://{addr}/v1"),
+            inner,
+        }
+    }
+
+    /// The same upstream over TLS with this certificate chain and key, at
+    /// `https://localhost:PORT/v1`.
+    pub async fn start_tls(
+        chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+        key: rustls::pki_types::PrivateKeyDer<'static>,
+    ) -> Upstream {
+        use tower::ServiceExt;
+        let inner = Arc::new(Inner::default());
+        let app = router(Arc::clone(&inner));
+        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    // a client that refuses the certificate ends here
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(
+                        move |req: axum::http::Request<hyper::body::Incoming>| {
+                            app.clone().oneshot(req.map(Body::new))
+                        },
+                    );
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+                });
+            }
+        });
+        Upstream {
+            base_url: format!("https://localhost:{}/v1", addr.port()),
             inner,
         }
     }
@@ -167,6 +213,14 @@ impl Upstream {
     pub fn streams_closed_early(&self) -> usize {
         self.inner.streams_closed_early.load(Ordering::SeqCst)
     }
+}
+
+fn router(inner: Arc<Inner>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(handle))
+        .route("/v1/messages", post(handle_messages))
+        .route("/v1/embeddings", post(handle_embeddings))
+        .with_state(inner)
 }
 
 fn next_step(inner: &Inner, model: &str) -> Step {
