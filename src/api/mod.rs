@@ -4,7 +4,6 @@ mod body;
 pub mod embeddings;
 
 pub use body::{BodyError, ChatBody};
-pub use embeddings::EmbeddingsBody;
 
 /// The client API a request came in on: the ledger's `endpoint` column, the
 /// report's `by_endpoint`, the request log line.

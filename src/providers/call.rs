@@ -7,8 +7,8 @@ use std::time::Duration;
 use ::http::HeaderMap;
 use bytes::Bytes;
 
-use crate::api::embeddings::{check_answer, BadAnswer};
-use crate::api::{ChatBody, EmbeddingsBody};
+use crate::api::embeddings::{check_answer, BadAnswer, EmbeddingsBody};
+use crate::api::ChatBody;
 use crate::config::{Limits, Model, ModelKind};
 use crate::cost::Usage;
 use crate::secret::Scrubber;
