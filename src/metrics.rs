@@ -26,6 +26,7 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     pub key_cost: CounterVec,
     pub client_disconnects: IntCounterVec,
+    pub stream_events_dropped: IntCounterVec,
     pub ledger_dropped: IntCounter,
     pub config_reloads: IntCounterVec,
 }
@@ -167,6 +168,12 @@ impl Metrics {
                 "Clients gone before the answer ended",
                 &["tier"],
             )?,
+            stream_events_dropped: counter(
+                &r,
+                "cascade_stream_events_dropped_total",
+                "Malformed events dropped from streams that had started",
+                &["tier", "model"],
+            )?,
             ledger_dropped,
             config_reloads: counter(
                 &r,
@@ -199,6 +206,7 @@ pub struct AttemptMetrics {
     pub prompt_tokens: IntCounter,
     pub completion_tokens: IntCounter,
     pub cost: Counter,
+    pub events_dropped: IntCounter,
 }
 
 impl AttemptMetrics {
@@ -212,6 +220,7 @@ impl AttemptMetrics {
             prompt_tokens: m.tokens.with_label_values(&[tier, model, "prompt"]),
             completion_tokens: m.tokens.with_label_values(&[tier, model, "completion"]),
             cost: m.cost.with_label_values(&[tier, model]),
+            events_dropped: m.stream_events_dropped.with_label_values(&[tier, model]),
         }
     }
 }

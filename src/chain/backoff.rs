@@ -33,6 +33,7 @@ mod tests {
             backoff_jitter: jitter,
             backoff_between_tiers: false,
             respect_retry_after: true,
+            retry_on_timeout: false,
             default_timeout: Duration::from_secs(60),
             default_first_token_timeout: Duration::from_secs(30),
             default_max_retries: 2,

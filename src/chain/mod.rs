@@ -112,6 +112,13 @@ pub struct OpenAttempt {
 }
 
 impl OpenAttempt {
+    /// A malformed event was dropped from the stream (it went on).
+    pub fn dropped_event(&self, chain: &Chain) {
+        chain.targets[self.target].metrics[self.index]
+            .events_dropped
+            .inc();
+    }
+
     /// Record how the stream ended: the attempt's outcome and duration, the
     /// model's health, the tier's escalation count, and (when it broke) the
     /// attempt's record in `run`. A client that left says nothing about the
@@ -285,6 +292,7 @@ where
                 tier_attempts,
                 max_retries: step.max_retries,
                 total: w.total,
+                retry_on_timeout: target.retry_on_timeout,
             };
             match next::next(policy, &failed, Instant::now(), deadline, rand::random()) {
                 Next::Fatal => return (w.run, Err(Failure::Fatal(err))),

@@ -37,6 +37,8 @@ pub struct Failed<'a> {
     pub max_retries: u32,
     /// Attempts made on the whole request so far, this one included.
     pub total: u32,
+    /// The tier retries a timed-out attempt (else it falls back at once).
+    pub retry_on_timeout: bool,
 }
 
 /// `jitter` in [0, 1) spreads the backoff (the caller draws it).
@@ -51,6 +53,10 @@ pub fn next(policy: &Policy, f: &Failed<'_>, now: Instant, deadline: Instant, ji
         Verdict::ContextLength => leave(true),
         Verdict::Retry => {
             if f.tier_attempts > f.max_retries || f.total >= policy.max_total_attempts {
+                return leave(false);
+            }
+            // a silent tier is left at once unless it asks to be retried
+            if matches!(f.err, UpstreamError::Timeout) && !f.retry_on_timeout {
                 return leave(false);
             }
             let retry_after = match f.err {
@@ -100,6 +106,7 @@ mod tests {
             backoff_jitter: true,
             backoff_between_tiers: false,
             respect_retry_after: true,
+            retry_on_timeout: true,
             default_timeout: Duration::from_secs(60),
             default_first_token_timeout: Duration::from_secs(30),
             default_max_retries: 2,
@@ -124,6 +131,7 @@ mod tests {
             tier_attempts,
             max_retries: 2,
             total,
+            retry_on_timeout: true,
         }
     }
 
@@ -204,6 +212,30 @@ mod tests {
                 larger_window: true
             }
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timeout_falls_back_at_once_unless_the_tier_retries_it() {
+        let p = policy();
+        let now = Instant::now();
+        let far = now + Duration::from_secs(60);
+        let err = UpstreamError::Timeout;
+        let leaving = Failed {
+            retry_on_timeout: false,
+            ..failed(&err, 1, 1)
+        };
+        assert_eq!(next(&p, &leaving, now, far, 0.5), TIER);
+        assert!(matches!(
+            next(&p, &failed(&err, 1, 1), now, far, 0.5),
+            Next::Retry(_)
+        ));
+        // other retryable outcomes keep their retries either way
+        let down = status(503, None);
+        let still = Failed {
+            retry_on_timeout: false,
+            ..failed(&down, 1, 1)
+        };
+        assert!(matches!(next(&p, &still, now, far, 0.5), Next::Retry(_)));
     }
 
     #[tokio::test(start_paused = true)]

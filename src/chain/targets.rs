@@ -24,6 +24,8 @@ pub struct Target {
     pub timeout: Duration,
     pub first_token_timeout: Duration,
     pub max_retries: u32,
+    /// A timed-out attempt is retried here (else the next tier is tried).
+    pub retry_on_timeout: bool,
     pub free: bool,
     pub enabled: bool,
     /// Aligned with `models`.
@@ -176,6 +178,7 @@ impl Chain {
                 timeout: t.timeout,
                 first_token_timeout: t.first_token_timeout,
                 max_retries: t.max_retries,
+                retry_on_timeout: t.retry_on_timeout,
                 free: t.free,
                 enabled: t.enabled,
                 rr: AtomicUsize::new(0),
@@ -198,6 +201,7 @@ impl Chain {
                 timeout: p.default_timeout,
                 first_token_timeout: p.default_first_token_timeout,
                 max_retries: p.default_max_retries,
+                retry_on_timeout: p.retry_on_timeout,
                 free: m.prices.is_free(),
                 enabled: true,
                 rr: AtomicUsize::new(0),

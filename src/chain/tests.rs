@@ -13,7 +13,11 @@ use super::*;
 /// Tier `a` (m1: 1 s timeout, one retry, escalates to `b` after 2 failures)
 /// falls back to tier `b` (m2, paid).
 fn chain(extra: &str) -> Chain {
-    let toml = format!(
+    crate::testing::chain(&chain_toml(extra), &[])
+}
+
+fn chain_toml(extra: &str) -> String {
+    format!(
         r#"
 [policy]
 backoff_base_ms = 100
@@ -51,8 +55,7 @@ models = ["m2"]
 max_retries = 0
 {extra}
 "#
-    );
-    crate::testing::chain(&toml, &[])
+    )
 }
 
 fn route(c: &Chain) -> Route {
@@ -95,9 +98,45 @@ fn count(c: &Chain, target: usize, outcome: AttemptOutcome) -> u64 {
 
 const FAR: Duration = Duration::from_secs(600);
 
+/// Tier a with `retry_on_timeout = true`.
+fn retrying_chain() -> Chain {
+    let toml = chain_toml("").replace(
+        "max_retries = 1\n",
+        "max_retries = 1\nretry_on_timeout = true\n",
+    );
+    crate::testing::chain(&toml, &[])
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_tier_is_left_at_once_by_default() {
+    let c = chain("");
+    let t0 = Instant::now();
+    let (run, result) = execute(
+        &c,
+        &route(&c),
+        t0 + FAR,
+        Mode::Complete,
+        &|| true,
+        |model, _| async move {
+            if model == 0 {
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, UpstreamError>("from m2")
+        },
+    )
+    .await;
+    assert_eq!(result.unwrap().target, 1);
+    assert_eq!(
+        outcomes(&run),
+        vec![(0, AttemptOutcome::Timeout), (1, AttemptOutcome::Success)]
+    );
+    // one timeout, no retry, no backoff
+    assert_eq!(t0.elapsed(), Duration::from_secs(1));
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_hung_attempt_times_out_is_retried_then_falls_back() {
-    let c = chain("");
+    let c = retrying_chain();
     let t0 = Instant::now();
     let (run, result) = execute(
         &c,

@@ -86,6 +86,8 @@ pub struct Policy {
     pub backoff_jitter: bool,
     pub backoff_between_tiers: bool,
     pub respect_retry_after: bool,
+    /// Retry a timed-out attempt on its tier; else a timeout falls back.
+    pub retry_on_timeout: bool,
     pub default_timeout: Duration,
     pub default_first_token_timeout: Duration,
     pub default_max_retries: u32,
@@ -257,6 +259,8 @@ pub struct Tier {
     pub timeout: Duration,
     pub first_token_timeout: Duration,
     pub max_retries: u32,
+    /// A timed-out attempt is retried here (else the next tier is tried).
+    pub retry_on_timeout: bool,
     /// This tier followed by its `fallback` list.
     pub chain: Vec<TierId>,
     pub escalate: Option<Escalate>,

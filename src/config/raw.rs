@@ -77,6 +77,8 @@ pub struct RawPolicy {
     pub backoff_jitter: bool,
     pub backoff_between_tiers: bool,
     pub respect_retry_after: bool,
+    /// Retry a timed-out attempt on the same tier (default: fall back at once).
+    pub retry_on_timeout: bool,
     pub default_timeout_ms: i64,
     pub default_first_token_timeout_ms: i64,
     pub default_max_retries: i64,
@@ -93,6 +95,7 @@ impl Default for RawPolicy {
             backoff_jitter: true,
             backoff_between_tiers: false,
             respect_retry_after: true,
+            retry_on_timeout: false,
             default_timeout_ms: 60_000,
             default_first_token_timeout_ms: 30_000,
             default_max_retries: 2,
@@ -189,6 +192,9 @@ pub struct RawTier {
     pub first_token_timeout_ms: Option<i64>,
     #[serde(default)]
     pub max_retries: Option<i64>,
+    /// `[policy] retry_on_timeout` for this tier.
+    #[serde(default)]
+    pub retry_on_timeout: Option<bool>,
     #[serde(default)]
     pub fallback: Vec<String>,
     #[serde(default)]

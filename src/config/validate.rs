@@ -388,6 +388,7 @@ pub(super) fn validate(path: &Path, raw: RawConfig, env: &Env) -> Result<Config,
                 .max_retries
                 .map(|v| c.count(&format!("{key}.max_retries"), v))
                 .unwrap_or(policy.default_max_retries),
+            retry_on_timeout: t.retry_on_timeout.unwrap_or(policy.retry_on_timeout),
             chain,
             escalate,
             enabled: t.enabled,
@@ -655,6 +656,7 @@ fn policy(c: &mut Checker, p: &RawPolicy) -> Policy {
         backoff_jitter: p.backoff_jitter,
         backoff_between_tiers: p.backoff_between_tiers,
         respect_retry_after: p.respect_retry_after,
+        retry_on_timeout: p.retry_on_timeout,
         default_timeout: c.ms("policy.default_timeout_ms", p.default_timeout_ms),
         default_first_token_timeout: c.ms(
             "policy.default_first_token_timeout_ms",
@@ -861,16 +863,25 @@ fn proxy(
                 .no(var(["NO_PROXY", "no_proxy"]))
                 .build();
             let uri: http::Uri = base_url.parse().ok()?;
-            let intercept = matcher.intercept(&uri)?;
-            let mut url = intercept.uri().to_string();
-            if let Some((user, pass)) = intercept.raw_auth() {
-                if let Ok(mut u) = url::Url::parse(&url) {
-                    let _ = u.set_username(user);
-                    let _ = u.set_password(Some(pass));
-                    url = u.to_string();
-                }
+            // the matcher says whether (NO_PROXY); the variable says where,
+            // with its credentials (the matcher's URI has them stripped)
+            matcher.intercept(&uri)?;
+            let own = if base_url.starts_with("https://") {
+                var(["HTTPS_PROXY", "https_proxy"])
+            } else {
+                var(["HTTP_PROXY", "http_proxy"])
+            };
+            let url = if own.is_empty() {
+                var(["ALL_PROXY", "all_proxy"])
+            } else {
+                own
+            };
+            let url = url.trim().to_string();
+            if url.contains("://") {
+                url
+            } else {
+                format!("http://{url}")
             }
-            url
         }
     };
     let parsed = match url::Url::parse(&url) {

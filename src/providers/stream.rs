@@ -22,8 +22,11 @@ pub enum ChunkKind {
     Content,
     /// Only usage (no choices): forwarded when the client asked for it.
     UsageOnly,
-    /// `data: [DONE]`.
+    /// `data: [DONE]`, or a body that ended cleanly after a finish chunk.
     Done,
+    /// Not a readable event: before the first content it fails the attempt,
+    /// after it the event is dropped and counted.
+    Malformed,
 }
 
 #[derive(Clone, Debug)]
@@ -34,6 +37,33 @@ pub struct Chunk {
     pub usage: Option<Usage>,
     /// Characters of generated text in this chunk, for estimating usage.
     pub text_len: usize,
+    /// A choice carries a `finish_reason`: the answer is complete.
+    pub finish: bool,
+}
+
+impl Chunk {
+    fn bare(data: Bytes, kind: ChunkKind) -> Chunk {
+        Chunk {
+            data,
+            kind,
+            usage: None,
+            text_len: 0,
+            finish: false,
+        }
+    }
+
+    /// The end of a stream whose body ended cleanly after a finish chunk.
+    pub fn done() -> Chunk {
+        Chunk::bare(Bytes::from_static(b"[DONE]"), ChunkKind::Done)
+    }
+
+    /// An event that could not be read.
+    pub fn malformed(data: &str) -> Chunk {
+        Chunk::bare(
+            Bytes::copy_from_slice(data.as_bytes()),
+            ChunkKind::Malformed,
+        )
+    }
 }
 
 #[derive(Deserialize)]
@@ -70,21 +100,18 @@ struct DeltaProbe {
 pub fn classify_event(data: &str) -> Result<Chunk, UpstreamError> {
     let bytes = Bytes::copy_from_slice(data.as_bytes());
     if data.trim() == "[DONE]" {
-        return Ok(Chunk {
-            data: bytes,
-            kind: ChunkKind::Done,
-            usage: None,
-            text_len: 0,
-        });
+        return Ok(Chunk::bare(bytes, ChunkKind::Done));
     }
-    let probe: EventProbe = serde_json::from_str(data)
-        .map_err(|e| UpstreamError::BadBody(format!("malformed stream event: {e}")))?;
+    let Ok(probe) = serde_json::from_str::<EventProbe>(data) else {
+        return Ok(Chunk::bare(bytes, ChunkKind::Malformed));
+    };
     if let Some(err) = probe.error.filter(|e| !e.is_null()) {
         let msg = crate::api::upstream_error_message(&serde_json::json!({ "error": err }))
             .unwrap_or_else(|| "an error event".into());
         return Err(UpstreamError::ErrorInBody(msg));
     }
     let mut content = false;
+    let mut finish = false;
     let mut text_len = 0;
     for choice in &probe.choices {
         if let Some(reason) = choice.finish_reason.as_deref() {
@@ -94,6 +121,7 @@ pub fn classify_event(data: &str) -> Result<Chunk, UpstreamError> {
                 ));
             }
             content = true;
+            finish = true;
         }
         if let Some(d) = &choice.delta {
             for text in [&d.content, &d.reasoning_content, &d.reasoning]
@@ -128,41 +156,47 @@ pub fn classify_event(data: &str) -> Result<Chunk, UpstreamError> {
         kind,
         usage,
         text_len,
+        finish,
     })
 }
 
 /// Turn an upstream SSE byte stream into classified chunks. Ends after
-/// `[DONE]`; a stream that ends without it is an interruption. An event
-/// larger than `max_event` bytes fails the stream.
+/// `[DONE]`, or when the body ends cleanly after a chunk with a
+/// `finish_reason` (some servers never send `[DONE]`); any other end, or a
+/// transport error, is an interruption. An event larger than `max_event`
+/// bytes fails the stream.
 pub fn from_sse<S, E>(bytes: S, max_event: usize) -> UpstreamStream
 where
     S: Stream<Item = Result<Bytes, E>> + Send + 'static,
     E: std::fmt::Display + Send + 'static,
 {
     let events = super::sse::events(bytes, max_event);
-    let stream = futures_util::stream::unfold((events, false), |(mut events, done)| async move {
-        if done {
+    // (events, ended, a finish chunk seen)
+    let state = (events, false, false);
+    let stream = futures_util::stream::unfold(state, |(mut events, ended, finished)| async move {
+        if ended {
             return None;
         }
         loop {
             match events.next().await {
+                None if finished => return Some((Ok(Chunk::done()), (events, true, true))),
                 None => {
                     let err = UpstreamError::MidStream(
                         "the upstream closed the stream before [DONE]".into(),
                     );
-                    return Some((Err(err), (events, true)));
+                    return Some((Err(err), (events, true, finished)));
                 }
-                Some(Err(e)) => return Some((Err(e), (events, true))),
+                Some(Err(e)) => return Some((Err(e), (events, true, finished))),
                 Some(Ok(ev)) => {
                     if ev.data.is_empty() {
                         continue;
                     }
                     let chunk = classify_event(&ev.data);
-                    let finished = match &chunk {
-                        Ok(c) => c.kind == ChunkKind::Done,
-                        Err(_) => true,
+                    let (ended, finish) = match &chunk {
+                        Ok(c) => (c.kind == ChunkKind::Done, c.finish),
+                        Err(_) => (true, false),
                     };
-                    return Some((chunk, (events, finished)));
+                    return Some((chunk, (events, ended, finished || finish)));
                 }
             }
         }
@@ -209,9 +243,7 @@ mod tests {
             classify_event(r#"{"choices":[{"delta":{},"finish_reason":"error"}]}"#),
             Err(UpstreamError::ErrorInBody(_))
         ));
-        assert!(matches!(
-            classify_event("{nope"),
-            Err(UpstreamError::BadBody(_))
-        ));
+        // not JSON: the caller decides (fails before commit, dropped after)
+        assert_eq!(classify_event("{nope").unwrap().kind, ChunkKind::Malformed);
     }
 }

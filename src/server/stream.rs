@@ -65,6 +65,11 @@ pub async fn start(
                         "the stream ended without any content".into(),
                     ))
                 }
+                ChunkKind::Malformed => {
+                    return Err(UpstreamError::BadBody(
+                        "a malformed stream event before the first content".into(),
+                    ))
+                }
             },
         }
     }
@@ -201,6 +206,12 @@ impl Relay {
                             ]));
                         }
                         ChunkKind::UsageOnly if !self.client_wants_usage => {}
+                        // after the first content: dropped, counted, the stream goes on
+                        ChunkKind::Malformed => {
+                            if let Some(open) = &self.open {
+                                open.attempt.dropped_event(&open.rt.chain);
+                            }
+                        }
                         _ => return Some(event(&c.data)),
                     }
                 }

@@ -39,7 +39,6 @@ async fn retryable_outcomes_retry_then_fall_back() {
         ("529", Step::Status(529, "overloaded")),
         ("garbage body", Step::Garbage),
         ("error in a 200", Step::ErrorIn200),
-        ("hang past the timeout", Step::Hang),
         ("connection reset", Step::Reset),
     ];
     for (name, step) in cases {
@@ -59,6 +58,43 @@ async fn retryable_outcomes_retry_then_fall_back() {
         assert_eq!(header(&resp, "x-cascade-attempts"), "3", "{name}");
         assert_eq!(header(&resp, "x-cascade-retries"), "2", "{name}");
     }
+}
+
+#[tokio::test]
+async fn a_timeout_falls_back_at_once_unless_retry_on_timeout() {
+    // the default: a silent tier is left after one timeout
+    let (up, gw) = two_tiers("").await;
+    up.script("m1", vec![Step::Hang]);
+    let resp = gw.ask("first").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(up.count("m1"), 1, "no retry of a timeout");
+    assert_eq!(header(&resp, "x-cascade-tier"), "second");
+    assert_eq!(header(&resp, "x-cascade-attempts"), "2");
+    // [policy] retry_on_timeout = true: retried like the other outcomes
+    let (up, gw) = two_tiers("retry_on_timeout = true").await;
+    up.script("m1", vec![Step::Hang]);
+    let resp = gw.ask("first").await;
+    assert_eq!(up.count("m1"), 2, "one try and one retry");
+    assert_eq!(header(&resp, "x-cascade-attempts"), "3");
+    // and per tier, over the policy
+    let up = Upstream::start().await;
+    let cfg = format!(
+        "{}{}{}{}{}",
+        prelude(&up, "retry_on_timeout = true"),
+        model("m1", ""),
+        model("m2", ""),
+        tier(
+            "first",
+            &["m1"],
+            "max_retries = 1\nretry_on_timeout = false\nfallback = [\"second\"]\ntimeout_ms = 300"
+        ),
+        tier("second", &["m2"], ""),
+    );
+    let gw = Gateway::start(&cfg, ENV).await;
+    up.script("m1", vec![Step::Hang]);
+    let resp = gw.ask("first").await;
+    assert_eq!(up.count("m1"), 1);
+    assert_eq!(header(&resp, "x-cascade-tier"), "second");
 }
 
 #[tokio::test]

@@ -251,6 +251,16 @@ async fn proxy_credentials_are_sent_and_never_shown() {
     // the upstream never sees the proxy's credentials
     let seen = &up.requests()[0].headers;
     assert!(seen.get("proxy-authorization").is_none());
+    // credentials in the environment's proxy URL are sent too
+    let mut env = ENV.to_vec();
+    let from_env = format!(
+        "http://cascade:pr0xy-s3cret@{}",
+        proxy.url.trim_start_matches("http://")
+    );
+    env.push(("HTTP_PROXY", from_env.as_str()));
+    let gw = Gateway::start(&config(&up, ""), &env).await;
+    assert_eq!(ask(&gw).await.status(), 200);
+    assert_eq!(proxy.relayed(port), 2);
 
     // wrong credentials: the proxy refuses, the attempt fails, and neither
     // the password given nor the right one shows anywhere

@@ -391,3 +391,80 @@ async fn quiet_stretches_get_keep_alive_comments() {
     assert_eq!(content(&events), "onetwo", "and the stream was not cut");
     assert_eq!(events.last().unwrap(), "data: [DONE]");
 }
+
+/// An event stream sent in one piece: these `data:` payloads, as written.
+fn raw_stream(payloads: &[&str]) -> Step {
+    let body: String = payloads.iter().map(|p| format!("data: {p}\n\n")).collect();
+    Step::Raw(200, "text/event-stream", body)
+}
+
+fn delta(text: &str) -> String {
+    serde_json::json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+        "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]})
+    .to_string()
+}
+
+const FINISH: &str = r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#;
+const USAGE: &str = r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[],"usage":{"prompt_tokens":4,"completion_tokens":2,"total_tokens":6}}"#;
+
+#[tokio::test]
+async fn a_stream_that_finished_without_done_is_complete() {
+    let (up, gw) = gateway().await;
+    let (hello, world) = (delta("Hello "), delta("world"));
+    up.script("m1", vec![raw_stream(&[&hello, &world, FINISH, USAGE])]);
+    let resp = gw
+        .chat()
+        .json(&stream_body("first", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let events = read_all(resp).await;
+    let text = events.join("\n");
+    assert_eq!(content(&events), "Hello world");
+    assert!(!text.contains("stream_interrupted"), "{text}");
+    assert!(text.contains("data: [DONE]"), "{text}");
+    assert_eq!(closing_comment(&events)["completion_tokens"], 2, "{text}");
+    let ok = gw
+        .metric(r#"cascade_attempts_total{model="m1",outcome="success",tier="first"}"#)
+        .await;
+    assert_eq!(ok, 1.0);
+}
+
+#[tokio::test]
+async fn a_malformed_event_after_the_first_token_is_dropped_and_counted() {
+    let (up, gw) = gateway().await;
+    let (hello, world) = (delta("Hello "), delta("world"));
+    up.script(
+        "m1",
+        vec![raw_stream(&[
+            &hello,
+            "{not json",
+            &world,
+            FINISH,
+            USAGE,
+            "[DONE]",
+        ])],
+    );
+    let resp = gw
+        .chat()
+        .json(&stream_body("first", false))
+        .send()
+        .await
+        .unwrap();
+    let events = read_all(resp).await;
+    let text = events.join("\n");
+    assert_eq!(content(&events), "Hello world");
+    assert!(
+        !text.contains("not json") && !text.contains("stream_interrupted"),
+        "{text}"
+    );
+    let dropped = gw
+        .metric(r#"cascade_stream_events_dropped_total{model="m1",tier="first"}"#)
+        .await;
+    assert_eq!(dropped, 1.0);
+    let ok = gw
+        .metric(r#"cascade_attempts_total{model="m1",outcome="success",tier="first"}"#)
+        .await;
+    assert_eq!(ok, 1.0);
+}

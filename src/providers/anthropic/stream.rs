@@ -65,6 +65,12 @@ impl Translator {
         self.stopped
     }
 
+    /// Whether `message_delta` (with the stop reason) was seen: the answer
+    /// is complete even if `message_stop` never comes.
+    pub fn finished(&self) -> bool {
+        self.finished
+    }
+
     /// One Anthropic event (`event` is the SSE event name, used when the data
     /// carries no `type`) -> the OpenAI chunk payloads to emit, `[DONE]` last.
     pub fn event(&mut self, event: &str, data: &str) -> Result<Vec<String>, UpstreamError> {
@@ -226,6 +232,19 @@ where
                 return None;
             }
             match s.events.next().await {
+                // the answer was complete: end it as message_stop would
+                None if s.translator.finished() => {
+                    s.done = true;
+                    match s
+                        .translator
+                        .event("message_stop", r#"{"type":"message_stop"}"#)
+                    {
+                        Ok(payloads) => {
+                            s.pending.extend(payloads.iter().map(|p| classify_event(p)))
+                        }
+                        Err(e) => s.pending.push_back(Err(e)),
+                    }
+                }
                 None => {
                     s.done = true;
                     let err = UpstreamError::MidStream(
@@ -253,6 +272,13 @@ where
                                 }
                             }
                             s.done |= s.translator.stopped();
+                        }
+                        // not JSON: dropped after the first content, a failed
+                        // attempt before it (as on OpenAI streams)
+                        Err(UpstreamError::BadBody(_))
+                            if serde_json::from_str::<serde::de::IgnoredAny>(&ev.data).is_err() =>
+                        {
+                            return Some((Ok(Chunk::malformed(&ev.data)), s));
                         }
                         Err(e) => {
                             s.done = true;
