@@ -327,13 +327,14 @@ where
 
 impl Walk {
     /// Whether a model may be tried now: enabled, and (after a
-    /// context-length failure) with a larger window.
+    /// context-length failure) with a larger window or one not configured
+    /// (it may well be larger).
     fn eligible(&self, chain: &Chain, model: ModelId) -> bool {
         let m = &chain.config.models[model];
         m.enabled
             && self
                 .min_window
-                .is_none_or(|w| m.context_window.is_some_and(|mw| mw > w))
+                .is_none_or(|w| m.context_window.is_none_or(|mw| mw > w))
     }
 
     /// Sleep what is owed before the next attempt on `target`: a retry's

@@ -177,18 +177,20 @@ async fn client_errors_from_a_later_tier_fall_back() {
 async fn context_length_falls_back_to_larger_windows_only() {
     let up = Upstream::start().await;
     let cfg = format!(
-        "{}{}{}{}{}{}{}",
+        "{}{}{}{}{}{}{}{}{}",
         prelude(&up, ""),
         model("small", "context_window = 8192"),
         model("smaller", "context_window = 4096"),
         model("big", "context_window = 131072"),
+        model("unknown", ""),
         tier(
             "a",
             &["small"],
-            "max_retries = 2\nfallback = [\"b\", \"c\"]"
+            "max_retries = 2\nfallback = [\"b\", \"c\", \"d\"]"
         ),
         tier("b", &["smaller"], ""),
         tier("c", &["big"], ""),
+        tier("d", &["unknown"], ""),
     );
     let gw = Gateway::start(&cfg, ENV).await;
     up.script("small", vec![Step::ContextLength]);
@@ -202,6 +204,11 @@ async fn context_length_falls_back_to_larger_windows_only() {
     assert_eq!(up.count("smaller"), 0, "a smaller window is skipped");
     assert_eq!(header(&resp, "x-cascade-tier"), "c");
     assert_eq!(header(&resp, "x-cascade-chain"), "a,c");
+    // a model whose window is not configured may be larger: it is tried
+    up.script("big", vec![Step::ContextLength]);
+    let resp = gw.ask("a").await;
+    assert_eq!(header(&resp, "x-cascade-tier"), "d");
+    assert_eq!(header(&resp, "x-cascade-chain"), "a,c,d");
 }
 
 #[tokio::test]
