@@ -15,10 +15,19 @@ use crate::secret::Scrubber;
 
 /// One upstream call: the client's body, the model to send it to, and the
 /// client headers that may be forwarded.
+/// What of the client's request goes upstream besides the body: the
+/// allowlisted client headers (picked out as the upstream request is built)
+/// and the request id (which replaces any the client sent).
+#[derive(Clone, Copy)]
+pub struct Forward<'a> {
+    pub headers: &'a HeaderMap,
+    pub request_id: Option<&'a http::HeaderValue>,
+}
+
 pub struct UpstreamRequest<'a> {
     pub body: &'a ChatBody,
     pub model: &'a Model,
-    pub headers: &'a HeaderMap,
+    pub forward: Forward<'a>,
     /// How much of the upstream's answer may be held.
     pub limits: Limits,
 }
@@ -146,7 +155,7 @@ pub fn parse_completion(body: Bytes) -> Result<Completion, UpstreamError> {
 pub struct EmbedRequest<'a> {
     pub body: &'a EmbeddingsBody,
     pub model: &'a Model,
-    pub headers: &'a HeaderMap,
+    pub forward: Forward<'a>,
     pub limits: Limits,
 }
 

@@ -22,7 +22,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::call::UpstreamError;
+use super::call::{Forward, UpstreamError};
 use super::egress::{proxy_authorization, tls_config, Connector};
 use crate::config::{Auth, Provider};
 use crate::header_names as names;
@@ -148,11 +148,11 @@ impl HttpUpstream {
     /// a non-2xx answer (its body read) is an `UpstreamError::Status`.
     pub async fn send(
         &self,
-        client_headers: &HeaderMap,
+        forward: Forward<'_>,
         body: Bytes,
         stream: bool,
     ) -> Result<Response, UpstreamError> {
-        self.send_to(&self.uri, client_headers, body, stream).await
+        self.send_to(&self.uri, forward, body, stream).await
     }
 
     /// `send`, to another endpoint of the same provider (same pool, headers
@@ -160,13 +160,16 @@ impl HttpUpstream {
     pub async fn send_to(
         &self,
         uri: &Uri,
-        client_headers: &HeaderMap,
+        forward: Forward<'_>,
         body: Bytes,
         stream: bool,
     ) -> Result<Response, UpstreamError> {
         let mut headers = HeaderMap::with_capacity(FORWARDED_HEADERS.len() + self.headers.len());
-        // only the allowlisted client headers, whatever the caller passed
-        copy_forwarded(client_headers, &mut headers);
+        // only the allowlisted client headers, and the gateway's request id
+        copy_forwarded(forward.headers, &mut headers);
+        if let Some(id) = forward.request_id {
+            headers.insert(names::REQUEST_ID, id.clone());
+        }
         for (k, v) in &self.headers {
             headers.insert(k.clone(), v.clone());
         }
@@ -375,7 +378,14 @@ mod tests {
         )
         .unwrap();
         let resp = up
-            .send(&HeaderMap::new(), Bytes::from_static(b"{}"), false)
+            .send(
+                Forward {
+                    headers: &HeaderMap::new(),
+                    request_id: None,
+                },
+                Bytes::from_static(b"{}"),
+                false,
+            )
             .await
             .unwrap();
         assert_eq!(&up.read(resp, 1024).await.unwrap()[..], b"{}");

@@ -17,8 +17,8 @@ use bytes::Bytes;
 use crate::config::{Provider, ProviderKind};
 
 pub use call::{
-    is_context_length, parse_completion, Completion, EmbedRequest, Embeddings, UpstreamError,
-    UpstreamRequest, MESSAGE_MAX,
+    is_context_length, parse_completion, Completion, EmbedRequest, Embeddings, Forward,
+    UpstreamError, UpstreamRequest, MESSAGE_MAX,
 };
 pub use http::{copy_forwarded, FORWARDED_HEADERS};
 pub use stream::{Chunk, ChunkKind, UpstreamStream};

@@ -33,7 +33,7 @@ impl OpenAiClient {
         let body = req.body.render(&req.model.upstream);
         let resp = self
             .up
-            .send_to(&self.embeddings, req.headers, body, false)
+            .send_to(&self.embeddings, req.forward, body, false)
             .await?;
         let body = self.up.read(resp, req.limits.max_response_bytes).await?;
         parse_embeddings(body, &req)
@@ -44,7 +44,7 @@ impl OpenAiClient {
     }
 
     pub async fn complete(&self, req: UpstreamRequest<'_>) -> Result<Completion, UpstreamError> {
-        let resp = self.up.send(req.headers, self.body(&req), false).await?;
+        let resp = self.up.send(req.forward, self.body(&req), false).await?;
         let body = self.up.read(resp, req.limits.max_response_bytes).await?;
         parse_completion(body)
     }
@@ -52,7 +52,7 @@ impl OpenAiClient {
     pub async fn stream(&self, req: UpstreamRequest<'_>) -> Result<UpstreamStream, UpstreamError> {
         let resp = self
             .up
-            .send(req.headers, self.body(&req), req.body.stream())
+            .send(req.forward, self.body(&req), req.body.stream())
             .await?;
         if !is_sse(&resp) {
             // A JSON body where a stream was asked for: usually an error in a 200.

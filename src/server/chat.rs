@@ -19,7 +19,7 @@ use super::stream;
 use crate::api::{ChatBody, Endpoint};
 use crate::chain::{self, Mode, Route};
 use crate::error::GatewayError;
-use crate::providers::UpstreamRequest;
+use crate::providers::{Forward, UpstreamRequest};
 
 pub async fn completions(State(state): State<AppState>, req: Request) -> Response {
     let started = Instant::now();
@@ -64,11 +64,15 @@ async fn serve(
     // execute
     let paid_allowed = || ctx.remaining(&ticket).is_none_or(|r| !r.is_zero());
     let deadline = ticket.started + cfg.server.request_timeout;
-    let forwarded = pipeline::forwardable(ctx.headers, &ticket.request_id);
+    let request_id = HeaderValue::from_str(&ticket.request_id).ok();
+    let forward = Forward {
+        headers: ctx.headers,
+        request_id: request_id.as_ref(),
+    };
     let upstream = |model: usize| UpstreamRequest {
         body: &body,
         model: &cfg.models[model],
-        headers: &forwarded,
+        forward,
         limits: cfg.policy.limits,
     };
     let mode = if body.stream() {

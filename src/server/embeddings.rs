@@ -17,7 +17,7 @@ use crate::api::Endpoint;
 use crate::chain::{self, Mode};
 use crate::cost;
 use crate::error::GatewayError;
-use crate::providers::EmbedRequest;
+use crate::providers::{EmbedRequest, Forward};
 
 pub async fn embeddings(State(state): State<AppState>, req: Request) -> Response {
     let started = Instant::now();
@@ -56,7 +56,11 @@ async fn serve(ctx: &Ctx<'_>, ticket: Ticket, body: Body) -> Result<Response, (R
     // execute
     let paid_allowed = || ctx.remaining(&ticket).is_none_or(|r| !r.is_zero());
     let deadline = ticket.started + cfg.server.request_timeout;
-    let forwarded = pipeline::forwardable(ctx.headers, &ticket.request_id);
+    let request_id = HeaderValue::from_str(&ticket.request_id).ok();
+    let forward = Forward {
+        headers: ctx.headers,
+        request_id: request_id.as_ref(),
+    };
     let (run, result) = chain::execute(
         &rt.chain,
         &route,
@@ -67,7 +71,7 @@ async fn serve(ctx: &Ctx<'_>, ticket: Ticket, body: Body) -> Result<Response, (R
             rt.embed(EmbedRequest {
                 body: &body,
                 model: &cfg.models[model],
-                headers: &forwarded,
+                forward,
                 limits: cfg.policy.limits,
             })
         },

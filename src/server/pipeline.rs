@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tokio::time::Instant;
 
@@ -247,16 +247,6 @@ async fn read_body(body: Body, headers: &HeaderMap, max: usize) -> Result<Bytes,
             GatewayError::invalid(format!("could not read the request body: {e}"), None)
         }
     })
-}
-
-/// The client headers an upstream may see (docs/api.md), with the request id.
-pub fn forwardable(headers: &HeaderMap, request_id: &str) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(crate::providers::FORWARDED_HEADERS.len());
-    crate::providers::copy_forwarded(headers, &mut out);
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        out.insert(names::REQUEST_ID, v);
-    }
-    out
 }
 
 /// A client's request id is kept only when it is short and plain (1-128

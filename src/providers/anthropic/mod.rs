@@ -53,7 +53,7 @@ impl AnthropicClient {
         let (body, json_tool) = self.translate(&req);
         let resp = self
             .up
-            .send(req.headers, body, false)
+            .send(req.forward, body, false)
             .await
             .map_err(|e| self.error(e))?;
         let body = self.up.read(resp, req.limits.max_response_bytes).await?;
@@ -68,7 +68,7 @@ impl AnthropicClient {
         let (body, json_tool) = self.translate(&req);
         let resp = self
             .up
-            .send(req.headers, body, true)
+            .send(req.forward, body, true)
             .await
             .map_err(|e| self.error(e))?;
         if !is_sse(&resp) {
