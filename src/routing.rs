@@ -70,7 +70,8 @@ pub fn resolve(
 ) -> Result<Route, GatewayError> {
     let cfg = &rt.config;
     let not_found = |what: &str| {
-        let valid: Vec<&str> = cfg.client_names().into_iter().map(|(n, _)| n).collect();
+        let mut valid: Vec<&str> = cfg.client_names().into_iter().map(|(n, _)| n).collect();
+        valid.extend(cfg.aliases().into_iter().map(|(a, _)| a));
         GatewayError::ModelNotFound(format!(
             "{what} is not a task, tier or model of this gateway; valid names: {}",
             valid.join(", ")
@@ -103,7 +104,11 @@ pub fn resolve(
             | (Some("task"), Some(n @ Name::Task(_)))
             | (Some("tier"), Some(n @ Name::Tier(_)))
             | (Some("model"), Some(n @ Name::Model(_))) => n,
-            _ => return Err(not_found(&format!("model {model:?}"))),
+            // an alias is the client's whole, unprefixed string
+            _ => match cfg.alias(model) {
+                Some(n) if prefix.is_none() => n,
+                _ => return Err(not_found(&format!("model {model:?}"))),
+            },
         }
     };
 

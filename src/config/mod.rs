@@ -47,6 +47,8 @@ pub struct Config {
     pub ledger: Ledger,
     pub breaker: Breaker,
     names: HashMap<String, Name>,
+    /// `[aliases]`: model strings clients are built with, and what they mean.
+    aliases: HashMap<String, (String, Name)>,
 }
 
 /// What a client-facing name refers to.
@@ -330,6 +332,22 @@ impl Config {
     /// What a request's `model` (or a routing header) names.
     pub fn lookup(&self, name: &str) -> Option<Name> {
         self.names.get(name).copied()
+    }
+
+    /// What an alias (a client's exact, unprefixed model string) stands for.
+    pub fn alias(&self, model: &str) -> Option<Name> {
+        self.aliases.get(model).map(|(_, n)| *n)
+    }
+
+    /// Every alias with the name it points at, sorted.
+    pub fn aliases(&self) -> Vec<(&str, &str)> {
+        let mut all: Vec<(&str, &str)> = self
+            .aliases
+            .iter()
+            .map(|(a, (target, _))| (a.as_str(), target.as_str()))
+            .collect();
+        all.sort_unstable();
+        all
     }
 
     /// Every name a client may send, sorted: tasks, tiers and models.

@@ -10,6 +10,8 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields, default)]
 pub struct RawConfig {
     pub server: RawServer,
+    /// A client's model string (exact, case-sensitive) -> a task, tier or model.
+    pub aliases: BTreeMap<String, String>,
     pub keys: BTreeMap<String, RawKey>,
     pub policy: RawPolicy,
     pub providers: BTreeMap<String, RawProvider>,

@@ -515,6 +515,38 @@ pub(super) fn validate(path: &Path, raw: RawConfig, env: &Env) -> Result<Config,
         claim(&mut c, "tasks", &t.name, Name::Task(i));
     }
 
+    // aliases: client strings, never names themselves, pointing at names
+    let mut aliases = HashMap::new();
+    for (alias, target) in &raw.aliases {
+        let key = format!("aliases.{alias:?}");
+        if alias.trim().is_empty() {
+            c.err(key, "an alias cannot be empty");
+            continue;
+        }
+        if let Some(n) = names.get(alias.as_str()) {
+            let what = match n {
+                Name::Task(_) => "task",
+                Name::Tier(_) => "tier",
+                Name::Model(_) => "model",
+            };
+            c.err(key, format!("{alias:?} is already a {what} name"));
+            continue;
+        }
+        match names.get(target.as_str()) {
+            Some(&n) => {
+                aliases.insert(alias.clone(), (target.clone(), n));
+            }
+            None if raw.aliases.contains_key(target) => c.err(
+                key,
+                format!("points at {target:?}, another alias: point it at a task, tier or model"),
+            ),
+            None => c.err(
+                key,
+                format!("points at {target:?}, which is not a task, tier or model"),
+            ),
+        }
+    }
+
     // gateway keys
     let gateway_keys: Vec<Secret> = env
         .get(&server.api_keys_env)
@@ -616,6 +648,7 @@ pub(super) fn validate(path: &Path, raw: RawConfig, env: &Env) -> Result<Config,
         ledger,
         breaker,
         names,
+        aliases,
     })
 }
 

@@ -53,6 +53,11 @@ minor = true
 [keys.planner]
 key_env = "PLANNER_KEY"
 allowed_tiers = ["cheap", "local"]
+
+[aliases]
+"gpt-4o-mini" = "cheap"
+"claude-sonnet-4.5" = "plan"
+"qwen2.5:7b" = "m-local"
 "#;
 
 fn labels(c: &Chain, r: &Route) -> Vec<(String, u32)> {
@@ -284,4 +289,42 @@ fn plan_gates_on_the_budget_and_escalates_when_owed() {
         ..asked
     };
     assert!(!plan(&c, &asked_minor, None, || false).unwrap().escalated);
+}
+
+#[test]
+fn aliases_stand_for_names_in_the_body_model_only() {
+    let c = chain(TOML, &[("PLANNER_KEY", "pk-planner")]);
+    let r = resolve(&c, &named("gpt-4o-mini"), None).unwrap();
+    assert_eq!(labels(&c, &r)[0].0, "cheap");
+    // dots and colons are fine: an alias is the client's exact string
+    let r = resolve(&c, &named("claude-sonnet-4.5"), None).unwrap();
+    assert!(r.task.is_some());
+    let r = resolve(&c, &named("qwen2.5:7b"), None).unwrap();
+    assert_eq!(labels(&c, &r), steps(&[("model:m-local", 2)]));
+    // exact and case-sensitive; never behind a prefix or in a header
+    for not_alias in ["GPT-4o-mini", "tier:gpt-4o-mini", "model:qwen2.5:7b"] {
+        assert!(
+            matches!(
+                resolve(&c, &named(not_alias), None),
+                Err(GatewayError::ModelNotFound(_))
+            ),
+            "{not_alias}"
+        );
+    }
+    let header = RouteRequest {
+        tier_header: Some("gpt-4o-mini"),
+        ..named("cheap")
+    };
+    assert!(resolve(&c, &header, None).is_err());
+    // the 404 lists them with the names
+    let Err(GatewayError::ModelNotFound(m)) = resolve(&c, &named("nope"), None) else {
+        panic!("not found")
+    };
+    assert!(m.contains("gpt-4o-mini"), "{m}");
+    // a key's allowed tiers apply through an alias as through the name
+    let key = &c.config.keys[0];
+    assert!(matches!(
+        resolve(&c, &named("claude-sonnet-4.5"), Some(key)),
+        Ok(r) if labels(&c, &r)[0].0 == "cheap"
+    ));
 }

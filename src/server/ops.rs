@@ -74,6 +74,16 @@ pub async fn models(State(state): State<AppState>, headers: HeaderMap) -> Respon
             };
             json!({"id": name, "object": "model", "created": 0, "owned_by": "cascade", "cascade_kind": kind})
         })
+        .chain(
+            rt.config
+                .aliases()
+                .into_iter()
+                .filter(|(alias, _)| usable(alias))
+                .map(|(alias, target)| {
+                    json!({"id": alias, "object": "model", "created": 0, "owned_by": "cascade",
+                        "cascade_kind": "alias", "cascade_target": target})
+                }),
+        )
         .collect();
     Json(json!({"object": "list", "data": data})).into_response()
 }

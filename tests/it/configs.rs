@@ -95,3 +95,45 @@ fn a_broken_config_fails_check_naming_file_and_key() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("OPENROUTER_API_KEY"));
 }
+
+#[test]
+fn aliases_are_checked() {
+    let dir = crate::common::gateway::temp_dir();
+    let base = "[ledger]\npath = \"\"\n[providers.p]\nkind = \"mock\"\n[models.m]\nprovider = \"p\"\nmodel = \"m\"\n[tiers.t]\nmodels = [\"m\"]\n";
+    let cases = [
+        ("[aliases]\n\"m\" = \"t\"\n", "already a model name"),
+        (
+            "[aliases]\n\"gpt-4o\" = \"nope\"\n",
+            "not a task, tier or model",
+        ),
+        (
+            "[aliases]\n\"a.b\" = \"t\"\n\"c\" = \"a.b\"\n",
+            "another alias",
+        ),
+    ];
+    for (i, (extra, word)) in cases.iter().enumerate() {
+        let path = dir.0.join(format!("a{i}.toml"));
+        std::fs::write(&path, format!("{base}{extra}")).unwrap();
+        let out = check(path.to_str().unwrap());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "case {i}: {err}");
+        assert!(
+            err.contains("aliases") && err.contains(word),
+            "case {i}: {err}"
+        );
+    }
+    // dotted and mixed-case keys are kept as written
+    let path = dir.0.join("ok.toml");
+    std::fs::write(
+        &path,
+        format!("{base}[aliases]\n\"Claude-Sonnet-4.5\" = \"t\"\n"),
+    )
+    .unwrap();
+    let out = check(path.to_str().unwrap());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -190,6 +190,11 @@ fallback = ["embed-backup"]
 
 [tiers.embed-backup]
 models = ["embed-mock"]
+
+# the model strings clients are built with
+[aliases]
+"gpt-4o-mini" = "plan"
+"text-embedding-3-small" = "embed"
 """
 
 

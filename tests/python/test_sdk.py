@@ -698,3 +698,20 @@ def test_chat_and_embeddings_never_cross(client: openai.OpenAI, upstream) -> Non
         client.embeddings.create(model="embed", input="x", extra_headers={"x-cascade-chain": "embed,fast"})
     assert exc.value.param == "model"
     assert len(upstream.requests) == count, "nothing may go upstream"
+
+
+# --------------------------------------------------------------------------
+# aliases: the model strings clients are built with
+# --------------------------------------------------------------------------
+
+
+def test_aliases_route_chat_and_embeddings_and_are_listed(client: openai.OpenAI) -> None:
+    chat = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert chat.headers.get("x-cascade-tier") == "fast"  # task plan -> tier fast
+    emb = client.embeddings.with_raw_response.create(model="text-embedding-3-small", input="x")
+    assert emb.headers.get("x-cascade-tier") == "embed"
+    listed = {m.id: m for m in client.models.list()}
+    assert "gpt-4o-mini" in listed and "text-embedding-3-small" in listed
+    # the alias is the exact string: another case is unknown
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="GPT-4o-mini", messages=MESSAGES)
