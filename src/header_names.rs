@@ -5,6 +5,8 @@
 use http::HeaderName;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// A gateway key, as Anthropic's clients send theirs.
+pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 // routing, sent by clients
 pub const SESSION: HeaderName = HeaderName::from_static("x-cascade-session");

@@ -1,4 +1,6 @@
-//! Gateway keys (docs/api.md, authentication): `Authorization: Bearer KEY`, compared in constant time.
+//! Gateway keys (docs/api.md, authentication): `Authorization: Bearer KEY`,
+//! or `x-api-key: KEY` on the client API (Anthropic's clients send it),
+//! compared in constant time.
 
 use axum::http::HeaderMap;
 
@@ -40,12 +42,20 @@ fn presented(headers: &HeaderMap) -> Option<&[u8]> {
     Some(v.trim_ascii())
 }
 
+/// A client's key: `Authorization: Bearer`, else `x-api-key`.
+fn presented_by_client(headers: &HeaderMap) -> Option<&[u8]> {
+    presented(headers).or_else(|| {
+        let v = headers.get(&crate::header_names::X_API_KEY)?.as_bytes();
+        Some(v.trim_ascii()).filter(|v| !v.is_empty())
+    })
+}
+
 /// A caller of `/v1/*`.
 pub fn client<'a>(cfg: &'a Config, headers: &HeaderMap) -> Result<Caller<'a>, GatewayError> {
     if !cfg.auth_required() {
         return Ok(Caller::Anonymous);
     }
-    let key = presented(headers).ok_or(GatewayError::InvalidApiKey)?;
+    let key = presented_by_client(headers).ok_or(GatewayError::InvalidApiKey)?;
     // check every key, so timing does not tell which matched
     let mut found = None;
     for k in &cfg.keys {

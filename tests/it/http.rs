@@ -209,8 +209,21 @@ async fn gateway_keys_guard_v1() {
             .status(),
         200
     );
+    // x-api-key (as Anthropic's clients send a key) on the client API too
+    let with_x_api_key = |key: &'static str| {
+        gw.chat()
+            .header("x-api-key", key)
+            .json(&body("paid"))
+            .send()
+    };
+    assert_eq!(with_x_api_key("key-one").await.unwrap().status(), 200);
+    assert_eq!(with_x_api_key("wrong").await.unwrap().status(), 401);
+    let listed = gw.http.get(&models).header("x-api-key", "key-two").send();
+    assert_eq!(listed.await.unwrap().status(), 200);
     // admin endpoints: 401 without a key, 403 with a chat key
     let status = format!("{}/v1/cascade/status", gw.url);
+    let admin_as_x_api_key = gw.http.get(&status).header("x-api-key", "admin-key").send();
+    assert_eq!(admin_as_x_api_key.await.unwrap().status(), 401);
     assert_eq!(gw.http.get(&status).send().await.unwrap().status(), 401);
     assert_eq!(
         gw.http
