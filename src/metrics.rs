@@ -199,7 +199,7 @@ impl Metrics {
 /// request path does no label hashing.
 #[derive(Clone)]
 pub struct AttemptMetrics {
-    pub outcomes: [IntCounter; 6],
+    pub outcomes: [IntCounter; 7],
     pub retries: IntCounter,
     pub upstream_duration: Histogram,
     pub ttft: Histogram,

@@ -10,16 +10,19 @@ pub enum AttemptOutcome {
     UpstreamError,
     ConnectError,
     ClientError,
+    /// A 200 whose answer a tier with `validate_output` refused.
+    InvalidOutput,
 }
 
 impl AttemptOutcome {
-    pub const ALL: [AttemptOutcome; 6] = [
+    pub const ALL: [AttemptOutcome; 7] = [
         AttemptOutcome::Success,
         AttemptOutcome::Timeout,
         AttemptOutcome::RateLimited,
         AttemptOutcome::UpstreamError,
         AttemptOutcome::ConnectError,
         AttemptOutcome::ClientError,
+        AttemptOutcome::InvalidOutput,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -30,6 +33,7 @@ impl AttemptOutcome {
             AttemptOutcome::UpstreamError => "upstream_error",
             AttemptOutcome::ConnectError => "connect_error",
             AttemptOutcome::ClientError => "client_error",
+            AttemptOutcome::InvalidOutput => "invalid_output",
         }
     }
 

@@ -2,6 +2,7 @@
 
 mod body;
 pub mod embeddings;
+pub mod validate;
 
 pub use body::{BodyError, ChatBody};
 

@@ -26,7 +26,8 @@ pub fn classify(err: &UpstreamError, first_tier: bool) -> Verdict {
         | UpstreamError::Connect(_)
         | UpstreamError::BadBody(_)
         | UpstreamError::ErrorInBody(_)
-        | UpstreamError::MidStream(_) => Verdict::Retry,
+        | UpstreamError::MidStream(_)
+        | UpstreamError::InvalidOutput(_) => Verdict::Retry,
         UpstreamError::Status {
             status,
             context_length,
@@ -53,6 +54,7 @@ pub fn outcome(err: &UpstreamError) -> AttemptOutcome {
             ..
         } => AttemptOutcome::ClientError,
         UpstreamError::Status { status: 408, .. } => AttemptOutcome::Timeout,
+        UpstreamError::InvalidOutput(_) => AttemptOutcome::InvalidOutput,
         _ => AttemptOutcome::UpstreamError,
     }
 }
@@ -80,6 +82,8 @@ pub fn health_effect(err: &UpstreamError) -> HealthEffect {
             HealthEffect::Failure
         }
         UpstreamError::Status { .. } => HealthEffect::Neutral,
+        // the client's format asked too much: never opens a circuit for everyone
+        UpstreamError::InvalidOutput(_) => HealthEffect::Neutral,
         _ => HealthEffect::Failure,
     }
 }

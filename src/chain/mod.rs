@@ -192,6 +192,10 @@ struct Walk {
     budget_skipped: bool,
 }
 
+/// How an answer is judged on tiers with `validate_output`: `Err` says why
+/// it is not worth serving (the attempt fails, outcome `invalid_output`).
+pub type Check<'a, T> = &'a (dyn Fn(&T) -> Result<(), String> + Sync);
+
 /// Run `call` down the route until an attempt succeeds, the chain is
 /// exhausted, `max_total_attempts` is reached or `deadline` passes.
 pub async fn execute<T, F, Fut>(
@@ -199,7 +203,7 @@ pub async fn execute<T, F, Fut>(
     route: &Route,
     deadline: Instant,
     mode: Mode,
-    paid_allowed: &(dyn Fn() -> bool + Sync),
+    (paid_allowed, check): (&(dyn Fn() -> bool + Sync), Check<'_, T>),
     mut call: F,
 ) -> (Run, Result<Served<T>, Failure>)
 where
@@ -276,7 +280,7 @@ where
                 target.metrics[failed].retries.inc();
             }
             let (index, model) = (picked.index, picked.model);
-            let err = match attempt(chain, &mut w, step.target, picked, mode).await {
+            let err = match attempt(chain, &mut w, step.target, picked, mode, check).await {
                 Ok(served) => return (w.run, Ok(served)),
                 Err(e) => e,
             };
@@ -439,6 +443,7 @@ async fn attempt<T, P>(
     target: usize,
     picked: Picked<P>,
     mode: Mode,
+    check: Check<'_, T>,
 ) -> Result<Served<T>, UpstreamError>
 where
     P: Future<Output = Result<Admitted<T>, Refused>>,
@@ -457,6 +462,16 @@ where
         error: None,
         elapsed,
         retry_after: None,
+    };
+    // an answer not worth serving is a failed attempt (its permit freed,
+    // nothing said about the model's health)
+    let invalid = match &result {
+        Ok(a) if t.validate_output => check(&a.value).err(),
+        _ => None,
+    };
+    let result = match (result, invalid) {
+        (Ok(_), Some(why)) => Err(Refused::Failed(UpstreamError::InvalidOutput(why))),
+        (result, _) => result,
     };
     let err = match result {
         Ok(Admitted { value, permit }) => {

@@ -26,6 +26,8 @@ pub struct Target {
     pub max_retries: u32,
     /// A timed-out attempt is retried here (else the next tier is tried).
     pub retry_on_timeout: bool,
+    /// Answers are checked before they are served.
+    pub validate_output: bool,
     pub free: bool,
     pub enabled: bool,
     /// Aligned with `models`.
@@ -179,6 +181,7 @@ impl Chain {
                 first_token_timeout: t.first_token_timeout,
                 max_retries: t.max_retries,
                 retry_on_timeout: t.retry_on_timeout,
+                validate_output: t.validate_output,
                 free: t.free,
                 enabled: t.enabled,
                 rr: AtomicUsize::new(0),
@@ -202,6 +205,7 @@ impl Chain {
                 first_token_timeout: p.default_first_token_timeout,
                 max_retries: p.default_max_retries,
                 retry_on_timeout: p.retry_on_timeout,
+                validate_output: false,
                 free: m.prices.is_free(),
                 enabled: true,
                 rr: AtomicUsize::new(0),

@@ -116,7 +116,7 @@ async fn a_silent_tier_is_left_at_once_by_default() {
         &route(&c),
         t0 + FAR,
         Mode::Complete,
-        &|| true,
+        (&|| true, &|_| Ok(())),
         |model, _| async move {
             if model == 0 {
                 std::future::pending::<()>().await;
@@ -143,7 +143,7 @@ async fn a_hung_attempt_times_out_is_retried_then_falls_back() {
         &route(&c),
         t0 + FAR,
         Mode::Complete,
-        &|| true,
+        (&|| true, &|_| Ok(())),
         |model, _| async move {
             if model == 0 {
                 std::future::pending::<()>().await;
@@ -183,7 +183,7 @@ async fn a_429_waits_its_retry_after_on_the_same_tier() {
         &route(&c),
         t0 + FAR,
         Mode::Complete,
-        &|| true,
+        (&|| true, &|_| Ok(())),
         |_, _| {
             let n = calls.fetch_add(1, Ordering::SeqCst);
             async move {
@@ -214,7 +214,7 @@ async fn a_client_error_on_the_first_tier_stops_the_walk() {
         &route(&c),
         Instant::now() + FAR,
         Mode::Complete,
-        &|| true,
+        (&|| true, &|_| Ok(())),
         |_, _| async { Err::<(), _>(status(400, None)) },
     )
     .await;
@@ -236,7 +236,7 @@ async fn the_deadline_bounds_every_attempt_and_the_walk() {
         &route(&c),
         t0 + Duration::from_millis(700),
         Mode::Complete,
-        &|| true,
+        (&|| true, &|_| Ok(())),
         |_, _| async { std::future::pending::<Result<(), UpstreamError>>().await },
     )
     .await;
@@ -256,7 +256,7 @@ async fn a_spent_budget_skips_paid_tiers() {
         &route(&c),
         Instant::now() + FAR,
         Mode::Complete,
-        &|| false,
+        (&|| false, &|_| Ok(())),
         |model, _| async move {
             if model == 0 {
                 Err(status(503, None))
@@ -278,7 +278,7 @@ async fn a_spent_budget_skips_paid_tiers() {
         &only_paid,
         Instant::now() + FAR,
         Mode::Complete,
-        &|| false,
+        (&|| false, &|_| Ok(())),
         |_, _| async { Ok(()) },
     )
     .await;
@@ -295,7 +295,7 @@ async fn a_stream_attempt_is_recorded_when_the_stream_ends() {
         &route(&c),
         t0 + FAR,
         Mode::Stream,
-        &|| true,
+        (&|| true, &|_| Ok(())),
         |_, limit| async move {
             // the first-token timeout bounds a stream's attempt
             assert_eq!(limit, Duration::from_millis(500));
@@ -326,7 +326,7 @@ async fn a_stream_attempt_is_recorded_when_the_stream_ends() {
         &route(&c),
         Instant::now() + FAR,
         Mode::Stream,
-        &|| true,
+        (&|| true, &|_| Ok(())),
         |_, _| async { Ok::<_, UpstreamError>(()) },
     )
     .await;
@@ -337,4 +337,41 @@ async fn a_stream_attempt_is_recorded_when_the_stream_ends() {
         .finish(&c, &mut run, StreamEnd::ClientGone);
     assert_eq!(count(&c, 0, AttemptOutcome::Success), 0);
     assert_eq!(run.attempts[0].outcome, AttemptOutcome::Success);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_refused_by_the_check_is_an_invalid_output_attempt() {
+    let toml = chain_toml("").replace(
+        "max_retries = 1\n",
+        "max_retries = 1\nvalidate_output = true\n",
+    );
+    let c = crate::testing::chain(&toml, &[]);
+    let check = |v: &&str| {
+        if v.is_empty() {
+            Err("an empty answer".to_string())
+        } else {
+            Ok(())
+        }
+    };
+    let (run, result) = execute(
+        &c,
+        &route(&c),
+        Instant::now() + FAR,
+        Mode::Complete,
+        (&|| true, &check),
+        |model, _| async move { Ok::<_, UpstreamError>(if model == 0 { "" } else { "fine" }) },
+    )
+    .await;
+    assert_eq!(result.unwrap().value, "fine");
+    let invalid = AttemptOutcome::InvalidOutput;
+    assert_eq!(
+        outcomes(&run),
+        vec![(0, invalid), (0, invalid), (1, AttemptOutcome::Success)]
+    );
+    assert!(run.attempts[0].error.as_deref().unwrap().contains("empty"));
+    assert_eq!(count(&c, 0, invalid), 2);
+    // it counts for escalation (two failures owe one)
+    assert!(c.escalation[0].take());
+    // tier b does not validate: the same check is never asked there
+    assert_eq!(count(&c, 1, AttemptOutcome::Success), 1);
 }

@@ -263,6 +263,8 @@ pub struct Tier {
     pub max_retries: u32,
     /// A timed-out attempt is retried here (else the next tier is tried).
     pub retry_on_timeout: bool,
+    /// Answers are checked before they are served.
+    pub validate_output: bool,
     /// This tier followed by its `fallback` list.
     pub chain: Vec<TierId>,
     pub escalate: Option<Escalate>,

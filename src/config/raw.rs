@@ -197,6 +197,10 @@ pub struct RawTier {
     /// `[policy] retry_on_timeout` for this tier.
     #[serde(default)]
     pub retry_on_timeout: Option<bool>,
+    /// A 200 with an empty answer, or one not matching the request's
+    /// `response_format`, is a failed attempt.
+    #[serde(default)]
+    pub validate_output: bool,
     #[serde(default)]
     pub fallback: Vec<String>,
     #[serde(default)]

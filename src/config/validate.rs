@@ -389,6 +389,7 @@ pub(super) fn validate(path: &Path, raw: RawConfig, env: &Env) -> Result<Config,
                 .map(|v| c.count(&format!("{key}.max_retries"), v))
                 .unwrap_or(policy.default_max_retries),
             retry_on_timeout: t.retry_on_timeout.unwrap_or(policy.retry_on_timeout),
+            validate_output: t.validate_output,
             chain,
             escalate,
             enabled: t.enabled,

@@ -65,6 +65,9 @@ pub enum UpstreamError {
     /// The stream broke after it started (reset, bad event, idle too long).
     #[error("stream interrupted: {0}")]
     MidStream(String),
+    /// A 200 whose answer is not worth serving (`validate_output`).
+    #[error("invalid output: {0}")]
+    InvalidOutput(String),
 }
 
 /// Upstream messages are kept this short in attempt lists and logs.
@@ -94,6 +97,7 @@ impl UpstreamError {
             UpstreamError::BadBody(m) => UpstreamError::BadBody(cut(m)),
             UpstreamError::ErrorInBody(m) => UpstreamError::ErrorInBody(cut(m)),
             UpstreamError::MidStream(m) => UpstreamError::MidStream(cut(m)),
+            UpstreamError::InvalidOutput(m) => UpstreamError::InvalidOutput(cut(m)),
         }
     }
 

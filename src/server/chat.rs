@@ -16,10 +16,11 @@ use super::pipeline::{self, give_up, Ctx, Refusal};
 use super::settle::{self, InFlight, ServedBy, Settlement, Ticket};
 use super::state::AppState;
 use super::stream;
+use crate::api::validate;
 use crate::api::{ChatBody, Endpoint};
 use crate::chain::{self, Mode, Route};
 use crate::error::GatewayError;
-use crate::providers::{Forward, UpstreamRequest};
+use crate::providers::{Completion, Forward, UpstreamRequest};
 
 pub async fn completions(State(state): State<AppState>, req: Request) -> Response {
     let started = Instant::now();
@@ -87,7 +88,7 @@ async fn serve(
             &route,
             deadline,
             mode,
-            &paid_allowed,
+            (&paid_allowed, &stream::Started::answered),
             |model, _| stream::start(rt.open_stream(upstream(model)), max_hold),
         )
         .await;
@@ -125,12 +126,18 @@ async fn serve(
         *resp.body_mut() = Body::from_stream(relay.into_stream());
         return Ok(resp);
     }
+    // what validate_output tiers check: built only if one is tried
+    let format = std::sync::OnceLock::new();
+    let check = |c: &Completion| {
+        let format = format.get_or_init(|| validate::Format::of(body.raw("response_format")));
+        validate::completion(&c.body, format)
+    };
     let (run, result) = chain::execute(
         &rt.chain,
         &route,
         deadline,
         mode,
-        &paid_allowed,
+        (&paid_allowed, &check),
         |model, _| rt.complete(upstream(model)),
     )
     .await;

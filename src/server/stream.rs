@@ -28,6 +28,19 @@ pub struct Started {
     buffered: Vec<Chunk>,
 }
 
+impl Started {
+    /// For tiers with `validate_output`: a stream whose first content is a
+    /// finish with nothing in it is not an answer.
+    pub fn answered(&self) -> Result<(), String> {
+        match self.buffered.last() {
+            Some(c) if c.finish && c.text_len == 0 => {
+                Err("the stream finished before any content".into())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Open the stream and read until the first content, tool-call, reasoning or
 /// finish delta. Role-only chunks are held back, up to `max_hold` bytes; a
 /// failure before content is a failed attempt like any other.

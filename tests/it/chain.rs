@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use crate::common::gateway::header;
 use crate::common::{Gateway, Step, Upstream};
-use crate::{model, prelude, tier, ENV};
+use crate::{model, prelude, prelude_with, tier, ENV};
 
 /// first (max_retries 1) -> second.
 async fn two_tiers(policy: &str) -> (Upstream, Gateway) {
@@ -436,4 +436,85 @@ async fn metrics_name_the_model_that_failed() {
         .metrics()
         .await
         .contains("cascade_request_duration_seconds_bucket{tier=\"second\""));
+}
+
+#[tokio::test]
+async fn answers_not_worth_serving_fall_back_on_validating_tiers() {
+    let up = Upstream::start().await;
+    let cfg = format!(
+        "{}{}{}{}{}",
+        prelude_with(&up, "", 1),
+        model("m1", ""),
+        model("m2", ""),
+        tier(
+            "first",
+            &["m1"],
+            "max_retries = 0\nvalidate_output = true\nfallback = [\"second\"]"
+        ),
+        tier("second", &["m2"], ""),
+    );
+    let gw = Gateway::start(&cfg, ENV).await;
+    // an empty answer
+    up.script("m1", vec![Step::Text("  ", 3, 0)]);
+    let resp = gw.ask("first").await;
+    assert_eq!(header(&resp, "x-cascade-tier"), "second");
+    // content that is not the JSON object the request asked for
+    up.script("m1", vec![Step::Text("Sure! Here it is: {", 3, 5)]);
+    let mut b = crate::common::gateway::body("first");
+    b["response_format"] = serde_json::json!({"type": "json_object"});
+    let resp = gw.chat().json(&b).send().await.unwrap();
+    assert_eq!(header(&resp, "x-cascade-tier"), "second");
+    // a schema the content does not match
+    b["response_format"] = serde_json::json!({"type": "json_schema", "json_schema": {"name": "c",
+        "schema": {"type": "object", "required": ["city"]}}});
+    up.script("m1", vec![Step::Text(r#"{"town": "Paris"}"#, 3, 5)]);
+    let resp = gw.chat().json(&b).send().await.unwrap();
+    assert_eq!(header(&resp, "x-cascade-tier"), "second");
+    // one that does, served where it was asked
+    up.script("m1", vec![Step::Text(r#"{"city": "Paris"}"#, 3, 5)]);
+    let resp = gw.chat().json(&b).send().await.unwrap();
+    assert_eq!(header(&resp, "x-cascade-tier"), "first");
+    assert_eq!(
+        gw.metric(r#"cascade_attempts_total{model="m1",outcome="invalid_output",tier="first"}"#)
+            .await,
+        3.0
+    );
+    // three invalid answers with failure_threshold = 1: the circuit stayed closed
+    assert_eq!(gw.metric(r#"cascade_circuit_open{model="m1"}"#).await, 0.0);
+}
+
+#[tokio::test]
+async fn a_stream_that_finishes_before_any_content_falls_back_on_validating_tiers() {
+    let up = Upstream::start().await;
+    let cfg = format!(
+        "{}{}{}{}{}",
+        prelude(&up, ""),
+        model("m1", ""),
+        model("m2", ""),
+        tier(
+            "first",
+            &["m1"],
+            "max_retries = 0\nvalidate_output = true\nfallback = [\"second\"]"
+        ),
+        tier("second", &["m2"], ""),
+    );
+    let gw = Gateway::start(&cfg, ENV).await;
+    let finish = r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#;
+    up.script(
+        "m1",
+        vec![Step::Raw(
+            200,
+            "text/event-stream",
+            format!("data: {finish}\n\ndata: [DONE]\n\n"),
+        )],
+    );
+    up.script(
+        "m2",
+        vec![Step::Stream(crate::common::StreamScript::text(&["fine"]))],
+    );
+    let mut b = crate::common::gateway::body("first");
+    b["stream"] = serde_json::json!(true);
+    let resp = gw.chat().json(&b).send().await.unwrap();
+    assert_eq!(header(&resp, "x-cascade-tier"), "second");
+    assert!(resp.text().await.unwrap().contains("fine"));
 }
