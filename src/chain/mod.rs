@@ -91,6 +91,16 @@ pub enum Mode {
     Stream,
 }
 
+/// One call the chain asks for.
+#[derive(Clone, Copy, Debug)]
+pub struct Call {
+    pub model: ModelId,
+    /// Index into `Chain::targets` of the tier it is made for.
+    pub target: usize,
+    /// How long it may take (for a buffered stream: to its first content).
+    pub limit: Duration,
+}
+
 /// How a stream that had started ended.
 #[derive(Clone, Copy, Debug)]
 pub enum StreamEnd<'a> {
@@ -207,7 +217,7 @@ pub async fn execute<T, F, Fut>(
     mut call: F,
 ) -> (Run, Result<Served<T>, Failure>)
 where
-    F: FnMut(ModelId, Duration) -> Fut,
+    F: FnMut(Call) -> Fut,
     Fut: Future<Output = Result<T, UpstreamError>>,
 {
     let policy = &chain.config.policy;
@@ -256,12 +266,18 @@ where
                 Mode::Stream => target.first_token_timeout,
             };
             let limit = per_attempt.min(deadline - now);
+            // a buffered stream bounds its own time: the deadline and the
+            // first-token timeout until its first content, the gap after it
+            let outer = match (mode, target.mid_stream) {
+                (Mode::Stream, crate::config::MidStream::Buffer { .. }) => None,
+                _ => Some(limit),
+            };
             let Some(picked) = w.pick(
                 chain,
                 step.target,
                 (start + cursor, now),
                 mode,
-                limit,
+                (limit, outer),
                 &mut call,
             ) else {
                 break;
@@ -377,11 +393,11 @@ impl Walk {
         target: usize,
         (from, now): (usize, Instant),
         mode: Mode,
-        limit: Duration,
+        (limit, outer): (Duration, Option<Duration>),
         call: &mut F,
     ) -> Option<Picked<impl Future<Output = Result<Admitted<T>, Refused>>>>
     where
-        F: FnMut(ModelId, Duration) -> Fut,
+        F: FnMut(Call) -> Fut,
         Fut: Future<Output = Result<T, UpstreamError>>,
     {
         let models = &chain.targets[target].models;
@@ -395,11 +411,18 @@ impl Walk {
             let mut stack =
                 HealthLayer::new(Arc::clone(&chain.health[model]), mode == Mode::Stream).layer(
                     tower::service_fn(|()| {
-                        let attempt = call(model, limit);
+                        let attempt = call(Call {
+                            model,
+                            target,
+                            limit,
+                        });
                         async move {
-                            tokio::time::timeout(limit, attempt)
-                                .await
-                                .unwrap_or(Err(UpstreamError::Timeout))
+                            match outer {
+                                Some(limit) => tokio::time::timeout(limit, attempt)
+                                    .await
+                                    .unwrap_or(Err(UpstreamError::Timeout)),
+                                None => attempt.await,
+                            }
                         }
                     }),
                 );

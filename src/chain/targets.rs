@@ -9,7 +9,7 @@ use http::HeaderValue;
 use prometheus::{Histogram, IntCounter};
 
 use super::health::Health;
-use crate::config::{Config, ModelId, Strategy, TierId};
+use crate::config::{Config, MidStream, ModelId, Strategy, TierId};
 use crate::metrics::{AttemptMetrics, LazyCounters, Metrics};
 use crate::outcome::RequestOutcome;
 
@@ -28,6 +28,7 @@ pub struct Target {
     pub retry_on_timeout: bool,
     /// Answers are checked before they are served.
     pub validate_output: bool,
+    pub mid_stream: MidStream,
     pub free: bool,
     pub enabled: bool,
     /// Aligned with `models`.
@@ -182,6 +183,7 @@ impl Chain {
                 max_retries: t.max_retries,
                 retry_on_timeout: t.retry_on_timeout,
                 validate_output: t.validate_output,
+                mid_stream: t.mid_stream,
                 free: t.free,
                 enabled: t.enabled,
                 rr: AtomicUsize::new(0),
@@ -206,6 +208,7 @@ impl Chain {
                 max_retries: p.default_max_retries,
                 retry_on_timeout: p.retry_on_timeout,
                 validate_output: false,
+                mid_stream: MidStream::Error,
                 free: m.prices.is_free(),
                 enabled: true,
                 rr: AtomicUsize::new(0),

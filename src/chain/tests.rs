@@ -117,7 +117,7 @@ async fn a_silent_tier_is_left_at_once_by_default() {
         t0 + FAR,
         Mode::Complete,
         (&|| true, &|_| Ok(())),
-        |model, _| async move {
+        |Call { model, .. }| async move {
             if model == 0 {
                 std::future::pending::<()>().await;
             }
@@ -144,7 +144,7 @@ async fn a_hung_attempt_times_out_is_retried_then_falls_back() {
         t0 + FAR,
         Mode::Complete,
         (&|| true, &|_| Ok(())),
-        |model, _| async move {
+        |Call { model, .. }| async move {
             if model == 0 {
                 std::future::pending::<()>().await;
             }
@@ -184,7 +184,7 @@ async fn a_429_waits_its_retry_after_on_the_same_tier() {
         t0 + FAR,
         Mode::Complete,
         (&|| true, &|_| Ok(())),
-        |_, _| {
+        |_| {
             let n = calls.fetch_add(1, Ordering::SeqCst);
             async move {
                 if n == 0 {
@@ -215,7 +215,7 @@ async fn a_client_error_on_the_first_tier_stops_the_walk() {
         Instant::now() + FAR,
         Mode::Complete,
         (&|| true, &|_| Ok(())),
-        |_, _| async { Err::<(), _>(status(400, None)) },
+        |_| async { Err::<(), _>(status(400, None)) },
     )
     .await;
     assert!(matches!(
@@ -237,7 +237,7 @@ async fn the_deadline_bounds_every_attempt_and_the_walk() {
         t0 + Duration::from_millis(700),
         Mode::Complete,
         (&|| true, &|_| Ok(())),
-        |_, _| async { std::future::pending::<Result<(), UpstreamError>>().await },
+        |_| async { std::future::pending::<Result<(), UpstreamError>>().await },
     )
     .await;
     assert_eq!(t0.elapsed(), Duration::from_millis(700));
@@ -257,7 +257,7 @@ async fn a_spent_budget_skips_paid_tiers() {
         Instant::now() + FAR,
         Mode::Complete,
         (&|| false, &|_| Ok(())),
-        |model, _| async move {
+        |Call { model, .. }| async move {
             if model == 0 {
                 Err(status(503, None))
             } else {
@@ -279,7 +279,7 @@ async fn a_spent_budget_skips_paid_tiers() {
         Instant::now() + FAR,
         Mode::Complete,
         (&|| false, &|_| Ok(())),
-        |_, _| async { Ok(()) },
+        |_| async { Ok(()) },
     )
     .await;
     assert!(run.attempts.is_empty());
@@ -296,7 +296,7 @@ async fn a_stream_attempt_is_recorded_when_the_stream_ends() {
         t0 + FAR,
         Mode::Stream,
         (&|| true, &|_| Ok(())),
-        |_, limit| async move {
+        |Call { limit, .. }| async move {
             // the first-token timeout bounds a stream's attempt
             assert_eq!(limit, Duration::from_millis(500));
             Ok::<_, UpstreamError>(())
@@ -327,7 +327,7 @@ async fn a_stream_attempt_is_recorded_when_the_stream_ends() {
         Instant::now() + FAR,
         Mode::Stream,
         (&|| true, &|_| Ok(())),
-        |_, _| async { Ok::<_, UpstreamError>(()) },
+        |_| async { Ok::<_, UpstreamError>(()) },
     )
     .await;
     result
@@ -353,15 +353,18 @@ async fn an_answer_refused_by_the_check_is_an_invalid_output_attempt() {
             Ok(())
         }
     };
-    let (run, result) = execute(
-        &c,
-        &route(&c),
-        Instant::now() + FAR,
-        Mode::Complete,
-        (&|| true, &check),
-        |model, _| async move { Ok::<_, UpstreamError>(if model == 0 { "" } else { "fine" }) },
-    )
-    .await;
+    let (run, result) =
+        execute(
+            &c,
+            &route(&c),
+            Instant::now() + FAR,
+            Mode::Complete,
+            (&|| true, &check),
+            |Call { model, .. }| async move {
+                Ok::<_, UpstreamError>(if model == 0 { "" } else { "fine" })
+            },
+        )
+        .await;
     assert_eq!(result.unwrap().value, "fine");
     let invalid = AttemptOutcome::InvalidOutput;
     assert_eq!(

@@ -229,6 +229,16 @@ impl ModelKind {
     }
 }
 
+/// What a tier does with a stream that breaks after its first content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MidStream {
+    /// End it with a `stream_interrupted` error event.
+    Error,
+    /// Hold the answer until it is complete (up to `max_bytes`, then release
+    /// it and go on live, as `Error`), so a break falls back unseen.
+    Buffer { max_bytes: usize },
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Strategy {
     Ordered,
@@ -265,6 +275,7 @@ pub struct Tier {
     pub retry_on_timeout: bool,
     /// Answers are checked before they are served.
     pub validate_output: bool,
+    pub mid_stream: MidStream,
     /// This tier followed by its `fallback` list.
     pub chain: Vec<TierId>,
     pub escalate: Option<Escalate>,

@@ -201,6 +201,13 @@ pub struct RawTier {
     /// `response_format`, is a failed attempt.
     #[serde(default)]
     pub validate_output: bool,
+    /// `error` (default) or `buffer`: what a stream that breaks after its
+    /// first content does.
+    #[serde(default)]
+    pub mid_stream: Option<String>,
+    /// `buffer`: past this many bytes the held answer is released.
+    #[serde(default)]
+    pub buffer_max_bytes: Option<i64>,
     #[serde(default)]
     pub fallback: Vec<String>,
     #[serde(default)]

@@ -390,6 +390,29 @@ pub(super) fn validate(path: &Path, raw: RawConfig, env: &Env) -> Result<Config,
                 .unwrap_or(policy.default_max_retries),
             retry_on_timeout: t.retry_on_timeout.unwrap_or(policy.retry_on_timeout),
             validate_output: t.validate_output,
+            mid_stream: match t.mid_stream.as_deref() {
+                None | Some("error") => MidStream::Error,
+                Some("buffer") => MidStream::Buffer {
+                    max_bytes: t
+                        .buffer_max_bytes
+                        .map(|v| c.positive(&format!("{key}.buffer_max_bytes"), v))
+                        .unwrap_or(1024 * 1024),
+                },
+                Some("continue") => {
+                    c.err(
+                        format!("{key}.mid_stream"),
+                        "\"continue\" is not supported yet (error | buffer)",
+                    );
+                    MidStream::Error
+                }
+                Some(other) => {
+                    c.err(
+                        format!("{key}.mid_stream"),
+                        format!("unknown value {other:?} (error | buffer)"),
+                    );
+                    MidStream::Error
+                }
+            },
             chain,
             escalate,
             enabled: t.enabled,

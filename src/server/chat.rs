@@ -19,6 +19,7 @@ use super::stream;
 use crate::api::validate;
 use crate::api::{ChatBody, Endpoint};
 use crate::chain::{self, Mode, Route};
+use crate::config::MidStream;
 use crate::error::GatewayError;
 use crate::providers::{Completion, Forward, UpstreamRequest};
 
@@ -89,7 +90,24 @@ async fn serve(
             deadline,
             mode,
             (&paid_allowed, &stream::Started::answered),
-            |model, _| stream::start(rt.open_stream(upstream(model)), max_hold),
+            |call: chain::Call| {
+                let t = &rt.chain.targets[call.target];
+                let open = rt.open_stream(upstream(call.model));
+                let buffering = match t.mid_stream {
+                    MidStream::Buffer { max_bytes } => Some(stream::Buffering {
+                        first: call.limit,
+                        gap: t.timeout,
+                        max_bytes,
+                    }),
+                    MidStream::Error => None,
+                };
+                async move {
+                    match buffering {
+                        Some(b) => stream::start_buffered(open, max_hold, b).await,
+                        None => stream::start(open, max_hold).await,
+                    }
+                }
+            },
         )
         .await;
         let served = match result {
@@ -138,7 +156,7 @@ async fn serve(
         deadline,
         mode,
         (&paid_allowed, &check),
-        |model, _| rt.complete(upstream(model)),
+        |chain::Call { model, .. }| rt.complete(upstream(model)),
     )
     .await;
     let served = match result {

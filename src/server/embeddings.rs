@@ -68,7 +68,7 @@ async fn serve(ctx: &Ctx<'_>, ticket: Ticket, body: Body) -> Result<Response, (R
         Mode::Complete,
         // a vector's shape is checked by the provider on every tier
         (&paid_allowed, &|_| Ok(())),
-        |model, _| {
+        |chain::Call { model, .. }| {
             rt.embed(EmbedRequest {
                 body: &body,
                 model: &cfg.models[model],

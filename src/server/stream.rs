@@ -32,7 +32,7 @@ impl Started {
     /// For tiers with `validate_output`: a stream whose first content is a
     /// finish with nothing in it is not an answer.
     pub fn answered(&self) -> Result<(), String> {
-        match self.buffered.last() {
+        match self.buffered.iter().find(|c| c.kind == ChunkKind::Content) {
             Some(c) if c.finish && c.text_len == 0 => {
                 Err("the stream finished before any content".into())
             }
@@ -84,6 +84,56 @@ pub async fn start(
                     ))
                 }
             },
+        }
+    }
+}
+
+/// A tier's `mid_stream = "buffer"`: how long to wait for the first content
+/// (the deadline and the first-token timeout), the longest gap after it, and
+/// how much to hold before releasing the answer.
+#[derive(Clone, Copy, Debug)]
+pub struct Buffering {
+    pub first: Duration,
+    pub gap: Duration,
+    pub max_bytes: usize,
+}
+
+/// `start`, then hold the rest until the stream is complete, so a break, a
+/// stall or a malformed ending is a failed attempt the client never sees.
+/// Past `max_bytes` what is held is released and the stream goes on live.
+pub async fn start_buffered(
+    open: impl Future<Output = Result<UpstreamStream, UpstreamError>>,
+    max_hold: usize,
+    b: Buffering,
+) -> Result<Started, UpstreamError> {
+    let mut started = tokio::time::timeout(b.first, start(open, max_hold))
+        .await
+        .unwrap_or(Err(UpstreamError::Timeout))?;
+    let mut held: usize = started.buffered.iter().map(|c| c.data.len()).sum();
+    loop {
+        if held > b.max_bytes {
+            return Ok(started);
+        }
+        let next = tokio::time::timeout(b.gap, started.upstream.next()).await;
+        match next {
+            Err(_) => return Err(UpstreamError::Timeout),
+            Ok(None) => {
+                return Err(UpstreamError::MidStream(
+                    "the upstream closed the stream before it ended".into(),
+                ))
+            }
+            Ok(Some(Err(e))) => return Err(e),
+            Ok(Some(Ok(c))) if c.kind == ChunkKind::Malformed => {
+                return Err(UpstreamError::BadBody("a malformed stream event".into()))
+            }
+            Ok(Some(Ok(c))) => {
+                let done = c.kind == ChunkKind::Done;
+                held += c.data.len();
+                started.buffered.push(c);
+                if done {
+                    return Ok(started);
+                }
+            }
         }
     }
 }

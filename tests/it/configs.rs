@@ -137,3 +137,32 @@ fn aliases_are_checked() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn mid_stream_values_are_checked() {
+    let dir = crate::common::gateway::temp_dir();
+    let base = "[ledger]\npath = \"\"\n[providers.p]\nkind = \"mock\"\n[models.m]\nprovider = \"p\"\nmodel = \"m\"\n";
+    for (i, (tier, ok)) in [
+        ("mid_stream = \"buffer\"\nbuffer_max_bytes = 4096", true),
+        ("mid_stream = \"error\"", true),
+        ("mid_stream = \"continue\"", false),
+        ("mid_stream = \"later\"", false),
+        ("mid_stream = \"buffer\"\nbuffer_max_bytes = 0", false),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let path = dir.0.join(format!("m{i}.toml"));
+        std::fs::write(
+            &path,
+            format!("{base}[tiers.t]\nmodels = [\"m\"]\n{tier}\n"),
+        )
+        .unwrap();
+        let out = check(path.to_str().unwrap());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.success(), *ok, "case {i}: {err}");
+        if !ok {
+            assert!(err.contains("tiers.t."), "case {i}: {err}");
+        }
+    }
+}

@@ -468,3 +468,78 @@ async fn a_malformed_event_after_the_first_token_is_dropped_and_counted() {
         .await;
     assert_eq!(ok, 1.0);
 }
+
+/// first (m1, mid_stream = "buffer", `buffer_max_bytes` given) -> second (m2).
+async fn buffering_gateway(max_bytes: usize) -> (Upstream, Gateway) {
+    let up = Upstream::start().await;
+    let cfg = format!(
+        "{}{}{}{}{}",
+        prelude(&up, ""),
+        model("m1", ""),
+        model("m2", ""),
+        tier(
+            "first",
+            &["m1"],
+            &format!("max_retries = 0\nmid_stream = \"buffer\"\nbuffer_max_bytes = {max_bytes}\nfirst_token_timeout_ms = 2000\ntimeout_ms = 2000\nfallback = [\"second\"]")
+        ),
+        tier("second", &["m2"], "max_retries = 0"),
+    );
+    (up, Gateway::start(&cfg, ENV).await)
+}
+
+#[tokio::test]
+async fn a_buffered_stream_that_breaks_falls_back_unseen() {
+    let (up, gw) = buffering_gateway(1 << 20).await;
+    let mut cut = StreamScript::text(&["Hello ", "wor"]);
+    cut.cut = true;
+    up.script("m1", vec![Step::Stream(cut)]);
+    up.script(
+        "m2",
+        vec![Step::Stream(StreamScript::text(&["from ", "second"]))],
+    );
+    let resp = gw
+        .chat()
+        .json(&stream_body("first", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "x-cascade-tier"), "second");
+    let events = read_all(resp).await;
+    let text = events.join("\n");
+    assert_eq!(content(&events), "from second", "{text}");
+    assert!(!text.contains("stream_interrupted"), "{text}");
+    // a complete answer is served whole by the tier that gave it
+    up.script(
+        "m1",
+        vec![Step::Stream(StreamScript::text(&["all ", "of it"]))],
+    );
+    let resp = gw
+        .chat()
+        .json(&stream_body("first", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&resp, "x-cascade-tier"), "first");
+    let events = read_all(resp).await;
+    assert_eq!(content(&events), "all of it");
+    assert!(events.iter().any(|e| e == "data: [DONE]"));
+}
+
+#[tokio::test]
+async fn a_buffer_past_its_limit_is_released_and_goes_on_live() {
+    let (up, gw) = buffering_gateway(100).await;
+    let mut cut = StreamScript::text(&["a long enough first piece ", "and a second one ", "cut"]);
+    cut.cut = true;
+    up.script("m1", vec![Step::Stream(cut)]);
+    let resp = gw
+        .chat()
+        .json(&stream_body("first", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&resp, "x-cascade-tier"), "first");
+    let text = read_all(resp).await.join("\n");
+    assert!(text.contains("a long enough first piece"), "{text}");
+    assert!(text.contains("stream_interrupted"), "{text}");
+}
