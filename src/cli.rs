@@ -110,15 +110,31 @@ pub fn describe(cfg: &Config) -> String {
             } else {
                 String::new()
             },
-            m.context_window
-                .map(|w| format!(" context={w}"))
-                .unwrap_or_default(),
+            match (m.context_window, &m.kind) {
+                (Some(w), _) => format!(" context={w}"),
+                // a context-length fallback may go to it: nothing rules it out
+                (None, crate::config::ModelKind::Chat) => " context=unknown".to_string(),
+                (None, _) => String::new(),
+            },
             if m.max_concurrency > 0 {
                 format!(" max_concurrency={}", m.max_concurrency)
             } else {
                 String::new()
             },
             if m.enabled { "" } else { "  DISABLED" },
+        );
+    }
+    let unknown: Vec<&str> = cfg
+        .models
+        .iter()
+        .filter(|m| m.context_window.is_none() && !m.kind.is_embedding())
+        .map(|m| m.name.as_str())
+        .collect();
+    if !unknown.is_empty() {
+        let _ = writeln!(
+            s,
+            "  warning: no context_window for {}: after a context-length failure they are still tried",
+            unknown.join(", ")
         );
     }
     let _ = writeln!(s, "\ntiers:");

@@ -163,6 +163,13 @@ fn mid_stream_values_are_checked() {
         assert_eq!(out.status.success(), *ok, "case {i}: {err}");
         if !ok {
             assert!(err.contains("tiers.t."), "case {i}: {err}");
+        } else {
+            // the model has no context_window: check says what that means
+            let described = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                described.contains("warning: no context_window for m"),
+                "{described}"
+            );
         }
     }
 }

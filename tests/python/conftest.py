@@ -191,6 +191,51 @@ fallback = ["embed-backup"]
 [tiers.embed-backup]
 models = ["embed-mock"]
 
+# failover: streams without [DONE], malformed events, a silent primary,
+# a buffered tier whose stream is cut
+[models.no-done-model]
+provider = "scripted"
+model = "no-done"
+
+[models.malformed-model]
+provider = "scripted"
+model = "malformed-mid"
+
+[models.silent-model]
+provider = "scripted"
+model = "hang"
+
+[models.cutter-buffered]
+provider = "scripted"
+model = "cut-stream"
+
+[tiers.no-done]
+models = ["no-done-model"]
+max_retries = 0
+
+[tiers.malformed]
+models = ["malformed-model"]
+max_retries = 0
+
+[tiers.silent]
+models = ["silent-model"]
+max_retries = 2
+timeout_ms = 300
+fallback = ["fast"]
+
+[tiers.silent-retrying]
+models = ["silent-model"]
+max_retries = 2
+timeout_ms = 300
+retry_on_timeout = true
+fallback = ["fast"]
+
+[tiers.buffered]
+models = ["cutter-buffered"]
+max_retries = 0
+mid_stream = "buffer"
+fallback = ["fast"]
+
 # the model strings clients are built with
 [aliases]
 "gpt-4o-mini" = "plan"
@@ -322,6 +367,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._cut_stream(model, chunked=False)
         elif stream and model == "cut-stream-abort":
             self._cut_stream(model, chunked=True)
+        elif model == "hang":
+            time.sleep(3)  # past the tier's 300 ms timeout
+            self._completion(model, body)
+        elif stream and model == "no-done":
+            self._full_stream(model, body, done=False)
+        elif stream and model == "malformed-mid":
+            self._full_stream(model, body, malformed=True)
         elif stream:
             self._full_stream(model, body)
         else:
@@ -370,8 +422,10 @@ class _Handler(BaseHTTPRequestHandler):
             },
         )
 
-    def _full_stream(self, model: str, body: dict) -> None:
-        """A well-formed stream: role, content pieces, finish, usage, [DONE]."""
+    def _full_stream(self, model: str, body: dict, done: bool = True, malformed: bool = False) -> None:
+        """A well-formed stream: role, content pieces, finish, usage, [DONE]
+        (``done=False``: no [DONE], the body just ends; ``malformed=True``: an
+        unreadable event after the first piece)."""
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -383,7 +437,10 @@ class _Handler(BaseHTTPRequestHandler):
         events.append(_chunk(model, {}, "stop"))
         usage = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
         events.append({**_chunk(model, {}), "choices": [], "usage": usage})
-        events.append("[DONE]")
+        if malformed:
+            events.insert(2, "{not json")
+        if done:
+            events.append("[DONE]")
         for e in events:
             self.wfile.write(self._sse(e))
             self.wfile.flush()
