@@ -204,7 +204,7 @@ struct Walk {
 
 /// How an answer is judged on tiers with `validate_output`: `Err` says why
 /// it is not worth serving (the attempt fails, outcome `invalid_output`).
-pub type Check<'a, T> = &'a (dyn Fn(&T) -> Result<(), String> + Sync);
+pub type Check<'a, T> = &'a (dyn Fn(ModelId, &T) -> Result<(), String> + Sync);
 
 /// Run `call` down the route until an attempt succeeds, the chain is
 /// exhausted, `max_total_attempts` is reached or `deadline` passes.
@@ -489,7 +489,7 @@ where
     // an answer not worth serving is a failed attempt (its permit freed,
     // nothing said about the model's health)
     let invalid = match &result {
-        Ok(a) if t.validate_output => check(&a.value).err(),
+        Ok(a) if t.validate_output => check(picked.model, &a.value).err(),
         _ => None,
     };
     let result = match (result, invalid) {

@@ -116,7 +116,7 @@ async fn a_silent_tier_is_left_at_once_by_default() {
         &route(&c),
         t0 + FAR,
         Mode::Complete,
-        (&|| true, &|_| Ok(())),
+        (&|| true, &|_, _| Ok(())),
         |Call { model, .. }| async move {
             if model == 0 {
                 std::future::pending::<()>().await;
@@ -143,7 +143,7 @@ async fn a_hung_attempt_times_out_is_retried_then_falls_back() {
         &route(&c),
         t0 + FAR,
         Mode::Complete,
-        (&|| true, &|_| Ok(())),
+        (&|| true, &|_, _| Ok(())),
         |Call { model, .. }| async move {
             if model == 0 {
                 std::future::pending::<()>().await;
@@ -183,7 +183,7 @@ async fn a_429_waits_its_retry_after_on_the_same_tier() {
         &route(&c),
         t0 + FAR,
         Mode::Complete,
-        (&|| true, &|_| Ok(())),
+        (&|| true, &|_, _| Ok(())),
         |_| {
             let n = calls.fetch_add(1, Ordering::SeqCst);
             async move {
@@ -214,7 +214,7 @@ async fn a_client_error_on_the_first_tier_stops_the_walk() {
         &route(&c),
         Instant::now() + FAR,
         Mode::Complete,
-        (&|| true, &|_| Ok(())),
+        (&|| true, &|_, _| Ok(())),
         |_| async { Err::<(), _>(status(400, None)) },
     )
     .await;
@@ -236,7 +236,7 @@ async fn the_deadline_bounds_every_attempt_and_the_walk() {
         &route(&c),
         t0 + Duration::from_millis(700),
         Mode::Complete,
-        (&|| true, &|_| Ok(())),
+        (&|| true, &|_, _| Ok(())),
         |_| async { std::future::pending::<Result<(), UpstreamError>>().await },
     )
     .await;
@@ -256,7 +256,7 @@ async fn a_spent_budget_skips_paid_tiers() {
         &route(&c),
         Instant::now() + FAR,
         Mode::Complete,
-        (&|| false, &|_| Ok(())),
+        (&|| false, &|_, _| Ok(())),
         |Call { model, .. }| async move {
             if model == 0 {
                 Err(status(503, None))
@@ -278,7 +278,7 @@ async fn a_spent_budget_skips_paid_tiers() {
         &only_paid,
         Instant::now() + FAR,
         Mode::Complete,
-        (&|| false, &|_| Ok(())),
+        (&|| false, &|_, _| Ok(())),
         |_| async { Ok(()) },
     )
     .await;
@@ -295,7 +295,7 @@ async fn a_stream_attempt_is_recorded_when_the_stream_ends() {
         &route(&c),
         t0 + FAR,
         Mode::Stream,
-        (&|| true, &|_| Ok(())),
+        (&|| true, &|_, _| Ok(())),
         |Call { limit, .. }| async move {
             // the first-token timeout bounds a stream's attempt
             assert_eq!(limit, Duration::from_millis(500));
@@ -326,7 +326,7 @@ async fn a_stream_attempt_is_recorded_when_the_stream_ends() {
         &route(&c),
         Instant::now() + FAR,
         Mode::Stream,
-        (&|| true, &|_| Ok(())),
+        (&|| true, &|_, _| Ok(())),
         |_| async { Ok::<_, UpstreamError>(()) },
     )
     .await;
@@ -346,7 +346,7 @@ async fn an_answer_refused_by_the_check_is_an_invalid_output_attempt() {
         "max_retries = 1\nvalidate_output = true\n",
     );
     let c = crate::testing::chain(&toml, &[]);
-    let check = |v: &&str| {
+    let check = |_: ModelId, v: &&str| {
         if v.is_empty() {
             Err("an empty answer".to_string())
         } else {

@@ -64,6 +64,8 @@ async fn serve(
     };
 
     // execute
+    let billed = pipeline::Billed::default();
+    let prompt_chars = body.raw("messages").map_or(0, str::len);
     let paid_allowed = || ctx.remaining(&ticket).is_none_or(|r| !r.is_zero());
     let deadline = ticket.started + cfg.server.request_timeout;
     let request_id = HeaderValue::from_str(&ticket.request_id).ok();
@@ -89,7 +91,7 @@ async fn serve(
             &route,
             deadline,
             mode,
-            (&paid_allowed, &stream::Started::answered),
+            (&paid_allowed, &|_, s: &stream::Started| s.answered()),
             |call: chain::Call| {
                 let t = &rt.chain.targets[call.target];
                 let open = rt.open_stream(upstream(call.model));
@@ -101,9 +103,21 @@ async fn serve(
                     }),
                     MidStream::Error => None,
                 };
+                let (billed, model) = (&billed, call.model);
                 async move {
                     match buffering {
-                        Some(b) => stream::start_buffered(open, max_hold, b).await,
+                        Some(b) => stream::start_buffered(open, max_hold, b)
+                            .await
+                            .map_err(|f| {
+                                // what it generated before failing is billed: wasted
+                                if f.usage.is_some() || f.text_chars > 0 {
+                                    let usage = f.usage.unwrap_or_else(|| {
+                                        crate::cost::estimate(prompt_chars, f.text_chars)
+                                    });
+                                    billed.add(model, usage);
+                                }
+                                f.err
+                            }),
                         None => stream::start(open, max_hold).await,
                     }
                 }
@@ -112,7 +126,11 @@ async fn serve(
         .await;
         let served = match result {
             Ok(served) => served,
-            Err(f) => return Err((give_up(rt, f, run, route), ticket)),
+            Err(f) => {
+                let mut refusal = give_up(rt, f, run, route);
+                refusal.wasted = billed.cost(rt);
+                return Err((refusal, ticket));
+            }
         };
         // settle: when the stream ends; the headers now
         let by = ServedBy::from(&served);
@@ -121,7 +139,8 @@ async fn serve(
             return Err((err.into(), ticket));
         };
         let remaining = ctx.remaining(&ticket);
-        let settlement = Settlement::served(ticket, route, run, by, true);
+        let mut settlement = Settlement::served(ticket, route, run, by, true);
+        settlement.wasted = billed.cost(rt);
         let mut resp = Response::new(Body::empty());
         settle::headers(resp.headers_mut(), rt, &settlement, remaining, false);
         let h = resp.headers_mut();
@@ -137,7 +156,7 @@ async fn serve(
             by,
             attempt,
             client_wants_usage: body.client_wants_usage(),
-            prompt_chars: body.raw("messages").map_or(0, str::len),
+            prompt_chars,
             idle: rt.chain.targets[by.target].timeout,
         };
         let relay = stream::Relay::new(open, served.value, in_flight);
@@ -146,9 +165,17 @@ async fn serve(
     }
     // what validate_output tiers check: built only if one is tried
     let format = std::sync::OnceLock::new();
-    let check = |c: &Completion| {
+    let check = |model, c: &Completion| {
         let format = format.get_or_init(|| validate::Format::of(body.raw("response_format")));
-        validate::completion(&c.body, format)
+        let verdict = validate::completion(&c.body, format);
+        if verdict.is_err() {
+            // refused, but generated and billed: wasted
+            let usage = c.usage.unwrap_or_else(|| {
+                crate::cost::estimate(prompt_chars, crate::api::completion_text_chars(&c.body))
+            });
+            billed.add(model, usage);
+        }
+        verdict
     };
     let (run, result) = chain::execute(
         &rt.chain,
@@ -161,13 +188,18 @@ async fn serve(
     .await;
     let served = match result {
         Ok(served) => served,
-        Err(f) => return Err((give_up(rt, f, run, route), ticket)),
+        Err(f) => {
+            let mut refusal = give_up(rt, f, run, route);
+            refusal.wasted = billed.cost(rt);
+            return Err((refusal, ticket));
+        }
     };
 
     // settle
     let by = ServedBy::from(&served);
     let completion = served.value;
     let mut s = Settlement::served(ticket, route, run, by, false);
+    s.wasted = billed.cost(rt);
     s.price(rt, completion.usage, || {
         crate::cost::estimate(
             body.raw("messages").map_or(0, str::len),

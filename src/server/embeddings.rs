@@ -67,7 +67,7 @@ async fn serve(ctx: &Ctx<'_>, ticket: Ticket, body: Body) -> Result<Response, (R
         deadline,
         Mode::Complete,
         // a vector's shape is checked by the provider on every tier
-        (&paid_allowed, &|_| Ok(())),
+        (&paid_allowed, &|_, _| Ok(())),
         |chain::Call { model, .. }| {
             rt.embed(EmbedRequest {
                 body: &body,

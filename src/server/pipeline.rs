@@ -29,6 +29,8 @@ pub struct Refusal {
     /// Boxed, with the run: a refusal travels by value through every `?`.
     pub route: Option<Box<Route>>,
     pub run: Option<Box<Run>>,
+    /// Billed by attempts that failed after the upstream answered.
+    pub wasted: crate::cost::Usd,
 }
 
 impl From<GatewayError> for Refusal {
@@ -37,6 +39,7 @@ impl From<GatewayError> for Refusal {
             err,
             route: None,
             run: None,
+            wasted: crate::cost::Usd::ZERO,
         }
     }
 }
@@ -47,6 +50,7 @@ impl From<routing::Refused> for Refusal {
             err: r.err,
             route: r.route,
             run: None,
+            wasted: crate::cost::Usd::ZERO,
         }
     }
 }
@@ -106,7 +110,8 @@ pub fn admit<'a>(
 /// Settle a refused request and answer with its error.
 pub fn refuse(state: &AppState, rt: &Runtime, ticket: Ticket, r: Refusal) -> Response {
     let run = r.run.map(|r| *r).unwrap_or_default();
-    let s = Settlement::refused(ticket, &r.err, r.route.map(|r| *r), run);
+    let mut s = Settlement::refused(ticket, &r.err, r.route.map(|r| *r), run);
+    s.wasted = r.wasted;
     let remaining = settle::settle(state, rt, &s);
     let mut resp = r.err.into_response();
     settle::headers(resp.headers_mut(), rt, &s, remaining, true);
@@ -211,6 +216,7 @@ pub fn give_up(rt: &Runtime, failure: Failure, run: Run, route: Route) -> Refusa
         err,
         route: Some(Box::new(route)),
         run: Some(Box::new(run)),
+        wasted: crate::cost::Usd::ZERO,
     }
 }
 
@@ -268,4 +274,28 @@ fn new_request_id() -> String {
         id.push(char::from(HEX[((bits >> (i * 4)) & 0xf) as usize]));
     }
     id
+}
+
+/// What failed attempts of one request were billed for, after the upstream
+/// answered (a cut buffered stream, an answer refused by `validate_output`):
+/// wasted spend. Filled during the walk, priced when it is settled.
+#[derive(Default)]
+pub struct Billed(std::sync::Mutex<Vec<(crate::config::ModelId, crate::cost::Usage)>>);
+
+impl Billed {
+    pub fn add(&self, model: crate::config::ModelId, usage: crate::cost::Usage) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push((model, usage));
+        }
+    }
+
+    /// The price of it all, tokens only (no per-request fee).
+    pub fn cost(&self, rt: &Runtime) -> crate::cost::Usd {
+        let Ok(v) = self.0.lock() else {
+            return crate::cost::Usd::ZERO;
+        };
+        v.iter()
+            .map(|(m, u)| crate::cost::token_cost(&rt.config.models[*m].prices, u))
+            .fold(crate::cost::Usd::ZERO, |a, b| a + b)
+    }
 }

@@ -184,7 +184,7 @@ pub fn stream_ended(
         StreamEnd::Done => s.price(rt, Some(usage), || usage),
         StreamEnd::Broke(e) => {
             s.usage = Some(usage);
-            s.wasted = cost::token_cost(prices, &usage);
+            s.wasted += cost::token_cost(prices, &usage);
             s.outcome = RequestOutcome::Failed;
             tracing::warn!(request_id = %s.ticket.request_id, error = %e, "stream interrupted after it started");
         }
@@ -239,7 +239,8 @@ pub fn headers(
         run: &s.run,
         served: s.served.map(|b| (b.target, b.model)),
         first_target: s.first_target(),
-        cost: s.cost,
+        // all attempts (docs/api.md): what failed attempts were billed too
+        cost: s.cost + s.wasted,
         savings: s.savings,
         cost_in_headers: settled && !s.stream,
         escalated: s.route.as_ref().is_some_and(|r| r.escalated),

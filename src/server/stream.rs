@@ -98,6 +98,14 @@ pub struct Buffering {
     pub max_bytes: usize,
 }
 
+/// A buffered stream that failed after content arrived: what the upstream
+/// generated (and will bill) before it failed.
+pub struct HeldFailure {
+    pub err: UpstreamError,
+    pub usage: Option<crate::cost::Usage>,
+    pub text_chars: usize,
+}
+
 /// `start`, then hold the rest until the stream is complete, so a break, a
 /// stall or a malformed ending is a failed attempt the client never sees.
 /// Past `max_bytes` what is held is released and the stream goes on live.
@@ -105,26 +113,38 @@ pub async fn start_buffered(
     open: impl Future<Output = Result<UpstreamStream, UpstreamError>>,
     max_hold: usize,
     b: Buffering,
-) -> Result<Started, UpstreamError> {
-    let mut started = tokio::time::timeout(b.first, start(open, max_hold))
+) -> Result<Started, HeldFailure> {
+    let first = tokio::time::timeout(b.first, start(open, max_hold))
         .await
-        .unwrap_or(Err(UpstreamError::Timeout))?;
+        .unwrap_or(Err(UpstreamError::Timeout));
+    let mut started = first.map_err(|err| HeldFailure {
+        err,
+        usage: None,
+        text_chars: 0,
+    })?;
     let mut held: usize = started.buffered.iter().map(|c| c.data.len()).sum();
+    let fail = |started: &Started, err: UpstreamError| HeldFailure {
+        err,
+        usage: started.buffered.iter().rev().find_map(|c| c.usage),
+        text_chars: started.buffered.iter().map(|c| c.text_len).sum(),
+    };
     loop {
         if held > b.max_bytes {
             return Ok(started);
         }
         let next = tokio::time::timeout(b.gap, started.upstream.next()).await;
         match next {
-            Err(_) => return Err(UpstreamError::Timeout),
+            Err(_) => return Err(fail(&started, UpstreamError::Timeout)),
             Ok(None) => {
-                return Err(UpstreamError::MidStream(
+                let err = UpstreamError::MidStream(
                     "the upstream closed the stream before it ended".into(),
-                ))
+                );
+                return Err(fail(&started, err));
             }
-            Ok(Some(Err(e))) => return Err(e),
+            Ok(Some(Err(e))) => return Err(fail(&started, e)),
             Ok(Some(Ok(c))) if c.kind == ChunkKind::Malformed => {
-                return Err(UpstreamError::BadBody("a malformed stream event".into()))
+                let err = UpstreamError::BadBody("a malformed stream event".into());
+                return Err(fail(&started, err));
             }
             Ok(Some(Ok(c))) => {
                 let done = c.kind == ChunkKind::Done;

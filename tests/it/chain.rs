@@ -444,7 +444,7 @@ async fn answers_not_worth_serving_fall_back_on_validating_tiers() {
     let cfg = format!(
         "{}{}{}{}{}",
         prelude_with(&up, "", 1),
-        model("m1", ""),
+        model("m1", "input_usd_per_mtok = 1.0\noutput_usd_per_mtok = 1.0"),
         model("m2", ""),
         tier(
             "first",
@@ -454,10 +454,12 @@ async fn answers_not_worth_serving_fall_back_on_validating_tiers() {
         tier("second", &["m2"], ""),
     );
     let gw = Gateway::start(&cfg, ENV).await;
-    // an empty answer
+    // an empty answer; its tokens were billed: the request's cost counts them
+    // (3 prompt tokens at $1 per million), though the free tier served it
     up.script("m1", vec![Step::Text("  ", 3, 0)]);
     let resp = gw.ask("first").await;
     assert_eq!(header(&resp, "x-cascade-tier"), "second");
+    assert_eq!(header(&resp, "x-cascade-cost-usd"), "0.000003");
     // content that is not the JSON object the request asked for
     up.script("m1", vec![Step::Text("Sure! Here it is: {", 3, 5)]);
     let mut b = crate::common::gateway::body("first");

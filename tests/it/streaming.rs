@@ -475,7 +475,7 @@ async fn buffering_gateway(max_bytes: usize) -> (Upstream, Gateway) {
     let cfg = format!(
         "{}{}{}{}{}",
         prelude(&up, ""),
-        model("m1", ""),
+        model("m1", "input_usd_per_mtok = 1.0\noutput_usd_per_mtok = 1.0"),
         model("m2", ""),
         tier(
             "first",
@@ -509,6 +509,10 @@ async fn a_buffered_stream_that_breaks_falls_back_unseen() {
     let text = events.join("\n");
     assert_eq!(content(&events), "from second", "{text}");
     assert!(!text.contains("stream_interrupted"), "{text}");
+    // the cut attempt's tokens were billed: wasted spend in the closing comment
+    // (the serving tier is free)
+    let cost = closing_comment(&events)["cost_usd"].as_f64().unwrap();
+    assert!(cost > 0.0, "{text}");
     // a complete answer is served whole by the tier that gave it
     up.script(
         "m1",
