@@ -547,3 +547,44 @@ async fn a_buffer_past_its_limit_is_released_and_goes_on_live() {
     assert!(text.contains("a long enough first piece"), "{text}");
     assert!(text.contains("stream_interrupted"), "{text}");
 }
+
+#[tokio::test]
+async fn a_buffered_stream_that_stalls_falls_back_unseen() {
+    // the gap allowed after the first content is the tier's timeout_ms
+    let up = Upstream::start().await;
+    let cfg = format!(
+        "{}{}{}{}{}",
+        prelude(&up, ""),
+        model("m1", ""),
+        model("m2", ""),
+        tier(
+            "first",
+            &["m1"],
+            "max_retries = 0\nmid_stream = \"buffer\"\nfirst_token_timeout_ms = 2000\ntimeout_ms = 300\nfallback = [\"second\"]"
+        ),
+        tier("second", &["m2"], "max_retries = 0"),
+    );
+    let gw = Gateway::start(&cfg, ENV).await;
+    let mut stalls = StreamScript::text(&[]);
+    stalls.chunks = vec![(0, "ten tokens "), (30_000, "never")];
+    up.script("m1", vec![Step::Stream(stalls)]);
+    up.script(
+        "m2",
+        vec![Step::Stream(StreamScript::text(&["from ", "second"]))],
+    );
+    let resp = gw
+        .chat()
+        .json(&stream_body("first", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&resp, "x-cascade-tier"), "second");
+    let events = read_all(resp).await;
+    assert_eq!(content(&events), "from second");
+    assert!(events.iter().any(|e| e == "data: [DONE]"));
+    assert_eq!(
+        gw.metric(r#"cascade_attempts_total{model="m1",outcome="timeout",tier="first"}"#)
+            .await,
+        1.0
+    );
+}
