@@ -48,6 +48,15 @@ impl Client {
         }
     }
 
+    /// The request's top-level fields this provider cannot take and leaves
+    /// out (only the Anthropic translation drops any).
+    pub fn dropped(&self, body: &crate::api::ChatBody) -> Vec<String> {
+        match self {
+            Client::Anthropic(_) => anthropic::dropped(&body.to_value()),
+            Client::OpenAi(_) | Client::Mock(_) => Vec::new(),
+        }
+    }
+
     /// One embeddings call. Anthropic has no embeddings API (the config
     /// refuses such a model; this answers 404 should one get here).
     pub async fn embed(&self, req: EmbedRequest<'_>) -> Result<Embeddings, UpstreamError> {

@@ -22,6 +22,7 @@ use crate::chain::{self, Mode, Route};
 use crate::config::MidStream;
 use crate::error::GatewayError;
 use crate::providers::{Completion, Forward, UpstreamRequest};
+use crate::runtime::Runtime;
 
 pub async fn completions(State(state): State<AppState>, req: Request) -> Response {
     let started = Instant::now();
@@ -143,6 +144,7 @@ async fn serve(
         settlement.wasted = billed.cost(rt);
         let mut resp = Response::new(Body::empty());
         settle::headers(resp.headers_mut(), rt, &settlement, remaining, false);
+        dropped_params(resp.headers_mut(), rt, &body, by.model);
         let h = resp.headers_mut();
         h.insert(
             header::CONTENT_TYPE,
@@ -213,7 +215,20 @@ async fn serve(
         HeaderValue::from_static("application/json"),
     );
     settle::headers(resp.headers_mut(), rt, &s, remaining, true);
+    dropped_params(resp.headers_mut(), rt, &body, by.model);
     Ok(resp)
+}
+
+/// `x-cascade-dropped-params`: what the serving provider could not take.
+fn dropped_params(h: &mut axum::http::HeaderMap, rt: &Runtime, body: &ChatBody, model: usize) {
+    let provider = rt.config.models[model].provider;
+    let dropped = rt.clients[provider].dropped(body);
+    if dropped.is_empty() {
+        return;
+    }
+    if let Ok(v) = HeaderValue::from_str(&dropped.join(",")) {
+        h.insert(crate::header_names::DROPPED_PARAMS, v);
+    }
 }
 
 #[cfg(test)]

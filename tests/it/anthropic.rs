@@ -575,3 +575,38 @@ async fn bughive_runs_a_request_through_each_tier() {
         }
     }
 }
+
+#[tokio::test]
+async fn what_anthropic_cannot_take_is_listed_in_dropped_params() {
+    let (up, gw) = gateway().await;
+    let mut b = ask("first", false);
+    b["frequency_penalty"] = json!(0.5);
+    b["seed"] = json!(7);
+    b["logit_bias"] = Value::Null; // a null is not a dropped field
+    b["tools"] = json!([
+        {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}},
+        {"type": "custom", "name": "apply_patch"}
+    ]);
+    let resp = gw.chat().json(&b).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        header(&resp, "x-cascade-dropped-params"),
+        "frequency_penalty,seed,tools.custom"
+    );
+    // nothing dropped: no header; an OpenAI-compatible tier takes everything
+    let resp = gw.chat().json(&ask("first", false)).send().await.unwrap();
+    assert!(resp.headers().get("x-cascade-dropped-params").is_none());
+    let mut to_openai = b.clone();
+    to_openai["model"] = json!("second");
+    let resp = gw.chat().json(&to_openai).send().await.unwrap();
+    assert_eq!(header(&resp, "x-cascade-tier"), "second");
+    assert!(resp.headers().get("x-cascade-dropped-params").is_none());
+    // streams carry it too
+    b["stream"] = json!(true);
+    up.script("claude-x", vec![Step::Stream(StreamScript::text(&["Hi"]))]);
+    let resp = gw.chat().json(&b).send().await.unwrap();
+    assert_eq!(
+        header(&resp, "x-cascade-dropped-params"),
+        "frequency_penalty,seed,tools.custom"
+    );
+}

@@ -5,6 +5,7 @@
 #[cfg(test)]
 mod props;
 mod request;
+pub use request::dropped;
 mod response;
 mod stream;
 

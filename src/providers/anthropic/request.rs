@@ -120,6 +120,48 @@ pub fn translate(
     }
 }
 
+/// The top-level fields of a chat request the translation leaves out
+/// (`x-cascade-dropped-params`), in request order: fields with no Anthropic
+/// meaning, and non-function tools as `tools.<type>`. Nulls are not listed.
+pub fn dropped(req: &Map<String, Value>) -> Vec<String> {
+    const TRANSLATED: [&str; 16] = [
+        "model",
+        "messages",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "stop",
+        "stream",
+        "stream_options",
+        "user",
+        "top_k",
+        "thinking",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "response_format",
+    ];
+    let mut out = Vec::new();
+    for (key, value) in req {
+        if value.is_null() {
+            continue;
+        }
+        if key == "tools" {
+            for t in value.as_array().into_iter().flatten() {
+                let kind = t.get("type").and_then(Value::as_str).unwrap_or("function");
+                let name = format!("tools.{kind}");
+                if kind != "function" && !out.contains(&name) {
+                    out.push(name);
+                }
+            }
+        } else if !TRANSLATED.contains(&key.as_str()) {
+            out.push(key.clone());
+        }
+    }
+    out
+}
+
 /// The conversation as Anthropic turns: system and developer messages go to
 /// `system`; `tool` results join the user turn; consecutive turns of one
 /// role are merged; empty turns are left out.
