@@ -280,18 +280,26 @@ fn new_request_id() -> String {
 /// answered (a cut buffered stream, an answer refused by `validate_output`):
 /// wasted spend. Filled during the walk, priced when it is settled.
 #[derive(Default)]
-pub struct Billed(std::sync::Mutex<Vec<(crate::config::ModelId, crate::cost::Usage)>>);
+pub struct Billed {
+    /// Anything added (most requests add nothing: no lock taken then).
+    any: std::sync::atomic::AtomicBool,
+    spent: std::sync::Mutex<Vec<(crate::config::ModelId, crate::cost::Usage)>>,
+}
 
 impl Billed {
     pub fn add(&self, model: crate::config::ModelId, usage: crate::cost::Usage) {
-        if let Ok(mut v) = self.0.lock() {
+        if let Ok(mut v) = self.spent.lock() {
             v.push((model, usage));
+            self.any.store(true, std::sync::atomic::Ordering::Release);
         }
     }
 
     /// The price of it all, tokens only (no per-request fee).
     pub fn cost(&self, rt: &Runtime) -> crate::cost::Usd {
-        let Ok(v) = self.0.lock() else {
+        if !self.any.load(std::sync::atomic::Ordering::Acquire) {
+            return crate::cost::Usd::ZERO;
+        }
+        let Ok(v) = self.spent.lock() else {
             return crate::cost::Usd::ZERO;
         };
         v.iter()
