@@ -63,12 +63,18 @@ def main():
         parent = me.rsplit("::", 1)[0] if "::" in me else "crate"
         is_mod_file = os.path.basename(p) == "mod.rs" or me == "crate"
         base_super = parent if not is_mod_file else (me.rsplit("::", 1)[0] if "::" in me else "crate")
-        for m in re.finditer(r"\b(crate|super|self)((?:::\w+)+)", text):
+        for m in re.finditer(r"\b(crate|super|self)((?:::\w+)*)(::\*)?", text):
+            if not m.group(2) and not m.group(3):
+                continue
             head, rest = m.group(1), [x for x in m.group(2).split("::") if x]
             if head == "crate":
                 prefix = []
             elif head == "super":
                 prefix = [] if base_super == "crate" else base_super.split("::")
+                # `super::super::...` climbs once more per `super`
+                while rest and rest[0] == "super":
+                    rest = rest[1:]
+                    prefix = prefix[:-1]
             else:
                 prefix = me.split("::") if me != "crate" else []
             target = resolve(prefix + rest)

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::*;
+use crate::config::ModelId;
 
 /// Tier `a` (m1: 1 s timeout, one retry, escalates to `b` after 2 failures)
 /// falls back to tier `b` (m2, paid).

@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use super::*;
 
 fn load(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
