@@ -6,22 +6,16 @@ use serde_json::Value;
 
 use crate::common::gateway::header;
 use crate::common::{Gateway, Step, Upstream};
-use crate::{model, prelude, prelude_with, tier, ENV};
+use crate::{first_then_second, model, prelude, prelude_with, tier, ENV};
 
 /// first (max_retries 1) -> second.
 async fn two_tiers(policy: &str) -> (Upstream, Gateway) {
     let up = Upstream::start().await;
-    let cfg = format!(
-        "{}{}{}{}{}",
+    let cfg = first_then_second(
         prelude(&up, policy),
-        model("m1", ""),
-        model("m2", ""),
-        tier(
-            "first",
-            &["m1"],
-            "max_retries = 1\nfallback = [\"second\"]\ntimeout_ms = 300"
-        ),
-        tier("second", &["m2"], "max_retries = 1"),
+        "",
+        "max_retries = 1\ntimeout_ms = 300",
+        "max_retries = 1",
     );
     let gw = Gateway::start(&cfg, ENV).await;
     (up, gw)
@@ -78,17 +72,11 @@ async fn a_timeout_falls_back_at_once_unless_retry_on_timeout() {
     assert_eq!(header(&resp, "x-cascade-attempts"), "3");
     // and per tier, over the policy
     let up = Upstream::start().await;
-    let cfg = format!(
-        "{}{}{}{}{}",
+    let cfg = first_then_second(
         prelude(&up, "retry_on_timeout = true"),
-        model("m1", ""),
-        model("m2", ""),
-        tier(
-            "first",
-            &["m1"],
-            "max_retries = 1\nretry_on_timeout = false\nfallback = [\"second\"]\ntimeout_ms = 300"
-        ),
-        tier("second", &["m2"], ""),
+        "",
+        "max_retries = 1\nretry_on_timeout = false\ntimeout_ms = 300",
+        "",
     );
     let gw = Gateway::start(&cfg, ENV).await;
     up.script("m1", vec![Step::Hang]);
@@ -441,17 +429,11 @@ async fn metrics_name_the_model_that_failed() {
 #[tokio::test]
 async fn answers_not_worth_serving_fall_back_on_validating_tiers() {
     let up = Upstream::start().await;
-    let cfg = format!(
-        "{}{}{}{}{}",
+    let cfg = first_then_second(
         prelude_with(&up, "", 1),
-        model("m1", "input_usd_per_mtok = 1.0\noutput_usd_per_mtok = 1.0"),
-        model("m2", ""),
-        tier(
-            "first",
-            &["m1"],
-            "max_retries = 0\nvalidate_output = true\nfallback = [\"second\"]"
-        ),
-        tier("second", &["m2"], ""),
+        "input_usd_per_mtok = 1.0\noutput_usd_per_mtok = 1.0",
+        "max_retries = 0\nvalidate_output = true",
+        "",
     );
     let gw = Gateway::start(&cfg, ENV).await;
     // an empty answer; its tokens were billed: the request's cost counts them
@@ -488,17 +470,11 @@ async fn answers_not_worth_serving_fall_back_on_validating_tiers() {
 #[tokio::test]
 async fn a_stream_that_finishes_before_any_content_falls_back_on_validating_tiers() {
     let up = Upstream::start().await;
-    let cfg = format!(
-        "{}{}{}{}{}",
+    let cfg = first_then_second(
         prelude(&up, ""),
-        model("m1", ""),
-        model("m2", ""),
-        tier(
-            "first",
-            &["m1"],
-            "max_retries = 0\nvalidate_output = true\nfallback = [\"second\"]"
-        ),
-        tier("second", &["m2"], ""),
+        "",
+        "max_retries = 0\nvalidate_output = true",
+        "",
     );
     let gw = Gateway::start(&cfg, ENV).await;
     let finish = r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#;

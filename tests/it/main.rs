@@ -88,3 +88,21 @@ pub fn tier(name: &str, models: &[&str], extra: &str) -> String {
 }
 
 pub const ENV: &[(&str, &str)] = &[("UP_KEY", UP_KEY)];
+
+/// After a prelude: models m1 (with `m1` lines) and m2 on the scripted
+/// upstream, tier `first` (m1, `first` lines) falling back to tier `second`
+/// (m2, `second` lines).
+pub fn first_then_second(prelude: String, m1: &str, first: &str, second: &str) -> String {
+    [
+        prelude,
+        model("m1", m1),
+        model("m2", ""),
+        tier(
+            "first",
+            &["m1"],
+            &format!("{first}\nfallback = [\"second\"]"),
+        ),
+        tier("second", &["m2"], second),
+    ]
+    .concat()
+}

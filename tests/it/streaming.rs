@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use crate::common::gateway::header;
 use crate::common::{Gateway, Step, StreamScript, Upstream};
-use crate::{model, prelude, tier, ENV};
+use crate::{first_then_second, model, prelude, tier, ENV};
 
 fn stream_body(model: &str, usage: bool) -> Value {
     let mut b =
@@ -21,17 +21,11 @@ fn stream_body(model: &str, usage: bool) -> Value {
 /// first (m1, first token within 300 ms, idle 400 ms) -> second (m2).
 async fn gateway() -> (Upstream, Gateway) {
     let up = Upstream::start().await;
-    let cfg = format!(
-        "{}{}{}{}{}",
+    let cfg = first_then_second(
         prelude(&up, ""),
-        model("m1", "input_usd_per_mtok = 1.0\noutput_usd_per_mtok = 2.0"),
-        model("m2", ""),
-        tier(
-            "first",
-            &["m1"],
-            "max_retries = 0\nfirst_token_timeout_ms = 300\ntimeout_ms = 400\nfallback = [\"second\"]"
-        ),
-        tier("second", &["m2"], "max_retries = 0"),
+        "input_usd_per_mtok = 1.0\noutput_usd_per_mtok = 2.0",
+        "max_retries = 0\nfirst_token_timeout_ms = 300\ntimeout_ms = 400",
+        "max_retries = 0",
     );
     (up, Gateway::start(&cfg, ENV).await)
 }
@@ -472,17 +466,11 @@ async fn a_malformed_event_after_the_first_token_is_dropped_and_counted() {
 /// first (m1, mid_stream = "buffer", `buffer_max_bytes` given) -> second (m2).
 async fn buffering_gateway(max_bytes: usize) -> (Upstream, Gateway) {
     let up = Upstream::start().await;
-    let cfg = format!(
-        "{}{}{}{}{}",
+    let cfg = first_then_second(
         prelude(&up, ""),
-        model("m1", "input_usd_per_mtok = 1.0\noutput_usd_per_mtok = 1.0"),
-        model("m2", ""),
-        tier(
-            "first",
-            &["m1"],
-            &format!("max_retries = 0\nmid_stream = \"buffer\"\nbuffer_max_bytes = {max_bytes}\nfirst_token_timeout_ms = 2000\ntimeout_ms = 2000\nfallback = [\"second\"]")
-        ),
-        tier("second", &["m2"], "max_retries = 0"),
+        "input_usd_per_mtok = 1.0\noutput_usd_per_mtok = 1.0",
+        &format!("max_retries = 0\nmid_stream = \"buffer\"\nbuffer_max_bytes = {max_bytes}\nfirst_token_timeout_ms = 2000\ntimeout_ms = 2000"),
+        "max_retries = 0",
     );
     (up, Gateway::start(&cfg, ENV).await)
 }
@@ -552,17 +540,11 @@ async fn a_buffer_past_its_limit_is_released_and_goes_on_live() {
 async fn a_buffered_stream_that_stalls_falls_back_unseen() {
     // the gap allowed after the first content is the tier's timeout_ms
     let up = Upstream::start().await;
-    let cfg = format!(
-        "{}{}{}{}{}",
+    let cfg = first_then_second(
         prelude(&up, ""),
-        model("m1", ""),
-        model("m2", ""),
-        tier(
-            "first",
-            &["m1"],
-            "max_retries = 0\nmid_stream = \"buffer\"\nfirst_token_timeout_ms = 2000\ntimeout_ms = 300\nfallback = [\"second\"]"
-        ),
-        tier("second", &["m2"], "max_retries = 0"),
+        "",
+        "max_retries = 0\nmid_stream = \"buffer\"\nfirst_token_timeout_ms = 2000\ntimeout_ms = 300",
+        "max_retries = 0",
     );
     let gw = Gateway::start(&cfg, ENV).await;
     let mut stalls = StreamScript::text(&[]);
