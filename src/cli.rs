@@ -137,6 +137,20 @@ pub fn describe(cfg: &Config) -> String {
             unknown.join(", ")
         );
     }
+    for t in &cfg.tiers {
+        let continues = t.mid_stream == crate::config::MidStream::Continue;
+        let prefill = std::iter::once(t)
+            .chain(t.chain.iter().map(|&c| &cfg.tiers[c]))
+            .flat_map(|t| t.models.iter())
+            .any(|&m| cfg.models[m].prefill);
+        if continues && !prefill {
+            let _ = writeln!(
+                s,
+                "  warning: tier {} has mid_stream = \"continue\" but no model of its chain has prefill = true: a broken stream ends in stream_interrupted",
+                t.name
+            );
+        }
+    }
     let _ = writeln!(s, "\ntiers:");
     for t in &cfg.tiers {
         let chain: Vec<&str> = t

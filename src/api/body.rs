@@ -165,6 +165,44 @@ impl ChatBody {
             .map(|(_, v)| v.get())
     }
 
+    /// `n` is absent or at most 1: one answer per request.
+    pub fn single_choice(&self) -> bool {
+        self.raw("n")
+            .is_none_or(|v| serde_json::from_str::<u64>(v).is_ok_and(|n| n <= 1))
+    }
+
+    /// The request a model is asked to continue a partial answer with: the
+    /// messages gain `partial` as a final assistant message. `flags` adds
+    /// what vLLM needs to continue it rather than start a new turn
+    /// (`continue_final_message`, `add_generation_prompt: false`).
+    pub fn continued(&self, partial: &str, flags: bool) -> Option<ChatBody> {
+        let mut messages: Vec<Box<RawValue>> = serde_json::from_str(self.raw("messages")?).ok()?;
+        let last = serde_json::json!({"role": "assistant", "content": partial});
+        messages.push(serde_json::value::to_raw_value(&last).ok()?);
+        let messages = serde_json::value::to_raw_value(&messages).ok()?;
+        let mut fields: Vec<(String, Box<RawValue>)> = self
+            .fields
+            .iter()
+            .filter(|(k, _)| k != "continue_final_message" && k != "add_generation_prompt")
+            .map(|(k, v)| match k.as_str() {
+                "messages" => (k.clone(), messages.clone()),
+                _ => (k.clone(), v.clone()),
+            })
+            .collect();
+        if flags {
+            let yes = serde_json::value::to_raw_value(&true).ok()?;
+            let no = serde_json::value::to_raw_value(&false).ok()?;
+            fields.push(("continue_final_message".into(), yes));
+            fields.push(("add_generation_prompt".into(), no));
+        }
+        Some(ChatBody {
+            fields,
+            model: self.model.clone(),
+            stream: self.stream,
+            client_wants_usage: self.client_wants_usage,
+        })
+    }
+
     /// The body for an OpenAI-compatible upstream: every field as sent, `model`
     /// set to `upstream_model`, and on a stream `stream_options.include_usage`
     /// added when `ask_usage`.

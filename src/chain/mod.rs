@@ -31,6 +31,7 @@ pub use route::{Route, Step};
 pub use targets::{Chain, Escalation, Target};
 pub use types::{AttemptRecord, Call, Check, Failure, Mode, OpenAttempt, Run, Served, StreamEnd};
 
+use crate::config::ModelId;
 pub use crate::outcome::AttemptOutcome;
 use crate::providers::UpstreamError;
 
@@ -42,6 +43,65 @@ pub async fn execute<T, F, Fut>(
     deadline: Instant,
     mode: Mode,
     (paid_allowed, check): (&(dyn Fn() -> bool + Sync), Check<'_, T>),
+    call: F,
+) -> (Run, Result<Served<T>, Failure>)
+where
+    F: FnMut(Call) -> Fut,
+    Fut: Future<Output = Result<T, UpstreamError>>,
+{
+    let w = Walk::new(Run::default(), None);
+    walk(
+        chain,
+        (route, &route.steps),
+        w,
+        (deadline, mode),
+        (paid_allowed, check),
+        call,
+    )
+    .await
+}
+
+/// `mid_stream = "continue"`: after `broken` (a target and model) broke a
+/// committed stream, the next models of the route in chain order, from its
+/// tier on, that take a prefill (never `broken` itself), until one starts a
+/// stream. `run` is the request's walk so far: its attempts count toward
+/// `max_total_attempts` and the continuation's are added to it.
+pub async fn continuation<T, F, Fut>(
+    chain: &Chain,
+    route: &Route,
+    (run, broken): (Run, (usize, ModelId)),
+    deadline: Instant,
+    paid_allowed: &(dyn Fn() -> bool + Sync),
+    call: F,
+) -> (Run, Result<Served<T>, Failure>)
+where
+    F: FnMut(Call) -> Fut,
+    Fut: Future<Output = Result<T, UpstreamError>>,
+{
+    let (target, model) = broken;
+    let from = route
+        .steps
+        .iter()
+        .position(|s| s.target == target)
+        .unwrap_or(route.steps.len());
+    let w = Walk::new(run, Some(model));
+    walk(
+        chain,
+        (route, &route.steps[from..]),
+        w,
+        (deadline, Mode::Stream),
+        (paid_allowed, &|_, _| Ok(())),
+        call,
+    )
+    .await
+}
+
+async fn walk<T, F, Fut>(
+    chain: &Chain,
+    (route, steps): (&Route, &[Step]),
+    mut w: Walk,
+    (deadline, mode): (Instant, Mode),
+    (paid_allowed, check): (&(dyn Fn() -> bool + Sync), Check<'_, T>),
     mut call: F,
 ) -> (Run, Result<Served<T>, Failure>)
 where
@@ -49,17 +109,7 @@ where
     Fut: Future<Output = Result<T, UpstreamError>>,
 {
     let policy = &chain.config.policy;
-    let mut w = Walk {
-        run: Run::default(),
-        total: 0,
-        deadline_hit: false,
-        back_at: None,
-        min_window: None,
-        retry_delay: Duration::ZERO,
-        tier_pause: Duration::ZERO,
-        budget_skipped: false,
-    };
-    'steps: for step in &route.steps {
+    'steps: for step in steps {
         let target = &chain.targets[step.target];
         if !target.enabled {
             continue;
@@ -97,7 +147,11 @@ where
             // a buffered stream bounds its own time: the deadline and the
             // first-token timeout until its first content, the gap after it
             let outer = match (mode, target.mid_stream) {
-                (Mode::Stream, crate::config::MidStream::Buffer { .. }) => None,
+                (Mode::Stream, crate::config::MidStream::Buffer { .. })
+                    if w.continuing.is_none() =>
+                {
+                    None
+                }
                 _ => Some(limit),
             };
             let Some(picked) = w.pick(

@@ -39,6 +39,9 @@ pub(super) struct Walk {
     /// (so never after the last attempt).
     pub(super) tier_pause: Duration,
     pub(super) budget_skipped: bool,
+    /// Continuing a stream `Some(model)` broke: only models that take a
+    /// prefill, never that one.
+    pub(super) continuing: Option<ModelId>,
 }
 
 pub(super) struct Picked<P> {
@@ -50,12 +53,29 @@ pub(super) struct Picked<P> {
 }
 
 impl Walk {
+    pub(super) fn new(run: Run, continuing: Option<ModelId>) -> Walk {
+        Walk {
+            total: u32::try_from(run.attempts.len()).unwrap_or(u32::MAX),
+            run,
+            deadline_hit: false,
+            back_at: None,
+            min_window: None,
+            retry_delay: Duration::ZERO,
+            tier_pause: Duration::ZERO,
+            budget_skipped: false,
+            continuing,
+        }
+    }
+
     /// Whether a model may be tried now: enabled, and (after a
     /// context-length failure) with a larger window or one not configured
     /// (it may well be larger).
     fn eligible(&self, chain: &Chain, model: ModelId) -> bool {
         let m = &chain.config.models[model];
         m.enabled
+            && self
+                .continuing
+                .is_none_or(|broken| m.prefill && model != broken)
             && self
                 .min_window
                 .is_none_or(|w| m.context_window.is_none_or(|mw| mw > w))

@@ -180,6 +180,9 @@ pub struct RawModel {
     /// Embedding models: the vector space (default: the model's own name).
     #[serde(default)]
     pub embedding_space: Option<String>,
+    /// Chat models: takes a final assistant message and continues it.
+    #[serde(default)]
+    pub prefill: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -184,6 +184,9 @@ pub struct Model {
     /// The model's own `enabled` and its provider's.
     pub enabled: bool,
     pub kind: ModelKind,
+    /// Takes a final assistant message and continues it (`mid_stream =
+    /// "continue"` asks only such models to continue a broken stream).
+    pub prefill: bool,
 }
 
 /// What a model does. Embedding models carry their vector space: a chain
@@ -233,6 +236,9 @@ pub enum MidStream {
     /// Hold the answer until it is complete (up to `max_bytes`, then release
     /// it and go on live, as `Error`), so a break falls back unseen.
     Buffer { max_bytes: usize },
+    /// Ask the next models that take a prefill to continue the partial
+    /// answer, spliced into the same stream.
+    Continue,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use super::pipeline::{self, give_up, Ctx, Refusal};
 use super::settle::{self, InFlight, ServedBy, Settlement, Ticket};
+use super::splice::Splice;
 use super::state::AppState;
 use super::stream;
 use crate::api::validate;
@@ -102,7 +103,7 @@ async fn serve(
                         gap: t.timeout,
                         max_bytes,
                     }),
-                    MidStream::Error => None,
+                    MidStream::Error | MidStream::Continue => None,
                 };
                 let (billed, model) = (&billed, call.model);
                 async move {
@@ -151,13 +152,19 @@ async fn serve(
             HeaderValue::from_static("text/event-stream"),
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        let client_wants_usage = body.client_wants_usage();
+        let splice = match rt.chain.targets[by.target].mid_stream {
+            MidStream::Continue => Splice::new(body, ctx.headers, request_id),
+            _ => None,
+        };
         let open = stream::Open {
             state: ctx.state.clone(),
             rt: Arc::clone(rt),
             settlement,
             by,
-            attempt,
-            client_wants_usage: body.client_wants_usage(),
+            attempt: Some(attempt),
+            splice,
+            client_wants_usage,
             prompt_chars,
             idle: rt.chain.targets[by.target].timeout,
         };

@@ -9,6 +9,7 @@ mod headers;
 mod ops;
 mod pipeline;
 mod settle;
+mod splice;
 mod state;
 mod stream;
 

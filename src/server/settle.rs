@@ -163,6 +163,9 @@ pub struct StreamTally {
     pub prompt_chars: usize,
     /// Characters of content the upstream streamed.
     pub text_chars: usize,
+    /// A continued stream (`mid_stream = "continue"`): the legs before the
+    /// one now relayed, and which model that one is.
+    pub prior: Option<super::splice::Prior>,
 }
 
 /// Settle a stream that had started, by how it ended: priced when done;
@@ -176,21 +179,34 @@ pub fn stream_ended(
     tally: &StreamTally,
     end: StreamEnd<'_>,
 ) -> Bytes {
-    let usage = tally
+    let leg = tally
         .usage
         .unwrap_or_else(|| cost::estimate(tally.prompt_chars, tally.text_chars));
-    let prices = &rt.config.models[by.model].prices;
+    // a continued stream: the legs before this one, and this one's model
+    let (prior_cost, mut usage, leg_model) = match tally.prior {
+        Some(p) => (p.cost, p.usage, p.model),
+        None => (Usd::ZERO, Usage::default(), by.model),
+    };
+    usage.add(leg);
+    let prices = &rt.config.models[leg_model].prices;
     match end {
+        StreamEnd::Done if tally.prior.is_some() => {
+            s.price(rt, Some(usage), || usage);
+            s.cost = prior_cost + cost::cost(prices, &leg);
+            if let Some(route) = &s.route {
+                s.savings = savings(rt, route, by.model, &usage, s.cost);
+            }
+        }
         StreamEnd::Done => s.price(rt, Some(usage), || usage),
         StreamEnd::Broke(e) => {
             s.usage = Some(usage);
-            s.wasted += cost::token_cost(prices, &usage);
+            s.wasted += prior_cost + cost::token_cost(prices, &leg);
             s.outcome = RequestOutcome::Failed;
             tracing::warn!(request_id = %s.ticket.request_id, error = %e, "stream interrupted after it started");
         }
         StreamEnd::ClientGone => {
             s.usage = Some(usage);
-            s.cost = cost::token_cost(prices, &usage);
+            s.cost = prior_cost + cost::token_cost(prices, &leg);
             s.outcome = RequestOutcome::ClientError;
             s.status = 499;
             rt.metrics
@@ -200,13 +216,24 @@ pub fn stream_ended(
             tracing::info!(request_id = %s.ticket.request_id, "client disconnected mid-stream; upstream cancelled");
         }
     }
-    s.usage_estimated = tally.usage.is_none();
+    s.usage_estimated = tally.usage.is_none() || tally.prior.is_some_and(|p| p.estimated);
     let remaining = settle(state, rt, &s);
-    closing_comment(&s, &usage, remaining)
+    let continued_by = tally.prior.map(|p| {
+        format!(
+            "{}/{}",
+            rt.chain.targets[p.target].label, rt.config.models[p.model].name
+        )
+    });
+    closing_comment(&s, &usage, remaining, continued_by)
 }
 
 /// `: cascade {json}` with what the stream cost, before `[DONE]`.
-fn closing_comment(s: &Settlement, usage: &Usage, remaining: Option<Usd>) -> Bytes {
+fn closing_comment(
+    s: &Settlement,
+    usage: &Usage,
+    remaining: Option<Usd>,
+    continued_by: Option<String>,
+) -> Bytes {
     let mut report = json!({
         "cost_usd": (s.cost + s.wasted).to_json(),
         "prompt_tokens": usage.prompt,
@@ -218,6 +245,9 @@ fn closing_comment(s: &Settlement, usage: &Usage, remaining: Option<Usd>) -> Byt
     }
     if let Some(left) = remaining {
         report["budget_remaining_usd"] = left.to_json();
+    }
+    if let Some(by) = continued_by {
+        report["continued_by"] = json!(by);
     }
     Bytes::from(format!(
         ": cascade {}\n\n",

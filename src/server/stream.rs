@@ -17,9 +17,10 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use super::settle::{self, InFlight, ServedBy, Settlement, StreamTally};
+use super::splice::{Prior, Splice};
 use super::state::AppState;
 use crate::chain::{OpenAttempt, StreamEnd};
-use crate::providers::{Chunk, ChunkKind, UpstreamError, UpstreamStream};
+use crate::providers::{Chunk, ChunkKind, Forward, UpstreamError, UpstreamRequest, UpstreamStream};
 use crate::runtime::Runtime;
 
 /// An upstream stream that has produced its first content.
@@ -166,8 +167,11 @@ pub struct Open {
     pub settlement: Settlement,
     /// What serves it.
     pub by: ServedBy,
-    /// The chain's attempt, finished when the stream ends.
-    pub attempt: OpenAttempt,
+    /// The chain's attempt, finished when the stream ends (or when it broke
+    /// and a continuation is sought).
+    pub attempt: Option<OpenAttempt>,
+    /// `mid_stream = "continue"`: what a continuation needs.
+    pub splice: Option<Splice>,
     pub client_wants_usage: bool,
     /// Characters of the request's messages (for an estimate of its usage).
     pub prompt_chars: usize,
@@ -220,6 +224,7 @@ impl Relay {
                 usage: None,
                 prompt_chars: open.prompt_chars,
                 text_chars: 0,
+                prior: None,
             },
             open: Some(open),
             upstream: started.upstream,
@@ -291,13 +296,28 @@ impl Relay {
                         ChunkKind::UsageOnly if !self.client_wants_usage => {}
                         // after the first content: dropped, counted, the stream goes on
                         ChunkKind::Malformed => {
-                            if let Some(open) = &self.open {
-                                open.attempt.dropped_event(&open.rt.chain);
+                            if let Some(a) = self.open.as_ref().and_then(|o| o.attempt.as_ref()) {
+                                a.dropped_event(&self.open.as_ref()?.rt.chain);
                             }
                         }
-                        _ => return Some(event(&c.data)),
+                        _ => match self.open.as_mut().and_then(|o| o.splice.as_mut()) {
+                            None => return Some(event(&c.data)),
+                            Some(splice) => {
+                                let data = if splice.rewriting {
+                                    match splice.rewrite(&c.data) {
+                                        Some(data) => data,
+                                        None => continue,
+                                    }
+                                } else {
+                                    c.data
+                                };
+                                splice.observe(&data);
+                                return Some(event(&data));
+                            }
+                        },
                     }
                 }
+                Err(e) if self.resume(&e).await => continue,
                 Err(e) => {
                     let message = match &e {
                         UpstreamError::Timeout => format!(
@@ -329,8 +349,9 @@ impl Relay {
             return Bytes::new();
         };
         let mut settlement = open.settlement;
-        open.attempt
-            .finish(&open.rt.chain, &mut settlement.run, end);
+        if let Some(attempt) = open.attempt {
+            attempt.finish(&open.rt.chain, &mut settlement.run, end);
+        }
         settle::stream_ended(
             &open.state,
             &open.rt,
@@ -338,6 +359,102 @@ impl Relay {
             &self.tally,
             end,
         )
+    }
+}
+
+impl Relay {
+    /// `mid_stream = "continue"`: the stream broke with `e`; ask the next
+    /// models that take a prefill to continue it. When one starts, its
+    /// stream is relayed from here on and the broken leg is priced as cost.
+    async fn resume(&mut self, e: &UpstreamError) -> bool {
+        let Some(open) = self.open.as_mut() else {
+            return false;
+        };
+        let Some(splice) = open.splice.as_ref().filter(|s| s.can_continue()) else {
+            return false;
+        };
+        let Some(route) = open.settlement.route.clone() else {
+            return false;
+        };
+        let rt = Arc::clone(&open.rt);
+        let (target, model) = match self.tally.prior {
+            Some(p) => (p.target, p.model),
+            None => (open.by.target, open.by.model),
+        };
+        // the broken leg: its record and the model's health
+        if let Some(attempt) = open.attempt.take() {
+            attempt.finish(&rt.chain, &mut open.settlement.run, StreamEnd::Broke(e));
+        }
+        let cfg = &rt.config;
+        let deadline = Instant::now() + cfg.server.request_timeout;
+        let max_hold = cfg.policy.limits.max_event_bytes;
+        let run = std::mem::take(&mut open.settlement.run);
+        let (run, result) = crate::chain::continuation(
+            &rt.chain,
+            &route,
+            (run, (target, model)),
+            deadline,
+            &|| true,
+            |call: crate::chain::Call| {
+                let m = &cfg.models[call.model];
+                let flags = matches!(
+                    cfg.providers[m.provider].kind,
+                    crate::config::ProviderKind::OpenAi
+                );
+                let body = splice.body.continued(&splice.text, flags);
+                let rt = &rt;
+                async move {
+                    let body = body.ok_or_else(|| {
+                        UpstreamError::BadBody("the messages could not be extended".into())
+                    })?;
+                    let req = UpstreamRequest {
+                        body: &body,
+                        model: m,
+                        forward: Forward {
+                            headers: &splice.headers,
+                            request_id: splice.request_id.as_ref(),
+                        },
+                        limits: cfg.policy.limits,
+                    };
+                    start(rt.open_stream(req), max_hold).await
+                }
+            },
+        )
+        .await;
+        open.settlement.run = run;
+        let Ok(served) = result else {
+            return false;
+        };
+        // the broken leg was billed and served: it is cost
+        let leg = self.tally.usage.unwrap_or_else(|| {
+            crate::cost::estimate(self.tally.prompt_chars, self.tally.text_chars)
+        });
+        let mut prior = self.tally.prior.unwrap_or(Prior {
+            cost: crate::cost::Usd::ZERO,
+            usage: crate::cost::Usage::default(),
+            estimated: false,
+            target,
+            model,
+        });
+        prior.cost += crate::cost::cost(&cfg.models[model].prices, &leg);
+        prior.usage.add(leg);
+        prior.estimated |= self.tally.usage.is_none();
+        (prior.target, prior.model) = (served.target, served.model);
+        self.tally = StreamTally {
+            usage: None,
+            prompt_chars: self.tally.prompt_chars + splice.text.len(),
+            text_chars: 0,
+            prior: Some(prior),
+        };
+        open.attempt = served.open;
+        if let Some(splice) = open.splice.as_mut() {
+            splice.rewriting = true;
+        }
+        self.idle = rt.chain.targets[served.target].timeout;
+        self.upstream = served.value.upstream;
+        self.pending = served.value.buffered.into();
+        self.last_event = Instant::now();
+        true
     }
 }
 

@@ -145,7 +145,7 @@ fn mid_stream_values_are_checked() {
     for (i, (tier, ok)) in [
         ("mid_stream = \"buffer\"\nbuffer_max_bytes = 4096", true),
         ("mid_stream = \"error\"", true),
-        ("mid_stream = \"continue\"", false),
+        ("mid_stream = \"continue\"", true),
         ("mid_stream = \"later\"", false),
         ("mid_stream = \"buffer\"\nbuffer_max_bytes = 0", false),
     ]
@@ -168,6 +168,12 @@ fn mid_stream_values_are_checked() {
             let described = String::from_utf8_lossy(&out.stdout);
             assert!(
                 described.contains("warning: no context_window for m"),
+                "{described}"
+            );
+            // a continue tier with no model that takes a prefill
+            assert_eq!(
+                described.contains("no model of its chain has prefill = true"),
+                tier.contains("continue"),
                 "{described}"
             );
         }

@@ -7,6 +7,7 @@ mod common;
 mod anthropic;
 mod chain;
 mod configs;
+mod continuation;
 mod cost;
 mod egress;
 mod embeddings;

@@ -9,7 +9,7 @@ use crate::common::gateway::header;
 use crate::common::{Gateway, Step, StreamScript, Upstream};
 use crate::{first_then_second, model, prelude, tier, ENV};
 
-fn stream_body(model: &str, usage: bool) -> Value {
+pub(crate) fn stream_body(model: &str, usage: bool) -> Value {
     let mut b =
         json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "hello"}]});
     if usage {
@@ -31,7 +31,7 @@ async fn gateway() -> (Upstream, Gateway) {
 }
 
 /// The SSE lines of a whole response.
-async fn read_all(resp: reqwest::Response) -> Vec<String> {
+pub(crate) async fn read_all(resp: reqwest::Response) -> Vec<String> {
     let text = resp.text().await.unwrap();
     text.split("\n\n")
         .filter(|e| !e.is_empty())
@@ -39,7 +39,7 @@ async fn read_all(resp: reqwest::Response) -> Vec<String> {
         .collect()
 }
 
-fn content(events: &[String]) -> String {
+pub(crate) fn content(events: &[String]) -> String {
     events
         .iter()
         .filter_map(|e| e.strip_prefix("data: "))
@@ -53,7 +53,7 @@ fn content(events: &[String]) -> String {
         .collect()
 }
 
-fn closing_comment(events: &[String]) -> Value {
+pub(crate) fn closing_comment(events: &[String]) -> Value {
     let c = events
         .iter()
         .find_map(|e| e.strip_prefix(": cascade "))

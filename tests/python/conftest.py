@@ -236,6 +236,26 @@ max_retries = 0
 mid_stream = "buffer"
 fallback = ["fast"]
 
+# mid_stream = "continue": a cut stream continued by a model that takes a prefill
+[models.cutter-continued]
+provider = "scripted"
+model = "cut-stream"
+
+[models.continuer]
+provider = "scripted"
+model = "continues"
+prefill = true
+
+[tiers.continued]
+models = ["cutter-continued"]
+max_retries = 0
+mid_stream = "continue"
+fallback = ["continuing"]
+
+[tiers.continuing]
+models = ["continuer"]
+max_retries = 0
+
 # the model strings clients are built with
 [aliases]
 "gpt-4o-mini" = "plan"
@@ -249,6 +269,9 @@ fallback = ["fast"]
 
 #: What the scripted upstream streams before it cuts a ``cut-stream*`` answer.
 CUT_PIECES = ["Hello ", "world"]
+
+#: What the ``continues`` model streams after a final assistant message.
+CONTINUATION = " and the rest"
 
 #: The key the gateway's Anthropic provider sends as ``x-api-key``.
 ANTHROPIC_KEY = "sk-ant-scripted-0000"
@@ -374,6 +397,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._full_stream(model, body, done=False)
         elif stream and model == "malformed-mid":
             self._full_stream(model, body, malformed=True)
+        elif stream and model == "continues":
+            self._full_stream(model, body, text=CONTINUATION)
         elif stream:
             self._full_stream(model, body)
         else:
@@ -422,16 +447,19 @@ class _Handler(BaseHTTPRequestHandler):
             },
         )
 
-    def _full_stream(self, model: str, body: dict, done: bool = True, malformed: bool = False) -> None:
+    def _full_stream(
+        self, model: str, body: dict, done: bool = True, malformed: bool = False, text: str | None = None
+    ) -> None:
         """A well-formed stream: role, content pieces, finish, usage, [DONE]
         (``done=False``: no [DONE], the body just ends; ``malformed=True``: an
-        unreadable event after the first piece)."""
+        unreadable event after the first piece; ``text``: this answer instead
+        of the echo)."""
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Connection", "close")
         self.end_headers()
-        text = f"echo: {_last_user_text(body)}"
+        text = text or f"echo: {_last_user_text(body)}"
         events: list[Any] = [_chunk(model, {"role": "assistant", "content": ""})]
         events += [_chunk(model, {"content": p}) for p in re.findall(r"\S+\s*|\s+", text)]
         events.append(_chunk(model, {}, "stop"))

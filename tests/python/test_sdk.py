@@ -14,7 +14,7 @@ from decimal import Decimal
 import openai
 import pytest
 
-from conftest import ANTHROPIC_KEY, ANTHROPIC_USAGE, CUT_PIECES, TOOL_INPUT, TOOL_PREAMBLE
+from conftest import ANTHROPIC_KEY, ANTHROPIC_USAGE, CONTINUATION, CUT_PIECES, TOOL_INPUT, TOOL_PREAMBLE
 
 MESSAGES = [
     {"role": "system", "content": "You are terse."},
@@ -764,3 +764,18 @@ def test_a_buffered_stream_that_is_cut_falls_back_unseen(client: openai.OpenAI) 
     # nothing of the cut attempt ("Hello ", "world") reached the client
     assert CUT_PIECES[0].strip() not in text, text
     assert text == f"[fast-model] {USER_TEXT}", text
+
+
+def test_a_cut_stream_is_continued_in_the_same_stream(client: openai.OpenAI, upstream) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model="continued", messages=MESSAGES, stream=True, extra_headers={"x-request-id": "continue-1"}
+    )
+    assert raw.headers["x-cascade-tier"] == "continued"
+    chunks = [c for c in raw.parse() if c.choices]
+    text = "".join((c.choices[0].delta.content or "") for c in chunks)
+    # what the first attempt sent, then the continuation, one stream, no error
+    assert text == "".join(CUT_PIECES) + CONTINUATION, text
+    assert {c.model for c in chunks} == {"cut-stream"}
+    # the continuing model was given the partial answer to continue
+    asked = [r for r in upstream.find("continue-1") if r.body.get("model") == "continues"]
+    assert asked[0].body["messages"][-1] == {"role": "assistant", "content": "".join(CUT_PIECES)}

@@ -194,17 +194,11 @@ pub(super) fn validate(path: &Path, raw: RawConfig, env: &Env) -> Result<Config,
                         .map(|v| c.positive(&format!("{key}.buffer_max_bytes"), v))
                         .unwrap_or(1024 * 1024),
                 },
-                Some("continue") => {
-                    c.err(
-                        format!("{key}.mid_stream"),
-                        "\"continue\" is not supported yet (error | buffer)",
-                    );
-                    MidStream::Error
-                }
+                Some("continue") => MidStream::Continue,
                 Some(other) => {
                     c.err(
                         format!("{key}.mid_stream"),
-                        format!("unknown value {other:?} (error | buffer)"),
+                        format!("unknown value {other:?} (error | buffer | continue)"),
                     );
                     MidStream::Error
                 }

@@ -111,6 +111,7 @@ pub(super) fn model(
         max_concurrency: c.count(&format!("{key}.max_concurrency"), m.max_concurrency),
         enabled: m.enabled && providers.get(provider).is_some_and(|p| p.enabled),
         kind,
+        prefill: m.prefill,
     }
 }
 

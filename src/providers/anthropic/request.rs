@@ -192,6 +192,17 @@ fn messages(list: &[Value], system: &mut Vec<Value>) -> Vec<Value> {
             _ => turns.push((role, blocks)),
         }
     }
+    // a final assistant turn is a prefill Anthropic continues; it refuses
+    // one that ends in whitespace
+    if let Some(("assistant", blocks)) = turns.last_mut() {
+        if let Some(Value::String(text)) = blocks.last_mut().and_then(|b| b.get_mut("text")) {
+            text.truncate(text.trim_end().len());
+        }
+        blocks.retain(|b| b["type"] != "text" || b["text"] != "");
+        if blocks.is_empty() {
+            turns.pop();
+        }
+    }
     turns
         .into_iter()
         .map(|(role, mut blocks)| {
