@@ -218,12 +218,16 @@ pub fn stream_ended(
     }
     s.usage_estimated = tally.usage.is_none() || tally.prior.is_some_and(|p| p.estimated);
     let remaining = settle(state, rt, &s);
-    let continued_by = tally.prior.map(|p| {
+    let named = |target: usize, model: ModelId| {
         format!(
             "{}/{}",
-            rt.chain.targets[p.target].label, rt.config.models[p.model].name
+            rt.chain.targets[target].label, rt.config.models[model].name
         )
-    });
+    };
+    // a continued stream names both: the model that began it, the last that continued it
+    let continued_by = tally
+        .prior
+        .map(|p| (named(by.target, by.model), named(p.target, p.model)));
     closing_comment(&s, &usage, remaining, continued_by)
 }
 
@@ -232,7 +236,7 @@ fn closing_comment(
     s: &Settlement,
     usage: &Usage,
     remaining: Option<Usd>,
-    continued_by: Option<String>,
+    continued_by: Option<(String, String)>,
 ) -> Bytes {
     let mut report = json!({
         "cost_usd": (s.cost + s.wasted).to_json(),
@@ -246,7 +250,8 @@ fn closing_comment(
     if let Some(left) = remaining {
         report["budget_remaining_usd"] = left.to_json();
     }
-    if let Some(by) = continued_by {
+    if let Some((from, by)) = continued_by {
+        report["served_by"] = json!(from);
         report["continued_by"] = json!(by);
     }
     Bytes::from(format!(

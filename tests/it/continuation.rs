@@ -76,6 +76,7 @@ async fn a_cut_stream_is_continued_by_the_next_prefill_model() {
         .count();
     assert_eq!(roles, 1, "{text}");
     let report = closing_comment(&events);
+    assert_eq!(report["served_by"], "first/m1", "{text}");
     assert_eq!(report["continued_by"], "second/m2", "{text}");
     // both attempts are cost: the continuation's 100 + 20 tokens at $2/Mtok
     // and the first's 40 tokens (estimated) at $1/Mtok
