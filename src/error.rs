@@ -125,6 +125,53 @@ impl GatewayError {
     }
 }
 
+impl GatewayError {
+    /// The error in Anthropic's shape (the Messages API): `type: "error"`,
+    /// the error type by status; the gateway's `code` (and `attempts`) kept
+    /// as extra fields. An upstream's own Anthropic error goes back as is.
+    pub fn into_anthropic_response(self) -> Response {
+        let status = self.status();
+        let mut body = match &self {
+            GatewayError::Rejected { body, message, .. } => {
+                match serde_json::from_slice::<Value>(body) {
+                    Ok(v) if v["type"] == "error" => v,
+                    _ => crate::api::messages::error_body(status.as_u16(), message, self.code()),
+                }
+            }
+            _ => crate::api::messages::error_body(status.as_u16(), &self.to_string(), self.code()),
+        };
+        let mut retry_after = None;
+        if let GatewayError::AllModelsFailed {
+            attempts,
+            retry_after: ra,
+            ..
+        } = self
+        {
+            body["error"]["attempts"] = attempts;
+            retry_after = ra;
+        }
+        finish((status, Json(body)).into_response(), retry_after)
+    }
+}
+
+/// `x-should-retry: false` (the gateway has retried already: an SDK must
+/// not multiply its attempts) and the Retry-After when one applies.
+fn finish(mut resp: Response, retry_after: Option<Duration>) -> Response {
+    let headers = resp.headers_mut();
+    headers.insert(
+        crate::header_names::SHOULD_RETRY,
+        HeaderValue::from_static("false"),
+    );
+    if let Some(ra) = retry_after {
+        // whole seconds, rounded up, at least 1
+        let secs = ra.as_millis().div_ceil(1000).max(1);
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            headers.insert("retry-after", v);
+        }
+    }
+    resp
+}
+
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -153,19 +200,6 @@ impl IntoResponse for GatewayError {
             body["error"]["attempts"] = attempts;
             retry_after = ra;
         }
-        let mut resp = (status, Json(body)).into_response();
-        let headers = resp.headers_mut();
-        headers.insert(
-            crate::header_names::SHOULD_RETRY,
-            HeaderValue::from_static("false"),
-        );
-        if let Some(ra) = retry_after {
-            // whole seconds, rounded up, at least 1
-            let secs = ra.as_millis().div_ceil(1000).max(1);
-            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-                headers.insert("retry-after", v);
-            }
-        }
-        resp
+        finish((status, Json(body)).into_response(), retry_after)
     }
 }

@@ -110,6 +110,31 @@ impl Runtime {
             .map_err(|e| e.scrubbed(&self.scrubber))
     }
 
+    /// A Messages request passed through to an `anthropic` provider; its
+    /// errors, now and (on a stream) later, scrubbed.
+    pub async fn messages(
+        &self,
+        provider: crate::config::ProviderId,
+        req: crate::providers::RawRequest<'_>,
+        stream: bool,
+    ) -> Result<crate::providers::Passed, UpstreamError> {
+        use crate::providers::Passed;
+        use futures_util::StreamExt;
+        let passed = self.clients[provider]
+            .messages(req, stream)
+            .await
+            .map_err(|e| e.scrubbed(&self.scrubber))?;
+        Ok(match passed {
+            Passed::Stream(s) => {
+                let scrubber = Arc::clone(&self.scrubber);
+                Passed::Stream(Box::pin(
+                    s.map(move |r| r.map_err(|e| e.scrubbed(&scrubber))),
+                ))
+            }
+            complete => complete,
+        })
+    }
+
     /// Open an upstream stream; its errors, now and later, are scrubbed.
     pub async fn open_stream(
         &self,

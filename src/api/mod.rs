@@ -2,9 +2,10 @@
 
 mod body;
 pub mod embeddings;
+pub mod messages;
 pub mod validate;
 
-pub use body::{BodyError, ChatBody};
+pub use body::{model_field, parse_fields, raw_field, BodyError, ChatBody};
 
 /// The client API a request came in on: the ledger's `endpoint` column, the
 /// report's `by_endpoint`, the request log line.
@@ -13,6 +14,7 @@ pub enum Endpoint {
     #[default]
     Chat,
     Embeddings,
+    Messages,
 }
 
 impl Endpoint {
@@ -20,6 +22,7 @@ impl Endpoint {
         match self {
             Endpoint::Chat => "chat",
             Endpoint::Embeddings => "embeddings",
+            Endpoint::Messages => "messages",
         }
     }
 
@@ -28,12 +31,13 @@ impl Endpoint {
         match self {
             Endpoint::Chat => "chat completion",
             Endpoint::Embeddings => "embeddings",
+            Endpoint::Messages => "messages",
         }
     }
 
     /// Whether its requests go to chat models (else to embedding models).
     pub fn chat(self) -> bool {
-        matches!(self, Endpoint::Chat)
+        matches!(self, Endpoint::Chat | Endpoint::Messages)
     }
 }
 

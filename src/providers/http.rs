@@ -164,9 +164,36 @@ impl HttpUpstream {
         body: Bytes,
         stream: bool,
     ) -> Result<Response, UpstreamError> {
+        self.send_with(uri, forward, body, stream, None).await
+    }
+
+    /// `send`, with one more client header passed on (Anthropic's
+    /// `anthropic-beta`, to anthropic providers only).
+    pub async fn send_extra(
+        &self,
+        forward: Forward<'_>,
+        body: Bytes,
+        stream: bool,
+        extra: Option<(&HeaderName, &HeaderValue)>,
+    ) -> Result<Response, UpstreamError> {
+        self.send_with(&self.uri, forward, body, stream, extra)
+            .await
+    }
+
+    async fn send_with(
+        &self,
+        uri: &Uri,
+        forward: Forward<'_>,
+        body: Bytes,
+        stream: bool,
+        extra: Option<(&HeaderName, &HeaderValue)>,
+    ) -> Result<Response, UpstreamError> {
         let mut headers = HeaderMap::with_capacity(FORWARDED_HEADERS.len() + self.headers.len());
         // only the allowlisted client headers, and the gateway's request id
         copy_forwarded(forward.headers, &mut headers);
+        if let Some((name, value)) = extra {
+            headers.insert(name.clone(), value.clone());
+        }
         if let Some(id) = forward.request_id {
             headers.insert(names::REQUEST_ID, id.clone());
         }

@@ -16,6 +16,7 @@ use bytes::Bytes;
 
 use crate::config::{Provider, ProviderKind};
 
+pub use anthropic::RawRequest;
 pub use call::{
     is_context_length, parse_completion, Completion, EmbedRequest, Embeddings, Forward,
     UpstreamError, UpstreamRequest, MESSAGE_MAX,
@@ -73,6 +74,27 @@ impl Client {
         }
     }
 
+    /// Whether a Messages request passes through as it is (an `anthropic`
+    /// provider) rather than translated to Chat Completions.
+    pub fn speaks_messages(&self) -> bool {
+        matches!(self, Client::Anthropic(_))
+    }
+
+    /// A Messages request passed through (`anthropic` providers only).
+    pub async fn messages(
+        &self,
+        req: RawRequest<'_>,
+        stream: bool,
+    ) -> Result<Passed, UpstreamError> {
+        match self {
+            Client::Anthropic(c) if stream => c.messages_stream(req).await.map(Passed::Stream),
+            Client::Anthropic(c) => c.messages(req).await.map(Passed::Complete),
+            _ => Err(UpstreamError::BadBody(
+                "only anthropic providers take the Messages API as it is".into(),
+            )),
+        }
+    }
+
     /// Open a stream: resolves once the upstream accepted the request (its
     /// status is known); chunks follow on the returned stream.
     pub async fn stream(&self, req: UpstreamRequest<'_>) -> Result<UpstreamStream, UpstreamError> {
@@ -82,4 +104,10 @@ impl Client {
             Client::Mock(c) => c.stream(req).await,
         }
     }
+}
+
+/// What a passed-through Messages call gave.
+pub enum Passed {
+    Complete(Completion),
+    Stream(UpstreamStream),
 }

@@ -97,32 +97,7 @@ async fn serve(
             |call: chain::Call| {
                 let t = &rt.chain.targets[call.target];
                 let open = rt.open_stream(upstream(call.model));
-                let buffering = match t.mid_stream {
-                    MidStream::Buffer { max_bytes } => Some(stream::Buffering {
-                        first: call.limit,
-                        gap: t.timeout,
-                        max_bytes,
-                    }),
-                    MidStream::Error | MidStream::Continue => None,
-                };
-                let (billed, model) = (&billed, call.model);
-                async move {
-                    match buffering {
-                        Some(b) => stream::start_buffered(open, max_hold, b)
-                            .await
-                            .map_err(|f| {
-                                // what it generated before failing is billed: wasted
-                                if f.usage.is_some() || f.text_chars > 0 {
-                                    let usage = f.usage.unwrap_or_else(|| {
-                                        crate::cost::estimate(prompt_chars, f.text_chars)
-                                    });
-                                    billed.add(model, usage);
-                                }
-                                f.err
-                            }),
-                        None => stream::start(open, max_hold).await,
-                    }
-                }
+                stream::attempt(open, (t, call), max_hold, (&billed, prompt_chars))
             },
         )
         .await;
@@ -164,6 +139,7 @@ async fn serve(
             by,
             attempt: Some(attempt),
             splice,
+            wire: super::wire::Wire::Chat,
             client_wants_usage,
             prompt_chars,
             idle: rt.chain.targets[by.target].timeout,

@@ -6,12 +6,14 @@ mod chat;
 pub mod conn;
 mod embeddings;
 mod headers;
+mod messages;
 mod ops;
 mod pipeline;
 mod settle;
 mod splice;
 mod state;
 mod stream;
+mod wire;
 
 pub use state::AppState;
 
@@ -29,6 +31,8 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/v1/messages", post(messages::messages))
+        .route("/v1/messages/count_tokens", post(messages::count_tokens))
         .route("/v1/models", get(ops::models))
         .route("/v1/cascade/status", get(ops::status))
         .route("/v1/cascade/costs", get(ops::costs))

@@ -43,8 +43,11 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 
 pub async fn models(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let rt = state.runtime();
+    // Anthropic's clients send anthropic-version: they get Anthropic's shape
+    let anthropic = headers.contains_key("anthropic-version");
     let caller = match auth::client(&rt.config, &headers) {
         Ok(c) => c,
+        Err(e) if anthropic => return e.into_anthropic_response(),
         Err(e) => return e.into_response(),
     };
     // a named key sees only the names its allowed tiers can serve
@@ -85,6 +88,21 @@ pub async fn models(State(state): State<AppState>, headers: HeaderMap) -> Respon
                 }),
         )
         .collect();
+    if anthropic {
+        let data: Vec<Value> = data
+            .iter()
+            .map(|m| {
+                let kind = m["cascade_kind"].as_str().unwrap_or_default();
+                json!({"type": "model", "id": m["id"],
+                    "display_name": format!("{} ({kind})", m["id"].as_str().unwrap_or_default()),
+                    "created_at": "1970-01-01T00:00:00Z"})
+            })
+            .collect();
+        let first = data.first().map_or(Value::Null, |m| m["id"].clone());
+        let last = data.last().map_or(Value::Null, |m| m["id"].clone());
+        return Json(json!({"data": data, "has_more": false, "first_id": first, "last_id": last}))
+            .into_response();
+    }
     Json(json!({"object": "list", "data": data})).into_response()
 }
 

@@ -110,10 +110,15 @@ pub fn admit<'a>(
 /// Settle a refused request and answer with its error.
 pub fn refuse(state: &AppState, rt: &Runtime, ticket: Ticket, r: Refusal) -> Response {
     let run = r.run.map(|r| *r).unwrap_or_default();
+    let anthropic = ticket.endpoint == Endpoint::Messages;
     let mut s = Settlement::refused(ticket, &r.err, r.route.map(|r| *r), run);
     s.wasted = r.wasted;
     let remaining = settle::settle(state, rt, &s);
-    let mut resp = r.err.into_response();
+    let mut resp = if anthropic {
+        r.err.into_anthropic_response()
+    } else {
+        r.err.into_response()
+    };
     settle::headers(resp.headers_mut(), rt, &s, remaining, true);
     resp
 }

@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use serde_json::json;
 use tokio::time::Instant;
 
 use super::settle::{self, InFlight, ServedBy, Settlement, StreamTally};
 use super::splice::{Prior, Splice};
 use super::state::AppState;
+use super::wire::Wire;
 use crate::chain::{OpenAttempt, StreamEnd};
 use crate::providers::{Chunk, ChunkKind, Forward, UpstreamError, UpstreamRequest, UpstreamStream};
 use crate::runtime::Runtime;
@@ -159,6 +159,34 @@ pub async fn start_buffered(
     }
 }
 
+/// One streaming attempt as the chain makes it on `target`: `start`, or on
+/// a `mid_stream = "buffer"` tier `start_buffered`, whose failed held answer
+/// was generated and billed: added to `billed` as the model's wasted spend.
+pub async fn attempt(
+    open: impl Future<Output = Result<UpstreamStream, UpstreamError>>,
+    (target, call): (&crate::chain::Target, crate::chain::Call),
+    max_hold: usize,
+    (billed, prompt_chars): (&super::pipeline::Billed, usize),
+) -> Result<Started, UpstreamError> {
+    let crate::config::MidStream::Buffer { max_bytes } = target.mid_stream else {
+        return start(open, max_hold).await;
+    };
+    let b = Buffering {
+        first: call.limit,
+        gap: target.timeout,
+        max_bytes,
+    };
+    start_buffered(open, max_hold, b).await.map_err(|f| {
+        if f.usage.is_some() || f.text_chars > 0 {
+            let usage = f
+                .usage
+                .unwrap_or_else(|| crate::cost::estimate(prompt_chars, f.text_chars));
+            billed.add(call.model, usage);
+        }
+        f.err
+    })
+}
+
 /// A started stream's request, until it is settled.
 pub struct Open {
     pub state: AppState,
@@ -172,6 +200,8 @@ pub struct Open {
     pub attempt: Option<OpenAttempt>,
     /// `mid_stream = "continue"`: what a continuation needs.
     pub splice: Option<Splice>,
+    /// The API the client speaks.
+    pub wire: Wire,
     pub client_wants_usage: bool,
     /// Characters of the request's messages (for an estimate of its usage).
     pub prompt_chars: usize,
@@ -191,6 +221,7 @@ pub struct Relay {
     /// Held until the relay is dropped.
     _in_flight: InFlight,
     client_wants_usage: bool,
+    wire: Wire,
     upstream: UpstreamStream,
     pending: VecDeque<Chunk>,
     idle: Duration,
@@ -205,18 +236,13 @@ pub struct Relay {
 /// The longest quiet gap before the relay sends `: keep-alive`.
 const KEEPALIVE_MAX: Duration = Duration::from_secs(15);
 
-fn event(data: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(data.len() + 8);
-    out.extend_from_slice(b"data: ");
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\n\n");
-    Bytes::from(out)
-}
+use super::wire::data_event as event;
 
 impl Relay {
-    pub fn new(open: Open, started: Started, in_flight: InFlight) -> Self {
+    pub fn new(mut open: Open, started: Started, in_flight: InFlight) -> Self {
         let idle = open.idle;
         Self {
+            wire: std::mem::replace(&mut open.wire, Wire::Chat),
             idle,
             _in_flight: in_flight,
             client_wants_usage: open.client_wants_usage,
@@ -287,19 +313,27 @@ impl Relay {
                     self.tally.text_chars += c.text_len;
                     match c.kind {
                         ChunkKind::Done => {
+                            let usage = self.tally.usage.unwrap_or_else(|| {
+                                crate::cost::estimate(
+                                    self.tally.prompt_chars,
+                                    self.tally.text_chars,
+                                )
+                            });
                             let comment = self.end(StreamEnd::Done);
-                            self.phase = Phase::Closing(VecDeque::from([
-                                comment,
-                                Bytes::from_static(b"data: [DONE]\n\n"),
-                            ]));
+                            self.phase = Phase::Closing(self.wire.done(&c, &usage, comment));
                         }
-                        ChunkKind::UsageOnly if !self.client_wants_usage => {}
+                        ChunkKind::UsageOnly if !self.client_wants_usage && self.wire.is_chat() => {
+                        }
                         // after the first content: dropped, counted, the stream goes on
                         ChunkKind::Malformed => {
                             if let Some(a) = self.open.as_ref().and_then(|o| o.attempt.as_ref()) {
                                 a.dropped_event(&self.open.as_ref()?.rt.chain);
                             }
                         }
+                        _ if !self.wire.is_chat() => match self.wire.chunk(&c) {
+                            Some(b) => return Some(b),
+                            None => continue,
+                        },
                         _ => match self.open.as_mut().and_then(|o| o.splice.as_mut()) {
                             None => return Some(event(&c.data)),
                             Some(splice) => {
@@ -326,17 +360,9 @@ impl Relay {
                         ),
                         other => format!("the upstream stream broke: {other}"),
                     };
-                    let error = json!({"error": {
-                        "message": message,
-                        "type": "upstream_error",
-                        "param": null,
-                        "code": "stream_interrupted",
-                    }});
+                    let error = self.wire.error(&message);
                     let comment = self.end(StreamEnd::Broke(&e));
-                    self.phase = Phase::Closing(VecDeque::from([
-                        event(error.to_string().as_bytes()),
-                        comment,
-                    ]));
+                    self.phase = Phase::Closing(VecDeque::from([error, comment]));
                 }
             }
         }

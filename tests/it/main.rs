@@ -14,6 +14,7 @@ mod embeddings;
 mod hardening;
 mod http;
 mod lifecycle;
+mod messages;
 mod protection;
 mod routing;
 mod streaming;

@@ -6,6 +6,8 @@
 mod props;
 mod request;
 pub use request::dropped;
+mod passthrough;
+pub use passthrough::RawRequest;
 mod response;
 mod stream;
 

@@ -1,0 +1,324 @@
+//! POST /v1/messages: Anthropic's Messages API through the same pipeline as
+//! chat (parse -> plan -> execute -> settle). Each attempt speaks the
+//! serving provider's API: an `anthropic` provider gets the body as it came
+//! (its model set, thinking made safe across tiers) and its answer and
+//! events go back as they are; other providers get it as Chat Completions
+//! and their answers and chunks are translated back. Errors take Anthropic's
+//! shape (`pipeline::refuse`). POST /v1/messages/count_tokens: a local
+//! estimate.
+
+use std::sync::{Arc, OnceLock};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::Response;
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::pipeline::{self, give_up, Ctx, Refusal};
+use super::settle::{self, InFlight, ServedBy, Settlement, Ticket};
+use super::state::AppState;
+use super::stream;
+use super::wire::Wire;
+use crate::api::messages::{self as api, answer, MessagesBody};
+use crate::api::{ChatBody, Endpoint};
+use crate::chain::{self, Mode, Route};
+use crate::error::GatewayError;
+use crate::providers::{Completion, Forward, Passed, RawRequest, UpstreamError, UpstreamRequest};
+use crate::runtime::Runtime;
+
+pub async fn messages(State(state): State<AppState>, req: Request) -> Response {
+    let started = Instant::now();
+    let in_flight = InFlight::new(&state.metrics().in_flight);
+    let rt = state.runtime();
+    let (parts, body) = req.into_parts();
+    let (ctx, ticket) =
+        match pipeline::admit(&state, &rt, &parts.headers, Endpoint::Messages, started) {
+            Ok(admitted) => admitted,
+            Err(refused) => return *refused,
+        };
+    match serve(&ctx, ticket, body, in_flight).await {
+        Ok(resp) => resp,
+        Err((refusal, ticket)) => pipeline::refuse(&state, &rt, ticket, refusal),
+    }
+}
+
+async fn prepare(
+    ctx: &Ctx<'_>,
+    ticket: &Ticket,
+    body: Body,
+) -> Result<(MessagesBody, Route), Refusal> {
+    let body = pipeline::read(ctx, ticket, body).await?;
+    let body = MessagesBody::parse(&body).map_err(|e| GatewayError::invalid(e.message, e.param))?;
+    let route = pipeline::plan(ctx, ticket, body.model())?;
+    Ok((body, route))
+}
+
+/// The request as each kind of provider takes it: Chat Completions built
+/// once, when a translated attempt is first made.
+struct Forms<'a> {
+    body: &'a MessagesBody,
+    chat: OnceLock<(ChatBody, Vec<String>)>,
+}
+
+impl Forms<'_> {
+    fn chat(&self) -> &(ChatBody, Vec<String>) {
+        self.chat.get_or_init(|| api::to_chat(self.body))
+    }
+
+    /// What the serving provider could not take.
+    fn dropped(&self, rt: &Runtime, model: usize) -> Vec<String> {
+        let provider = rt.config.models[model].provider;
+        if rt.clients[provider].speaks_messages() {
+            self.body.dropped_for_anthropic()
+        } else {
+            self.chat().1.clone()
+        }
+    }
+}
+
+async fn serve(
+    ctx: &Ctx<'_>,
+    ticket: Ticket,
+    body: Body,
+    in_flight: InFlight,
+) -> Result<Response, (Refusal, Ticket)> {
+    let rt = ctx.rt;
+    let cfg = &rt.config;
+
+    // parse, plan
+    let (body, route) = match prepare(ctx, &ticket, body).await {
+        Ok(prepared) => prepared,
+        Err(refusal) => return Err((refusal, ticket)),
+    };
+
+    // execute
+    let forms = Forms {
+        body: &body,
+        chat: OnceLock::new(),
+    };
+    let billed = pipeline::Billed::default();
+    let prompt_chars = body.prompt_chars();
+    let paid_allowed = || ctx.remaining(&ticket).is_none_or(|r| !r.is_zero());
+    let deadline = ticket.started + cfg.server.request_timeout;
+    let request_id = HeaderValue::from_str(&ticket.request_id).ok();
+    let forward = Forward {
+        headers: ctx.headers,
+        request_id: request_id.as_ref(),
+    };
+    let beta = ctx.headers.get("anthropic-beta");
+    let stream = body.stream();
+    let mode = if stream { Mode::Stream } else { Mode::Complete };
+    // one attempt on `model`: passed through, or translated
+    let call = |model: usize| {
+        let m = &cfg.models[model];
+        let passes = rt.clients[m.provider].speaks_messages();
+        let raw = passes.then(|| RawRequest {
+            body: body.for_anthropic(&m.upstream).0,
+            forward,
+            beta,
+            limits: cfg.policy.limits,
+        });
+        let chat = (!passes).then(|| UpstreamRequest {
+            body: &forms.chat().0,
+            model: m,
+            forward,
+            limits: cfg.policy.limits,
+        });
+        (m.provider, raw, chat)
+    };
+
+    if mode == Mode::Stream {
+        let max_hold = cfg.policy.limits.max_event_bytes;
+        let (run, result) = chain::execute(
+            &rt.chain,
+            &route,
+            deadline,
+            mode,
+            (&paid_allowed, &|_, _: &stream::Started| Ok(())),
+            |c: chain::Call| {
+                let t = &rt.chain.targets[c.target];
+                let (provider, raw, chat) = call(c.model);
+                let open = async move {
+                    match (raw, chat) {
+                        (Some(raw), _) => match rt.messages(provider, raw, true).await? {
+                            Passed::Stream(s) => Ok(s),
+                            Passed::Complete(_) => {
+                                Err(UpstreamError::BadBody("no stream came back".into()))
+                            }
+                        },
+                        (None, Some(chat)) => rt.open_stream(chat).await,
+                        (None, None) => Err(UpstreamError::BadBody("no request".into())),
+                    }
+                };
+                stream::attempt(open, (t, c), max_hold, (&billed, prompt_chars))
+            },
+        )
+        .await;
+        let served = match result {
+            Ok(served) => served,
+            Err(f) => {
+                let mut refusal = give_up(rt, f, run, route);
+                refusal.wasted = billed.cost(rt);
+                return Err((refusal, ticket));
+            }
+        };
+        let by = ServedBy::from(&served);
+        let Some(attempt) = served.open else {
+            let err = GatewayError::invalid("a stream's attempt was not left open", None);
+            return Err((err.into(), ticket));
+        };
+        let remaining = ctx.remaining(&ticket);
+        let mut settlement = Settlement::served(ticket, route, run, by, true);
+        settlement.wasted = billed.cost(rt);
+        let mut resp = Response::new(Body::empty());
+        settle::headers(resp.headers_mut(), rt, &settlement, remaining, false);
+        dropped_params(resp.headers_mut(), &forms.dropped(rt, by.model));
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        let wire = if rt.clients[cfg.models[by.model].provider].speaks_messages() {
+            Wire::Messages
+        } else {
+            Wire::MessagesFromChat(Box::default())
+        };
+        let open = stream::Open {
+            state: ctx.state.clone(),
+            rt: Arc::clone(rt),
+            settlement,
+            by,
+            attempt: Some(attempt),
+            splice: None,
+            wire,
+            client_wants_usage: false,
+            prompt_chars,
+            idle: rt.chain.targets[by.target].timeout,
+        };
+        let relay = stream::Relay::new(open, served.value, in_flight);
+        *resp.body_mut() = Body::from_stream(relay.into_stream());
+        return Ok(resp);
+    }
+
+    let (run, result) = chain::execute(
+        &rt.chain,
+        &route,
+        deadline,
+        mode,
+        (&paid_allowed, &|_, _: &Completion| Ok(())),
+        |c: chain::Call| {
+            let (provider, raw, chat) = call(c.model);
+            async move {
+                match (raw, chat) {
+                    (Some(raw), _) => match rt.messages(provider, raw, false).await? {
+                        Passed::Complete(c) => Ok(c),
+                        Passed::Stream(_) => {
+                            Err(UpstreamError::BadBody("a stream came back".into()))
+                        }
+                    },
+                    (None, Some(chat)) => {
+                        let c = rt.complete(chat).await?;
+                        let body = answer::from_chat(&c.body, c.usage).to_string();
+                        Ok(Completion {
+                            body: body.into(),
+                            usage: c.usage,
+                        })
+                    }
+                    (None, None) => Err(UpstreamError::BadBody("no request".into())),
+                }
+            }
+        },
+    )
+    .await;
+    let served = match result {
+        Ok(served) => served,
+        Err(f) => {
+            let mut refusal = give_up(rt, f, run, route);
+            refusal.wasted = billed.cost(rt);
+            return Err((refusal, ticket));
+        }
+    };
+
+    // settle
+    let by = ServedBy::from(&served);
+    let completion = served.value;
+    let mut s = Settlement::served(ticket, route, run, by, false);
+    s.wasted = billed.cost(rt);
+    s.price(rt, completion.usage, || {
+        crate::cost::estimate(prompt_chars, completion.body.len() / 2)
+    });
+    let remaining = settle::settle(ctx.state, rt, &s);
+    let mut resp = Response::new(Body::from(completion.body));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    settle::headers(resp.headers_mut(), rt, &s, remaining, true);
+    dropped_params(resp.headers_mut(), &forms.dropped(rt, by.model));
+    Ok(resp)
+}
+
+fn dropped_params(h: &mut HeaderMap, dropped: &[String]) {
+    if dropped.is_empty() {
+        return;
+    }
+    if let Ok(v) = HeaderValue::from_str(&dropped.join(",")) {
+        h.insert(crate::header_names::DROPPED_PARAMS, v);
+    }
+}
+
+/// POST /v1/messages/count_tokens: `{"input_tokens": N}`, estimated from
+/// the prompt's characters (about four per token). No upstream call, no
+/// ledger row, no budget; the model must resolve.
+pub async fn count_tokens(State(state): State<AppState>, req: Request) -> Response {
+    let rt = state.runtime();
+    let (parts, body) = req.into_parts();
+    let counted = async {
+        let caller = super::auth::client(&rt.config, &parts.headers)?;
+        let max = rt.config.server.max_body_bytes;
+        let bytes = axum::body::to_bytes(body, max)
+            .await
+            .map_err(|_| GatewayError::RequestTooLarge(max))?;
+        let invalid = |e: crate::api::BodyError| GatewayError::invalid(e.message, e.param);
+        let fields = crate::api::parse_fields(&bytes).map_err(invalid)?;
+        let model = crate::api::model_field(&fields).map_err(invalid)?;
+        if crate::api::raw_field(&fields, "messages").is_none() {
+            return Err(GatewayError::invalid(
+                "messages: Field required",
+                Some("messages"),
+            ));
+        }
+        let header = |name: &header::HeaderName| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+        };
+        let req = crate::routing::RouteRequest {
+            task_header: header(&crate::header_names::TASK),
+            tier_header: header(&crate::header_names::TIER),
+            model: model.as_deref(),
+            endpoint: Endpoint::Messages,
+            ..Default::default()
+        };
+        crate::routing::resolve(&rt.chain, &req, caller.named())?;
+        let chars: usize = ["system", "messages", "tools"]
+            .iter()
+            .filter_map(|k| crate::api::raw_field(&fields, k))
+            .map(str::len)
+            .sum();
+        Ok::<_, GatewayError>(chars.div_ceil(4))
+    }
+    .await;
+    match counted {
+        Ok(n) => {
+            axum::response::IntoResponse::into_response(axum::Json(json!({"input_tokens": n})))
+        }
+        Err(e) => e.into_anthropic_response(),
+    }
+}
