@@ -256,10 +256,50 @@ fallback = ["continuing"]
 models = ["continuer"]
 max_retries = 0
 
+# Anthropic clients: an anthropic tier that is overloaded (529) or stalls
+# before its first token, in front of an OpenAI-compatible tier that calls
+# tools; a mock tier; a chain where every tier fails
+[models.claude-overloaded]
+provider = "claude"
+model = "claude-overloaded"
+
+[models.claude-stall]
+provider = "claude"
+model = "claude-stall"
+
+[models.tooler]
+provider = "scripted"
+model = "tooler"
+input_usd_per_mtok = 0.5
+output_usd_per_mtok = 1.0
+
+[tiers.tools]
+models = ["tooler"]
+max_retries = 0
+
+[tiers.overloaded]
+models = ["claude-overloaded"]
+max_retries = 0
+fallback = ["tools"]
+
+[tiers.stalling]
+models = ["claude-stall"]
+max_retries = 0
+first_token_timeout_ms = 400
+fallback = ["tools"]
+
+[tiers.all-failing]
+models = ["claude-overloaded"]
+max_retries = 0
+fallback = ["dead"]
+
 # the model strings clients are built with
 [aliases]
 "gpt-4o-mini" = "plan"
 "text-embedding-3-small" = "embed"
+"claude-sonnet-4-5" = "anthropic"
+"claude-opus-4-1" = "overloaded"
+"claude-haiku-4-5" = "fast"
 """
 
 
@@ -286,8 +326,7 @@ ANTHROPIC_USAGE = {
 
 #: The tool call of an Anthropic answer to a request with tools: its text,
 #: then a call of the request's first tool with these arguments.
-TOOL_PREAMBLE = "Let me check."
-TOOL_INPUT = {"location": "Paris", "unit": "celsius"}
+from scripted_tools import TOOL_INPUT, TOOL_PREAMBLE, anthropic_blocks, chat_message, chat_stream_deltas  # noqa: E402,F401
 
 
 @dataclass
@@ -397,12 +436,45 @@ class _Handler(BaseHTTPRequestHandler):
             self._full_stream(model, body, done=False)
         elif stream and model == "malformed-mid":
             self._full_stream(model, body, malformed=True)
+        elif model == "tooler":
+            self._tooler(model, body, stream)
         elif stream and model == "continues":
             self._full_stream(model, body, text=CONTINUATION)
         elif stream:
             self._full_stream(model, body)
         else:
             self._completion(model, body)
+
+    def _tooler(self, model: str, body: dict, stream: bool) -> None:
+        """Calls the first tool offered (``Read`` when offered), then quotes
+        the tool's result (``scripted_tools``)."""
+        message, finish = chat_message(body, f"echo: {_last_user_text(body)}")
+        usage = {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}
+        if not stream:
+            self._send_json(
+                200,
+                {
+                    "id": "chatcmpl-tooler",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": model,
+                    "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+                    "usage": usage,
+                },
+            )
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        events: list[Any] = [_chunk(model, d) for d in chat_stream_deltas(message)]
+        events.append(_chunk(model, {}, finish))
+        events.append({**_chunk(model, {}), "choices": [], "usage": usage})
+        events.append("[DONE]")
+        for e in events:
+            self.wfile.write(self._sse(e))
+            self.wfile.flush()
+        self.close_connection = True
 
     def _embeddings(self, body: dict) -> None:
         """``embed-500``: a 500; ``embed-short``: vectors of 3 values; else
@@ -507,20 +579,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- Anthropic's Messages API --------------------------------------------
     def _anthropic(self, body: dict) -> None:
-        """A text echo, or (with tools) a text block and a tool_use block."""
+        """A text echo; with tools, a text block and a tool_use block; after a
+        tool result, a text quoting it (``scripted_tools``).
+        ``claude-overloaded``: 529; ``claude-stall``: a stream that stalls
+        after message_start."""
         model = body.get("model", "")
-        tools = body.get("tools") or []
-        blocks: list[dict] = []
-        if tools:
-            blocks.append({"type": "text", "text": TOOL_PREAMBLE})
-            blocks.append(
-                {"type": "tool_use", "id": "toolu_01A09q90qw90lq917835lq9", "name": tools[0]["name"], "input": TOOL_INPUT}
-            )
-        else:
-            blocks.append({"type": "text", "text": f"echo: {_anthropic_last_user_text(body)}"})
-        stop = "tool_use" if tools else "end_turn"
+        if model == "claude-overloaded":
+            self._send_json(529, {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+            return
+        blocks, stop = anthropic_blocks(body, f"echo: {_anthropic_last_user_text(body)}")
         if body.get("stream") is True:
-            self._anthropic_stream(model, blocks, stop)
+            self._anthropic_stream(model, blocks, stop, stall=model == "claude-stall")
             return
         self._send_json(
             200,
@@ -536,7 +605,7 @@ class _Handler(BaseHTTPRequestHandler):
             },
         )
 
-    def _anthropic_stream(self, model: str, blocks: list[dict], stop: str) -> None:
+    def _anthropic_stream(self, model: str, blocks: list[dict], stop: str, stall: bool = False) -> None:
         """The Messages event sequence, as in Anthropic's streaming docs."""
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
@@ -589,9 +658,14 @@ class _Handler(BaseHTTPRequestHandler):
             }
         )
         events.append({"type": "message_stop"})
-        for e in events:
-            self.wfile.write(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode())
-            self.wfile.flush()
+        for i, e in enumerate(events):
+            if stall and i == 2:
+                time.sleep(2)  # past the tier's first-token timeout
+            try:
+                self.wfile.write(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode())
+                self.wfile.flush()
+            except OSError:
+                return
         self.close_connection = True
 
 
