@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The one command that runs Cascade's whole test suite on a fresh machine:
 #   scripts/test.sh
-# Needs: cargo (Rust toolchain), python3 with venv/pip, network access to
-# crates.io and PyPI on the first run.
+# Needs: cargo (Rust toolchain), python3 with venv/pip, node with npm,
+# network access to crates.io, PyPI and npm on the first run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,13 +32,25 @@ cargo build --locked
 step "cargo test --locked"
 cargo test --locked
 
-# --- 2. Python client tests: the official openai SDK against the gateway ----
+# --- 2. Client tests: the openai and anthropic SDKs, LangChain and Claude
+#        Code against the gateway binary ------------------------------------------
 step "python venv (.venv)"
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys' >/dev/null 2>&1; then
     rm -rf .venv
     python3 -m venv .venv
 fi
 .venv/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+
+# Claude Code itself (tests/python/test_claude_code.py), from npm, pinned
+CLAUDE_CODE_VERSION=2.1.197
+if [ "$(cat .cache/claude-code/.version 2>/dev/null)" != "$CLAUDE_CODE_VERSION" ]; then
+    step "npm install @anthropic-ai/claude-code@$CLAUDE_CODE_VERSION (.cache/claude-code)"
+    rm -rf .cache/claude-code
+    mkdir -p .cache/claude-code
+    npm install --prefix .cache/claude-code --no-audit --no-fund --loglevel=error \
+        "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION" >/dev/null
+    echo "$CLAUDE_CODE_VERSION" > .cache/claude-code/.version
+fi
 
 step "pytest tests/python"
 CASCADE_BIN=target/debug/cascade .venv/bin/python -m pytest -q tests/python

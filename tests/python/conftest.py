@@ -298,7 +298,7 @@ fallback = ["dead"]
 "gpt-4o-mini" = "plan"
 "text-embedding-3-small" = "embed"
 "claude-sonnet-4-5" = "anthropic"
-"claude-opus-4-1" = "overloaded"
+"claude-opus-4-8" = "overloaded"
 "claude-haiku-4-5" = "fast"
 """
 

@@ -35,8 +35,10 @@ def _text_of(content: Any) -> str:
 
 
 def _prompt_path(text: str) -> str:
-    m = re.search(r"(/\S+)", text)
-    return m.group(1).rstrip(".,") if m else "/etc/hostname"
+    """The last absolute file path the text names (the prompt comes after
+    any reminders an agent puts before it)."""
+    paths = re.findall(r"/[\w.-]+(?:/[\w.-]+)+", text)
+    return paths[-1].rstrip(".,") if paths else "/etc/hostname"
 
 
 def pick_call(tool_names: list[str], prompt: str) -> tuple[str, dict]:

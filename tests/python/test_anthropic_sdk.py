@@ -47,7 +47,7 @@ def ask(text: str) -> list[dict]:
     ("model", "tier", "served_by"),
     [
         ("claude-sonnet-4-5", "anthropic", "/v1/messages"),  # passed through
-        ("claude-opus-4-1", "tools", "/v1/chat/completions"),  # after a 529, translated
+        ("claude-opus-4-8", "tools", "/v1/chat/completions"),  # after a 529, translated
         ("claude-haiku-4-5", "fast", None),  # the mock
     ],
 )
@@ -83,7 +83,7 @@ def test_create_text_with_system_blocks(claude, upstream, model: str, tier: str,
 def test_an_image_passes_through_and_is_translated(claude, upstream) -> None:
     image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}}
     content = [image, {"type": "text", "text": "What is this?"}]
-    for model in ("claude-sonnet-4-5", "claude-opus-4-1"):
+    for model in ("claude-sonnet-4-5", "claude-opus-4-8"):
         request_id = rid()
         msg = claude.messages.create(
             model=model,
@@ -94,12 +94,12 @@ def test_an_image_passes_through_and_is_translated(claude, upstream) -> None:
         assert msg.content[0].type == "text"
         sent = upstream.find(request_id)
         assert sent[0].body["messages"][0]["content"][0] == image
-        if model == "claude-opus-4-1":
+        if model == "claude-opus-4-8":
             part = sent[1].body["messages"][0]["content"][0]
             assert part == {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}}
 
 
-@pytest.mark.parametrize("model", ["claude-sonnet-4-5", "claude-opus-4-1"])
+@pytest.mark.parametrize("model", ["claude-sonnet-4-5", "claude-opus-4-8"])
 def test_a_tool_round_trip(claude, model: str) -> None:
     first = claude.messages.create(
         model=model, max_tokens=256, tools=[WEATHER], messages=ask("Weather in Paris?")
@@ -118,7 +118,7 @@ def test_a_tool_round_trip(claude, model: str) -> None:
     assert second.content[0].text == AFTER_TOOL + "15 degrees"
 
 
-@pytest.mark.parametrize("model", ["claude-sonnet-4-5", "claude-opus-4-1", "claude-haiku-4-5"])
+@pytest.mark.parametrize("model", ["claude-sonnet-4-5", "claude-opus-4-8", "claude-haiku-4-5"])
 def test_stream_text_and_final_message(claude, model: str) -> None:
     with claude.messages.stream(model=model, max_tokens=256, system=SYSTEM, messages=ask("Stream it.")) as s:
         text = "".join(s.text_stream)
@@ -129,7 +129,7 @@ def test_stream_text_and_final_message(claude, model: str) -> None:
     assert final.usage.output_tokens > 0
 
 
-@pytest.mark.parametrize("model", ["claude-sonnet-4-5", "claude-opus-4-1"])
+@pytest.mark.parametrize("model", ["claude-sonnet-4-5", "claude-opus-4-8"])
 def test_stream_tool_use(claude, model: str) -> None:
     with claude.messages.stream(model=model, max_tokens=256, tools=[WEATHER], messages=ask("Weather?")) as s:
         final = s.get_final_message()
@@ -190,7 +190,7 @@ def test_models_list_in_anthropic_shape(claude) -> None:
 def test_langchain_chat_anthropic_invoke_and_stream(gateway) -> None:
     from langchain_anthropic import ChatAnthropic
 
-    for model in ("claude-sonnet-4-5", "claude-opus-4-1"):
+    for model in ("claude-sonnet-4-5", "claude-opus-4-8"):
         llm = ChatAnthropic(model=model, base_url=gateway.url, api_key="unused", max_tokens=128, timeout=30)
         answer = llm.invoke("Say hello.")
         assert "Say hello." in answer.content

@@ -226,9 +226,10 @@ fn check_messages(messages: &[Value]) -> Result<(), BodyError> {
     let mut offered: Vec<&str> = Vec::new();
     for (i, m) in messages.iter().enumerate() {
         let role = m["role"].as_str().unwrap_or_default();
-        if role != "user" && role != "assistant" {
+        // Claude Code sends system messages amid the turns to newer models
+        if !matches!(role, "user" | "assistant" | "system") {
             return Err(bad(
-                format!("messages.{i}.role: Input should be 'user' or 'assistant'"),
+                format!("messages.{i}.role: Input should be 'user', 'assistant' or 'system'"),
                 Some("messages"),
             ));
         }
@@ -259,6 +260,9 @@ fn check_messages(messages: &[Value]) -> Result<(), BodyError> {
                     ));
                 }
             }
+        }
+        if role == "system" {
+            continue;
         }
         offered = blocks
             .iter()

@@ -125,6 +125,13 @@ fn blocks_text(v: &Value) -> String {
 /// message with `tool_calls` (thinking left out).
 fn push_turn(out: &mut Vec<Value>, m: &Value) {
     let role = m["role"].as_str().unwrap_or("user");
+    if role == "system" {
+        let text = blocks_text(&m["content"]);
+        if !text.is_empty() {
+            out.push(json!({"role": "system", "content": text}));
+        }
+        return;
+    }
     let blocks = match &m["content"] {
         Value::String(s) => {
             out.push(json!({"role": role, "content": s}));
