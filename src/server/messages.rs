@@ -136,7 +136,7 @@ async fn serve(
             &route,
             deadline,
             mode,
-            (&paid_allowed, &|_, _: &stream::Started| Ok(())),
+            (&paid_allowed, &|_, s: &stream::Started| s.answered()),
             |c: chain::Call| {
                 let t = &rt.chain.targets[c.target];
                 let (provider, raw, chat) = call(c.model);
@@ -208,7 +208,17 @@ async fn serve(
         &route,
         deadline,
         mode,
-        (&paid_allowed, &|_, _: &Completion| Ok(())),
+        (&paid_allowed, &|model, c: &Completion| {
+            let verdict = answer::worth_serving(&c.body);
+            if verdict.is_err() {
+                // refused, but generated and billed: wasted
+                let usage = c
+                    .usage
+                    .unwrap_or_else(|| crate::cost::estimate(prompt_chars, c.body.len() / 2));
+                billed.add(model, usage);
+            }
+            verdict
+        }),
         |c: chain::Call| {
             let (provider, raw, chat) = call(c.model);
             async move {

@@ -14,6 +14,11 @@ const ENV: &[(&str, &str)] = &[("UP_KEY", UP_KEY), ("ANT_KEY", ANT_KEY)];
 /// first (claude-x on an anthropic provider) -> second (m2, OpenAI-shaped);
 /// the alias claude-sonnet-4-5 -> first.
 async fn gateway() -> (Upstream, Gateway) {
+    gateway_with("").await
+}
+
+/// `gateway`, with more keys on the first tier.
+async fn gateway_with(first: &str) -> (Upstream, Gateway) {
     let up = Upstream::start().await;
     let cfg = format!(
         "{}\n[providers.ant]\nkind = \"anthropic\"\nbase_url = \"{}\"\napi_key_env = \"ANT_KEY\"\n\
@@ -22,7 +27,11 @@ async fn gateway() -> (Upstream, Gateway) {
         prelude(&up, ""),
         up.root(),
         model("m2", ""),
-        tier("first", &["claude-x"], "max_retries = 0\nfirst_token_timeout_ms = 500\nfallback = [\"second\"]"),
+        tier(
+            "first",
+            &["claude-x"],
+            &format!("max_retries = 0\nfirst_token_timeout_ms = 500\nfallback = [\"second\"]\n{first}")
+        ),
         tier("second", &["m2"], "max_retries = 0"),
     );
     (up, Gateway::start(&cfg, ENV).await)
@@ -363,4 +372,28 @@ async fn count_tokens_and_models_speak_anthropic() {
     );
     assert_eq!(list["data"][0]["type"], "model");
     assert_eq!(list["first_id"], ids[0]);
+}
+
+#[tokio::test]
+async fn an_empty_answer_on_a_validating_tier_falls_back() {
+    let (up, gw) = gateway_with("validate_output = true").await;
+    let mut empty = crate::common::messages::message("claude-x", " ", 10, 1);
+    empty["content"] = json!([{"type": "text", "text": "  "}]);
+    up.script("claude-x", vec![Step::Json(empty)]);
+    up.script("m2", vec![Step::Text("a real answer", 5, 3)]);
+    let resp = post(&gw, "/v1/messages")
+        .json(&request(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&resp, "x-cascade-tier"), "second");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["content"][0]["text"], "a real answer");
+    assert_eq!(
+        gw.metric(
+            r#"cascade_attempts_total{model="claude-x",outcome="invalid_output",tier="first"}"#
+        )
+        .await,
+        1.0
+    );
 }

@@ -68,3 +68,21 @@ pub fn from_chat(body: &[u8], usage: Option<Usage>) -> Value {
         "usage": usage_json(&usage.unwrap_or_default()),
     })
 }
+
+/// For tiers with `validate_output`: an Anthropic message with no
+/// non-whitespace text and no tool call is not an answer.
+pub fn worth_serving(body: &[u8]) -> Result<(), String> {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let answered = v["content"].as_array().is_some_and(|blocks| {
+        blocks.iter().any(|b| match b["type"].as_str() {
+            Some("text") => b["text"].as_str().is_some_and(|t| !t.trim().is_empty()),
+            Some("tool_use" | "server_tool_use") => true,
+            _ => false,
+        })
+    });
+    if answered {
+        Ok(())
+    } else {
+        Err("the answer has no text and no tool call".into())
+    }
+}
