@@ -17,6 +17,14 @@ pub enum GatewayError {
         message: String,
         param: Option<&'static str>,
     },
+    /// A parameter named at run time (`input[3].type`), or one the gateway
+    /// cannot honour (`code` `unsupported_parameter`).
+    #[error("{message}")]
+    BadParam {
+        message: String,
+        param: String,
+        code: &'static str,
+    },
     #[error("missing or invalid API key")]
     InvalidApiKey,
     #[error("this key may not use the admin API")]
@@ -25,7 +33,7 @@ pub enum GatewayError {
     TierNotAllowed(String),
     #[error("{0}")]
     ModelNotFound(String),
-    #[error("no route for {0}")]
+    #[error("{0}")]
     NotFound(String),
     #[error("method {0} is not allowed here")]
     MethodNotAllowed(String),
@@ -68,7 +76,9 @@ impl GatewayError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            GatewayError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            GatewayError::InvalidRequest { .. } | GatewayError::BadParam { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             GatewayError::InvalidApiKey => StatusCode::UNAUTHORIZED,
             GatewayError::AdminOnly | GatewayError::TierNotAllowed(_) => StatusCode::FORBIDDEN,
             GatewayError::ModelNotFound(_) | GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -88,6 +98,7 @@ impl GatewayError {
             GatewayError::InvalidRequest { .. } | GatewayError::Rejected { .. } => {
                 "invalid_request"
             }
+            GatewayError::BadParam { code, .. } => code,
             GatewayError::InvalidApiKey => "invalid_api_key",
             GatewayError::AdminOnly => "admin_key_required",
             GatewayError::TierNotAllowed(_) => "tier_not_allowed",
@@ -116,9 +127,10 @@ impl GatewayError {
         }
     }
 
-    fn param(&self) -> Option<&'static str> {
+    fn param(&self) -> Option<&str> {
         match self {
             GatewayError::InvalidRequest { param, .. } => *param,
+            GatewayError::BadParam { param, .. } => Some(param),
             GatewayError::ModelNotFound(_) => Some("model"),
             _ => None,
         }

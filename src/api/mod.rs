@@ -3,6 +3,7 @@
 mod body;
 pub mod embeddings;
 pub mod messages;
+pub mod responses;
 pub mod validate;
 
 pub use body::{model_field, parse_fields, raw_field, BodyError, ChatBody};
@@ -15,6 +16,7 @@ pub enum Endpoint {
     Chat,
     Embeddings,
     Messages,
+    Responses,
 }
 
 impl Endpoint {
@@ -23,6 +25,7 @@ impl Endpoint {
             Endpoint::Chat => "chat",
             Endpoint::Embeddings => "embeddings",
             Endpoint::Messages => "messages",
+            Endpoint::Responses => "responses",
         }
     }
 
@@ -32,12 +35,16 @@ impl Endpoint {
             Endpoint::Chat => "chat completion",
             Endpoint::Embeddings => "embeddings",
             Endpoint::Messages => "messages",
+            Endpoint::Responses => "responses",
         }
     }
 
     /// Whether its requests go to chat models (else to embedding models).
     pub fn chat(self) -> bool {
-        matches!(self, Endpoint::Chat | Endpoint::Messages)
+        matches!(
+            self,
+            Endpoint::Chat | Endpoint::Messages | Endpoint::Responses
+        )
     }
 }
 

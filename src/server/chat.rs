@@ -17,6 +17,7 @@ use super::settle::{self, InFlight, ServedBy, Settlement, Ticket};
 use super::splice::Splice;
 use super::state::AppState;
 use super::stream;
+use super::wire::Wire;
 use crate::api::validate;
 use crate::api::{ChatBody, Endpoint};
 use crate::chain::{self, Mode, Route};
@@ -56,14 +57,37 @@ async fn serve(
     body: Body,
     in_flight: InFlight,
 ) -> Result<Response, (Refusal, Ticket)> {
-    let rt = ctx.rt;
-    let cfg = &rt.config;
-
     // parse, plan
     let (body, route) = match prepare(ctx, &ticket, body).await {
         Ok(prepared) => prepared,
         Err(refusal) => return Err((refusal, ticket)),
     };
+    run(ctx, ticket, (body, route), Codec::Chat, in_flight).await
+}
+
+/// The API a chat-shaped request came in on: what its answer, its stream
+/// and its dropped parameters look like.
+pub enum Codec {
+    Chat,
+    /// POST /v1/responses, translated to chat on the way in.
+    Responses {
+        /// What the translation left out.
+        dropped: Vec<String>,
+        echo: crate::api::responses::Echo,
+    },
+}
+
+/// Execute and settle a chat request (or one translated to chat), answering
+/// in `codec`'s API.
+pub async fn run(
+    ctx: &Ctx<'_>,
+    ticket: Ticket,
+    (body, route): (ChatBody, Route),
+    codec: Codec,
+    in_flight: InFlight,
+) -> Result<Response, (Refusal, Ticket)> {
+    let rt = ctx.rt;
+    let cfg = &rt.config;
 
     // execute
     let billed = pipeline::Billed::default();
@@ -120,7 +144,7 @@ async fn serve(
         settlement.wasted = billed.cost(rt);
         let mut resp = Response::new(Body::empty());
         settle::headers(resp.headers_mut(), rt, &settlement, remaining, false);
-        dropped_params(resp.headers_mut(), rt, &body, by.model);
+        dropped_params(resp.headers_mut(), rt, (&body, &codec), by.model);
         let h = resp.headers_mut();
         h.insert(
             header::CONTENT_TYPE,
@@ -128,9 +152,18 @@ async fn serve(
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         let client_wants_usage = body.client_wants_usage();
-        let splice = match rt.chain.targets[by.target].mid_stream {
-            MidStream::Continue => Splice::new(body, ctx.headers, request_id),
-            _ => None,
+        let (splice, wire) = match codec {
+            Codec::Chat => {
+                let splice = match rt.chain.targets[by.target].mid_stream {
+                    MidStream::Continue => Splice::new(body, ctx.headers, request_id),
+                    _ => None,
+                };
+                (splice, Wire::Chat)
+            }
+            Codec::Responses { echo, .. } => (
+                None,
+                Wire::Responses(Box::new(crate::api::responses::events::Encoder::new(echo))),
+            ),
         };
         let open = stream::Open {
             state: ctx.state.clone(),
@@ -139,7 +172,7 @@ async fn serve(
             by,
             attempt: Some(attempt),
             splice,
-            wire: super::wire::Wire::Chat,
+            wire,
             client_wants_usage,
             prompt_chars,
             idle: rt.chain.targets[by.target].timeout,
@@ -192,20 +225,41 @@ async fn serve(
         )
     });
     let remaining = settle::settle(ctx.state, rt, &s);
-    let mut resp = Response::new(Body::from(completion.body));
+    let answer = match &codec {
+        Codec::Chat => completion.body,
+        Codec::Responses { echo, .. } => {
+            let r = crate::api::responses::answer::from_chat(echo, &completion.body, s.usage);
+            bytes::Bytes::from(r.to_string())
+        }
+    };
+    let mut resp = Response::new(Body::from(answer));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
     settle::headers(resp.headers_mut(), rt, &s, remaining, true);
-    dropped_params(resp.headers_mut(), rt, &body, by.model);
+    dropped_params(resp.headers_mut(), rt, (&body, &codec), by.model);
     Ok(resp)
 }
 
-/// `x-cascade-dropped-params`: what the serving provider could not take.
-fn dropped_params(h: &mut axum::http::HeaderMap, rt: &Runtime, body: &ChatBody, model: usize) {
+/// `x-cascade-dropped-params`: what the translation from the client's API
+/// left out, then what the serving provider could not take.
+fn dropped_params(
+    h: &mut axum::http::HeaderMap,
+    rt: &Runtime,
+    (body, codec): (&ChatBody, &Codec),
+    model: usize,
+) {
     let provider = rt.config.models[model].provider;
-    let dropped = rt.clients[provider].dropped(body);
+    let mut dropped = match codec {
+        Codec::Chat => Vec::new(),
+        Codec::Responses { dropped, .. } => dropped.clone(),
+    };
+    for d in rt.clients[provider].dropped(body) {
+        if !dropped.contains(&d) {
+            dropped.push(d);
+        }
+    }
     if dropped.is_empty() {
         return;
     }

@@ -9,6 +9,7 @@ mod headers;
 mod messages;
 mod ops;
 mod pipeline;
+mod responses;
 mod settle;
 mod splice;
 mod state;
@@ -32,6 +33,11 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/messages", post(messages::messages))
+        .route("/v1/responses", post(responses::create))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::stored).delete(responses::stored),
+        )
         .route("/v1/messages/count_tokens", post(messages::count_tokens))
         .route("/v1/models", get(ops::models))
         .route("/v1/cascade/status", get(ops::status))
@@ -62,7 +68,7 @@ async fn saturated() -> Response {
 }
 
 async fn not_found(req: Request) -> Response {
-    GatewayError::NotFound(req.uri().path().to_string()).into_response()
+    GatewayError::NotFound(format!("no route for {}", req.uri().path())).into_response()
 }
 
 async fn method_not_allowed(req: Request) -> Response {

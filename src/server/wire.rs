@@ -1,8 +1,9 @@
 //! How a stream's chunks reach the client, by the API it speaks: OpenAI
 //! chat chunks (`data: ...`, `data: [DONE]` last), Anthropic events passed
 //! through as the upstream framed them, or chat chunks translated to
-//! Anthropic events. The closing cost comment comes before `[DONE]` on chat,
-//! after the terminal event (message_stop) on Messages.
+//! Anthropic events, or as Responses events. The closing cost comment comes
+//! before `[DONE]` on chat, after the terminal event (message_stop,
+//! response.completed) on Messages and Responses.
 
 use std::collections::VecDeque;
 
@@ -10,6 +11,7 @@ use bytes::Bytes;
 use serde_json::json;
 
 use crate::api::messages::events::{error_frame, Encoder};
+use crate::api::responses::events as responses;
 use crate::cost::Usage;
 use crate::providers::Chunk;
 
@@ -19,6 +21,8 @@ pub enum Wire {
     Messages,
     /// Chat chunks from another provider, as Anthropic events.
     MessagesFromChat(Box<Encoder>),
+    /// Chat chunks as Responses events.
+    Responses(Box<responses::Encoder>),
 }
 
 /// `data: ...` and the blank line.
@@ -44,6 +48,10 @@ impl Wire {
                 let out = enc.chunk(&c.data);
                 (!out.is_empty()).then(|| Bytes::from(out))
             }
+            Wire::Responses(enc) => {
+                let out = enc.chunk(&c.data);
+                (!out.is_empty()).then(|| Bytes::from(out))
+            }
         }
     }
 
@@ -56,11 +64,12 @@ impl Wire {
             Wire::MessagesFromChat(enc) => {
                 VecDeque::from([Bytes::from(enc.finish(usage)), comment])
             }
+            Wire::Responses(enc) => VecDeque::from([Bytes::from(enc.finish(usage)), comment]),
         }
     }
 
     /// The event that ends a stream broken after commit.
-    pub fn error(&self, message: &str) -> Bytes {
+    pub fn error(&mut self, message: &str) -> Bytes {
         match self {
             Wire::Chat => {
                 let error = json!({"error": {
@@ -72,6 +81,7 @@ impl Wire {
                 data_event(error.to_string().as_bytes())
             }
             Wire::Messages | Wire::MessagesFromChat(_) => Bytes::from(error_frame(message)),
+            Wire::Responses(enc) => Bytes::from(enc.failed(message)),
         }
     }
 }

@@ -16,6 +16,7 @@ mod http;
 mod lifecycle;
 mod messages;
 mod protection;
+mod responses;
 mod routing;
 mod streaming;
 
