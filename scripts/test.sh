@@ -41,16 +41,21 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys' >/dev/null 2>
 fi
 .venv/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
 
-# Claude Code itself (tests/python/test_claude_code.py), from npm, pinned
-CLAUDE_CODE_VERSION=2.1.197
-if [ "$(cat .cache/claude-code/.version 2>/dev/null)" != "$CLAUDE_CODE_VERSION" ]; then
-    step "npm install @anthropic-ai/claude-code@$CLAUDE_CODE_VERSION (.cache/claude-code)"
-    rm -rf .cache/claude-code
-    mkdir -p .cache/claude-code
-    npm install --prefix .cache/claude-code --no-audit --no-fund --loglevel=error \
-        "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION" >/dev/null
-    echo "$CLAUDE_CODE_VERSION" > .cache/claude-code/.version
-fi
+# Node clients from npm, pinned, each in its own .cache/ directory: Claude
+# Code, the Codex CLI, the openai Node SDK (tests/python/test_{claude_code,
+# codex,node_sdk}.py)
+npm_install() { # DIR PACKAGE@VERSION
+    if [ "$(cat ".cache/$1/.version" 2>/dev/null)" != "$2" ]; then
+        step "npm install $2 (.cache/$1)"
+        rm -rf ".cache/$1"
+        mkdir -p ".cache/$1"
+        npm install --prefix ".cache/$1" --no-audit --no-fund --loglevel=error "$2" >/dev/null
+        echo "$2" > ".cache/$1/.version"
+    fi
+}
+npm_install claude-code @anthropic-ai/claude-code@2.1.197
+npm_install codex @openai/codex@0.171.0
+npm_install node-sdk openai@6.49.0
 
 step "pytest tests/python"
 CASCADE_BIN=target/debug/cascade .venv/bin/python -m pytest -q tests/python

@@ -277,6 +277,15 @@ output_usd_per_mtok = 1.0
 models = ["tooler"]
 max_retries = 0
 
+[models.five-hundred]
+provider = "scripted"
+model = "always-500"
+
+[tiers.failing-first]
+models = ["five-hundred"]
+max_retries = 0
+fallback = ["tools"]
+
 [tiers.overloaded]
 models = ["claude-overloaded"]
 max_retries = 0
@@ -300,6 +309,7 @@ fallback = ["dead"]
 "claude-sonnet-4-5" = "anthropic"
 "claude-opus-4-8" = "overloaded"
 "claude-haiku-4-5" = "fast"
+"gpt-4.1" = "tools"
 """
 
 
@@ -436,6 +446,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._full_stream(model, body, done=False)
         elif stream and model == "malformed-mid":
             self._full_stream(model, body, malformed=True)
+        elif model == "always-500":
+            self._send_json(500, {"error": {"message": "the upstream is down", "type": "server_error"}})
         elif model == "tooler":
             self._tooler(model, body, stream)
         elif stream and model == "continues":

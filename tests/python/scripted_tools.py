@@ -2,8 +2,9 @@
 conversation has no tool result yet, then a text answer quoting the result.
 
 Claude Code offers a dozen tools; when ``Read`` is among them the call reads
-the path the prompt names (the first word that starts with ``/``), so a
-``claude -p`` run makes one real tool call and sends its result back.
+the path the prompt names (the last absolute path in it), so a ``claude -p``
+run makes one real tool call and sends its result back. Codex gets the same
+through its ``exec_command`` tool (``cat PATH``).
 """
 
 from __future__ import annotations
@@ -43,8 +44,12 @@ def _prompt_path(text: str) -> str:
 
 def pick_call(tool_names: list[str], prompt: str) -> tuple[str, dict]:
     """The tool to call and its input."""
-    if "Read" in tool_names:
+    if "Read" in tool_names:  # Claude Code
         return "Read", {"file_path": _prompt_path(prompt)}
+    if "exec_command" in tool_names:  # Codex
+        return "exec_command", {"cmd": f"cat {_prompt_path(prompt)}"}
+    if "shell" in tool_names:  # older Codex
+        return "shell", {"command": ["cat", _prompt_path(prompt)]}
     return tool_names[0], TOOL_INPUT
 
 
