@@ -5,6 +5,7 @@
 #
 #   bench/instructions.sh BINARY [BINARY...]     (1,000 requests each, 8 connections)
 #   KEEP_PROFILE=cg.out bench/instructions.sh BINARY; callgrind_annotate --inclusive=yes cg.out
+#   API=responses bench/instructions.sh BINARY    (the same request to /v1/responses)
 #
 # Each binary serves the benchmark config (one tier, nginx upstream) under
 # callgrind; after 200 warm-up requests the counters are zeroed, 1,000 requests
@@ -24,14 +25,17 @@ start_nginx "$UP"
 gateway_config "$GW" "http://127.0.0.1:$UP/v1" "$UP" > "$TMP/one.toml"
 
 load() { # $1 requests
-    python3 - "$GW" "$1" <<'PY'
+    python3 - "$GW" "$1" "${API:-chat}" <<'PY'
 import http.client, sys, threading
 port, n = int(sys.argv[1]), int(sys.argv[2])
-body = b'{"model":"bench","messages":[{"role":"user","content":"Say hello in one short sentence."}]}'
+path, body = {
+    "chat": ("/v1/chat/completions", b'{"model":"bench","messages":[{"role":"user","content":"Say hello in one short sentence."}]}'),
+    "responses": ("/v1/responses", b'{"model":"bench","input":[{"role":"user","content":"Say hello in one short sentence."}]}'),
+}[sys.argv[3]]
 def worker(k):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     for _ in range(k):
-        c.request("POST", "/v1/chat/completions", body, {"content-type": "application/json"})
+        c.request("POST", path, body, {"content-type": "application/json"})
         r = c.getresponse(); r.read()
         assert r.status == 200, r.status
 ts = [threading.Thread(target=worker, args=(n // 8,)) for _ in range(8)]

@@ -107,6 +107,9 @@ def main():
         f"| RSS with {streams['streams']} open streams | < 100 MiB | {streams['gateway_rss_peak_mib']} MiB ({ok((streams['gateway_rss_peak_mib'] or 1e9) < 100)}) |",
         f"| added per-chunk delay p99 | < 1 ms | {streams['added_chunk_delay_ms']['p99']} ms ({chunk_verdict(streams['added_chunk_delay_ms']['p99'])}) |",
     ]
+    resp_share = ratio(by.get("cascade-responses", {}).get("rps_per_core_c32"), c.get("rps_per_core_c32"))
+    if "cascade-responses" in by:
+        trows.append(f"| /v1/responses req/s per core vs chat's | >= 0.85x | {resp_share}x ({ok(resp_share is not None and resp_share >= 0.85)}) |")
     for peer in ("litellm", "portkey"):
         if peer in by:
             r = ratio(c.get("rps_per_core_c32"), by[peer].get("rps_per_core_c32"))

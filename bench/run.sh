@@ -18,7 +18,8 @@
 # Cascade (one tier), through Cascade with a fallback on every request (first
 # tier answers 503, max_retries = 0, breaker off), through nginx as a plain
 # reverse proxy (the practical floor for any proxy), and with --peers LiteLLM and
-# Portkey against the same upstream. Gateways are compared per CPU core of the
+# Portkey against the same upstream; and the same request as a Responses request
+# (POST /v1/responses on the one-tier gateway). Gateways are compared per CPU core of the
 # gateway process (CPU time read from /proc), since at high concurrency the load
 # generator itself takes a core.
 set -euo pipefail
@@ -106,7 +107,8 @@ fi
 TARGETS=("direct|http://127.0.0.1:$UP/v1/chat/completions||"
          "nginx-proxy|http://127.0.0.1:$PROXY/v1/chat/completions|NGINX_PROXY|"
          "cascade|http://127.0.0.1:$GW1/v1/chat/completions|$G1|"
-         "cascade-fallback|http://127.0.0.1:$GW2/v1/chat/completions|$G2|")
+         "cascade-fallback|http://127.0.0.1:$GW2/v1/chat/completions|$G2|"
+         "cascade-responses|http://127.0.0.1:$GW1/v1/responses|$G1|")
 TARGETS+=("${PEER_TARGETS[@]}")
 
 RESULTS="$OUT/results.tsv"
@@ -115,6 +117,8 @@ for t in "${TARGETS[@]}"; do
     IFS='|' read -r name url pid h1 h2 h3 <<<"$t"
     [ "$pid" = NGINX_PROXY ] && pid=$(cat "$TMP/proxy.pid")
     hdrs=(); for h in "$h1" "$h2" "$h3"; do [ -n "$h" ] && hdrs+=("$h"); done
+    # the Responses target: the same request as a Responses body
+    if [ "$name" = cascade-responses ]; then export WRK_SCRIPT=bench/post-responses.lua; else unset WRK_SCRIPT; fi
     busy=$(wait_quiet)
     say "$name (machine busy before: ${busy}%)"
     rss_idle=0; [ -n "$pid" ] && rss_idle=$(rss_kib "$pid")

@@ -108,7 +108,27 @@ pub fn render_with_model(fields: &[(String, Box<RawValue>)], upstream_model: &st
 
 impl ChatBody {
     pub fn parse(bytes: &[u8]) -> Result<ChatBody, BodyError> {
-        let fields = parse_fields(bytes)?;
+        Self::from_fields(parse_fields(bytes)?)
+    }
+
+    /// A body the gateway built itself by translating another API's request
+    /// (its `messages` already checked): not read again.
+    pub fn translated(
+        fields: Vec<(String, Box<RawValue>)>,
+        model: Option<String>,
+        stream: bool,
+    ) -> ChatBody {
+        ChatBody {
+            fields,
+            model,
+            stream,
+            client_wants_usage: false,
+        }
+    }
+
+    /// A body from its top-level fields (keys not repeated), checked as
+    /// `parse` checks one.
+    pub fn from_fields(fields: Vec<(String, Box<RawValue>)>) -> Result<ChatBody, BodyError> {
         let raw = |name: &str| raw_field(&fields, name);
         let model = model_field(&fields)?;
         let stream = match raw("stream") {

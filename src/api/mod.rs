@@ -51,6 +51,26 @@ impl Endpoint {
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+/// `prefix_` and 24 random hex digits: request, message and response ids.
+/// Unique, not secret: a small per-thread generator seeded from the OS one
+/// (a tenth of the thread generator's cost, on every request).
+pub fn random_id(prefix: &str) -> String {
+    use rand::{Rng, SeedableRng};
+    thread_local! {
+        static IDS: std::cell::RefCell<rand::rngs::SmallRng> =
+            std::cell::RefCell::new(rand::rngs::SmallRng::from_rng(&mut rand::rng()));
+    }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = String::with_capacity(prefix.len() + 25);
+    id.push_str(prefix);
+    id.push('_');
+    let bits: u128 = IDS.with(|r| r.borrow_mut().random());
+    for i in (0..24).rev() {
+        id.push(char::from(HEX[((bits >> (i * 4)) & 0xf) as usize]));
+    }
+    id
+}
+
 use crate::cost::Usage;
 
 /// `usage` of a chat completion (or of a stream's usage chunk).

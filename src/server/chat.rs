@@ -229,7 +229,7 @@ pub async fn run(
         Codec::Chat => completion.body,
         Codec::Responses { echo, .. } => {
             let r = crate::api::responses::answer::from_chat(echo, &completion.body, s.usage);
-            bytes::Bytes::from(r.to_string())
+            bytes::Bytes::from(r)
         }
     };
     let mut resp = Response::new(Body::from(answer));

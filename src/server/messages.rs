@@ -332,3 +332,18 @@ pub async fn count_tokens(State(state): State<AppState>, req: Request) -> Respon
         Err(e) => e.into_anthropic_response(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    fn future_size<A, B, Fut, F: FnOnce(A, B) -> Fut>(_: &F) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// As chat's (server/chat.rs): the request future is moved whole through
+    /// every layer on the way in, so it must stay small.
+    #[test]
+    fn the_request_future_stays_small() {
+        let size = future_size(&super::messages);
+        assert!(size <= 4096, "messages future is {size} bytes");
+    }
+}

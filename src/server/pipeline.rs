@@ -271,14 +271,7 @@ pub fn plain_request_id(id: &str) -> bool {
 
 /// `req_` and 24 random hex digits.
 fn new_request_id() -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut id = String::with_capacity(28);
-    id.push_str("req_");
-    let bits = rand::random::<u128>();
-    for i in (0..24).rev() {
-        id.push(char::from(HEX[((bits >> (i * 4)) & 0xf) as usize]));
-    }
-    id
+    crate::api::random_id("req")
 }
 
 /// What failed attempts of one request were billed for, after the upstream

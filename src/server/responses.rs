@@ -60,3 +60,18 @@ pub async fn stored(State(state): State<AppState>, req: Request) -> Response {
     )
     .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    fn future_size<A, B, Fut, F: FnOnce(A, B) -> Fut>(_: &F) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// As chat's (server/chat.rs): the request future is moved whole through
+    /// every layer on the way in, so it must stay small.
+    #[test]
+    fn the_request_future_stays_small() {
+        let size = future_size(&super::create);
+        assert!(size <= 4096, "responses future is {size} bytes");
+    }
+}

@@ -6,7 +6,7 @@ use crate::cost::Usage;
 
 /// `msg_` and 24 random hex digits.
 pub fn message_id() -> String {
-    format!("msg_{:024x}", rand::random::<u128>() >> 32)
+    crate::api::random_id("msg")
 }
 
 /// finish_reason -> stop_reason.

@@ -1,13 +1,16 @@
 //! A Chat Completions answer as a Responses `response` object.
 
-use serde_json::{json, Map, Value};
+use std::borrow::Cow;
+
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
 
 use super::Echo;
 use crate::cost::Usage;
 
 /// `prefix_` and 24 random hex digits.
 pub fn new_id(prefix: &str) -> String {
-    format!("{prefix}_{:024x}", rand::random::<u128>() >> 32)
+    crate::api::random_id(prefix)
 }
 
 pub fn now() -> u64 {
@@ -17,55 +20,248 @@ pub fn now() -> u64 {
 }
 
 /// Responses' `usage`.
-pub fn usage_json(u: &Usage) -> Value {
-    json!({
-        "input_tokens": u.prompt,
-        "input_tokens_details": {"cached_tokens": u.cached.min(u.prompt)},
-        "output_tokens": u.completion,
-        "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": u.prompt.saturating_add(u.completion),
-    })
+#[derive(serde::Serialize)]
+pub struct UsageOut {
+    input_tokens: u64,
+    input_tokens_details: Cached,
+    output_tokens: u64,
+    output_tokens_details: Reasoning,
+    total_tokens: u64,
+}
+
+#[derive(serde::Serialize)]
+struct Cached {
+    cached_tokens: u64,
+}
+
+#[derive(serde::Serialize)]
+struct Reasoning {
+    reasoning_tokens: u64,
+}
+
+pub fn usage_json(u: &Usage) -> UsageOut {
+    UsageOut {
+        input_tokens: u.prompt,
+        input_tokens_details: Cached {
+            cached_tokens: u.cached.min(u.prompt),
+        },
+        output_tokens: u.completion,
+        output_tokens_details: Reasoning {
+            reasoning_tokens: 0,
+        },
+        total_tokens: u.prompt.saturating_add(u.completion),
+    }
+}
+
+/// An output item.
+#[derive(serde::Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Item {
+    Message {
+        id: String,
+        status: &'static str,
+        role: &'static str,
+        content: Vec<OutputText>,
+    },
+    FunctionCall {
+        id: String,
+        status: &'static str,
+        call_id: String,
+        name: String,
+        arguments: String,
+    },
+    CustomToolCall {
+        id: String,
+        status: &'static str,
+        call_id: String,
+        name: String,
+        input: String,
+    },
+}
+
+#[derive(serde::Serialize)]
+pub struct OutputText {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    text: String,
+    annotations: [u8; 0],
+    logprobs: [u8; 0],
+}
+
+impl Item {
+    pub fn value(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
 }
 
 /// A message output item holding one output_text part.
-pub fn message_item(id: &str, text: &str, status: &str) -> Value {
-    json!({
-        "id": id,
-        "type": "message",
-        "status": status,
-        "role": "assistant",
-        "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
-    })
+pub fn message_item(id: &str, text: &str, status: &'static str) -> Item {
+    Item::Message {
+        id: id.to_string(),
+        status,
+        role: "assistant",
+        content: vec![OutputText {
+            kind: "output_text",
+            text: text.to_string(),
+            annotations: [],
+            logprobs: [],
+        }],
+    }
 }
 
 /// A call output item: `custom_tool_call` for the request's custom tools
 /// (the function's one `input` argument unwrapped), else `function_call`.
-pub fn call_item(echo: &Echo, call_id: &str, name: &str, arguments: &str, status: &str) -> Value {
+pub fn call_item(
+    echo: &Echo,
+    call_id: &str,
+    name: &str,
+    arguments: &str,
+    status: &'static str,
+) -> Item {
     if echo.custom_tools.iter().any(|t| t == name) {
         let input = serde_json::from_str::<Value>(arguments)
             .ok()
             .and_then(|v| v.get("input").and_then(Value::as_str).map(str::to_string))
             .unwrap_or_else(|| arguments.to_string());
-        return json!({
-            "id": new_id("ctc"),
-            "type": "custom_tool_call",
-            "status": status,
-            "call_id": call_id,
-            "name": name,
-            "input": input,
-        });
+        return Item::CustomToolCall {
+            id: new_id("ctc"),
+            status,
+            call_id: call_id.into(),
+            name: name.into(),
+            input,
+        };
     }
-    json!({
-        "id": new_id("fc"),
-        "type": "function_call",
-        "status": status,
-        "call_id": call_id,
-        "name": name,
-        "arguments": arguments,
-    })
+    Item::FunctionCall {
+        id: new_id("fc"),
+        status,
+        call_id: call_id.into(),
+        name: name.into(),
+        arguments: arguments.into(),
+    }
 }
 
-/// The response object around `output`.
+/// Defaults of the echoed fields a request did not set, serialized once.
+static DEFAULTS: std::sync::LazyLock<Vec<(&'static str, Box<RawValue>)>> =
+    std::sync::LazyLock::new(|| {
+        [
+            ("instructions", "null"),
+            ("max_output_tokens", "null"),
+            ("metadata", "{}"),
+            ("parallel_tool_calls", "true"),
+            ("temperature", "1.0"),
+            ("top_p", "1.0"),
+            ("tool_choice", "\"auto\""),
+            ("tools", "[]"),
+            ("text", r#"{"format":{"type":"text"}}"#),
+            ("reasoning", r#"{"effort":null,"summary":null}"#),
+            ("store", "false"),
+            ("user", "null"),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| RawValue::from_string(v.to_string()).ok().map(|v| (k, v)))
+        .collect()
+    });
+
+/// A response object, serialized straight from its parts.
+pub struct Response<'a, T> {
+    pub echo: &'a Echo,
+    pub id: &'a str,
+    pub created_at: u64,
+    pub model: &'a str,
+    pub status: &'a str,
+    pub output: &'a [T],
+    pub usage: Option<&'a Usage>,
+    pub error: Option<&'a Value>,
+}
+
+impl<T: serde::Serialize> serde::Serialize for Response<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("id", self.id)?;
+        m.serialize_entry("object", "response")?;
+        m.serialize_entry("created_at", &self.created_at)?;
+        m.serialize_entry("status", self.status)?;
+        m.serialize_entry("error", &self.error)?;
+        let incomplete =
+            (self.status == "incomplete").then(|| json!({"reason": "max_output_tokens"}));
+        m.serialize_entry("incomplete_details", &incomplete)?;
+        m.serialize_entry("model", self.model)?;
+        m.serialize_entry("output", self.output)?;
+        for (k, default) in DEFAULTS.iter() {
+            match self.echo.get(k) {
+                Some(v) => m.serialize_entry(k, v)?,
+                None => m.serialize_entry(k, default)?,
+            }
+        }
+        m.serialize_entry("usage", &self.usage.map(usage_json))?;
+        m.end()
+    }
+}
+
+impl<T: serde::Serialize> Response<'_, T> {
+    /// The JSON bytes, written directly: what a request did not echo is
+    /// a fragment serialized once (this runs on every non-streamed answer).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1024);
+        let write = |out: &mut Vec<u8>, v: &dyn erased::Json| v.write(out);
+        out.extend_from_slice(b"{\"id\":");
+        write(&mut out, &self.id);
+        out.extend_from_slice(b",\"object\":\"response\",\"created_at\":");
+        out.extend_from_slice(self.created_at.to_string().as_bytes());
+        out.extend_from_slice(b",\"status\":");
+        write(&mut out, &self.status);
+        out.extend_from_slice(b",\"error\":");
+        write(&mut out, &self.error);
+        out.extend_from_slice(if self.status == "incomplete" {
+            b",\"incomplete_details\":{\"reason\":\"max_output_tokens\"},\"model\":".as_slice()
+        } else {
+            b",\"incomplete_details\":null,\"model\":".as_slice()
+        });
+        write(&mut out, &self.model);
+        out.extend_from_slice(b",\"output\":");
+        let _ = serde_json::to_writer(&mut out, self.output);
+        for (k, fragment) in FRAGMENTS.iter() {
+            match self.echo.get(k) {
+                Some(v) => {
+                    out.extend_from_slice(b",\"");
+                    out.extend_from_slice(k.as_bytes());
+                    out.extend_from_slice(b"\":");
+                    out.extend_from_slice(v.get().as_bytes());
+                }
+                None => out.extend_from_slice(fragment.as_bytes()),
+            }
+        }
+        out.extend_from_slice(b",\"usage\":");
+        let _ = serde_json::to_writer(&mut out, &self.usage.map(usage_json));
+        out.push(b'}');
+        out
+    }
+}
+
+/// `,"key":default` for each echoed field.
+static FRAGMENTS: std::sync::LazyLock<Vec<(&'static str, String)>> =
+    std::sync::LazyLock::new(|| {
+        DEFAULTS
+            .iter()
+            .map(|(k, v)| (*k, format!(",\"{k}\":{}", v.get())))
+            .collect()
+    });
+
+mod erased {
+    /// Anything serializable, written as JSON.
+    pub trait Json {
+        fn write(&self, out: &mut Vec<u8>);
+    }
+
+    impl<T: serde::Serialize + ?Sized> Json for T {
+        fn write(&self, out: &mut Vec<u8>) {
+            let _ = serde_json::to_writer(out, self);
+        }
+    }
+}
+
+/// The response object around `output`, as a value.
 pub fn response(
     echo: &Echo,
     (id, created_at, model): (&str, u64, &str),
@@ -73,75 +269,103 @@ pub fn response(
     output: Vec<Value>,
     usage: Option<&Usage>,
 ) -> Value {
-    let mut r = Map::new();
-    let defaults = [
-        ("instructions", Value::Null),
-        ("max_output_tokens", Value::Null),
-        ("metadata", json!({})),
-        ("parallel_tool_calls", json!(true)),
-        ("temperature", json!(1.0)),
-        ("top_p", json!(1.0)),
-        ("tool_choice", json!("auto")),
-        ("tools", json!([])),
-        ("text", json!({"format": {"type": "text"}})),
-        ("reasoning", json!({"effort": null, "summary": null})),
-        ("store", json!(false)),
-        ("user", Value::Null),
-    ];
-    r.insert("id".into(), id.into());
-    r.insert("object".into(), "response".into());
-    r.insert("created_at".into(), created_at.into());
-    r.insert("status".into(), status.into());
-    r.insert("error".into(), Value::Null);
-    r.insert(
-        "incomplete_details".into(),
-        if status == "incomplete" {
-            json!({"reason": "max_output_tokens"})
-        } else {
-            Value::Null
-        },
-    );
-    r.insert("model".into(), model.into());
-    r.insert("output".into(), Value::Array(output));
-    for (k, default) in defaults {
-        r.insert(k.into(), echo.fields.get(k).cloned().unwrap_or(default));
-    }
-    r.insert("usage".into(), usage.map_or(Value::Null, usage_json));
-    Value::Object(r)
+    let r = Response {
+        echo,
+        id,
+        created_at,
+        model,
+        status,
+        output: &output,
+        usage,
+        error: None,
+    };
+    serde_json::to_value(&r).unwrap_or(Value::Null)
 }
 
-/// The chat completion `body` as a response; `usage` as priced.
-pub fn from_chat(echo: &Echo, body: &[u8], usage: Option<Usage>) -> Value {
-    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let choice = &v["choices"][0];
-    let msg = &choice["message"];
+#[derive(serde::Deserialize)]
+struct ChatAnswer<'a> {
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    choices: Vec<ChatChoice<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChatChoice<'a> {
+    #[serde(borrow, default)]
+    message: Option<ChatMessage<'a>>,
+    #[serde(borrow, default)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChatMessage<'a> {
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    tool_calls: Option<Vec<ChatCall<'a>>>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChatCall<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    function: Option<ChatFunction<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChatFunction<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+/// The chat completion `body` as a response (its bytes); `usage` as priced.
+pub fn from_chat(echo: &Echo, body: &[u8], usage: Option<Usage>) -> Vec<u8> {
+    let answer: ChatAnswer<'_> = serde_json::from_slice(body).unwrap_or(ChatAnswer {
+        model: None,
+        choices: Vec::new(),
+    });
+    let choice = answer.choices.into_iter().next();
+    let (message, finish) = match choice {
+        Some(c) => (c.message, c.finish_reason),
+        None => (None, None),
+    };
     let mut output = Vec::new();
-    if let Some(text) = msg["content"].as_str().filter(|t| !t.is_empty()) {
-        output.push(message_item(&new_id("msg"), text, "completed"));
+    if let Some(m) = message {
+        if let Some(text) = m.content.filter(|t| !t.is_empty()) {
+            output.push(message_item(&new_id("msg"), &text, "completed"));
+        }
+        for call in m.tool_calls.into_iter().flatten() {
+            let f = call.function.unwrap_or(ChatFunction {
+                name: None,
+                arguments: None,
+            });
+            output.push(call_item(
+                echo,
+                call.id.as_deref().unwrap_or_default(),
+                f.name.as_deref().unwrap_or_default(),
+                f.arguments.as_deref().unwrap_or("{}"),
+                "completed",
+            ));
+        }
     }
-    for call in msg["tool_calls"].as_array().into_iter().flatten() {
-        let f = &call["function"];
-        output.push(call_item(
-            echo,
-            call["id"].as_str().unwrap_or_default(),
-            f["name"].as_str().unwrap_or_default(),
-            f["arguments"].as_str().unwrap_or("{}"),
-            "completed",
-        ));
-    }
-    let status = match choice["finish_reason"].as_str() {
+    let status = match finish.as_deref() {
         Some("length") => "incomplete",
         _ => "completed",
     };
-    response(
+    let usage = usage.unwrap_or_default();
+    let r = Response {
         echo,
-        (
-            &new_id("resp"),
-            now(),
-            v["model"].as_str().unwrap_or_default(),
-        ),
+        id: &new_id("resp"),
+        created_at: now(),
+        model: answer.model.as_deref().unwrap_or_default(),
         status,
-        output,
-        Some(&usage.unwrap_or_default()),
-    )
+        output: &output,
+        usage: Some(&usage),
+        error: None,
+    };
+    r.to_bytes()
 }

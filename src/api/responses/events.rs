@@ -139,7 +139,7 @@ impl Encoder {
 
     fn close_text(&mut self) {
         let Some(t) = self.text.take() else { return };
-        let item = message_item(&t.id, &t.text, "completed");
+        let item = message_item(&t.id, &t.text, "completed").value();
         let at = json!({"item_id": t.id, "output_index": t.index, "content_index": 0});
         let mut done = at.clone();
         done["text"] = t.text.clone().into();
@@ -175,7 +175,7 @@ impl Encoder {
                 c.arguments.clone(),
                 c.custom,
             );
-            let mut item = call_item(&self.echo, &call_id, &name, &arguments, "completed");
+            let mut item = call_item(&self.echo, &call_id, &name, &arguments, "completed").value();
             item["id"] = id.clone().into();
             if custom {
                 let input = item["input"].clone();
@@ -211,7 +211,7 @@ impl Encoder {
                 text: String::new(),
             };
             self.next_index += 1;
-            let mut item = message_item(&t.id, "", "in_progress");
+            let mut item = message_item(&t.id, "", "in_progress").value();
             item["content"] = json!([]);
             self.emit(
                 "response.output_item.added",
@@ -245,7 +245,7 @@ impl Encoder {
             let id = new_id(if custom { "ctc" } else { "fc" });
             let index = self.next_index;
             self.next_index += 1;
-            let mut item = call_item(&self.echo, &call_id, &name, "", "in_progress");
+            let mut item = call_item(&self.echo, &call_id, &name, "", "in_progress").value();
             item["id"] = id.clone().into();
             self.emit(
                 "response.output_item.added",

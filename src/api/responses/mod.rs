@@ -9,7 +9,8 @@ pub mod answer;
 pub mod events;
 mod to_chat;
 
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
+use serde_json::Value;
 
 use super::body::{model_field, parse_fields, raw_field};
 use super::ChatBody;
@@ -52,8 +53,18 @@ pub struct ResponsesRequest {
 /// (whose calls come back as `custom_tool_call`).
 #[derive(Debug, Default, Clone)]
 pub struct Echo {
-    pub fields: Map<String, Value>,
+    /// The echoed request fields, as sent.
+    pub fields: Vec<(String, Box<RawValue>)>,
     pub custom_tools: Vec<String>,
+}
+
+impl Echo {
+    pub fn get(&self, name: &str) -> Option<&RawValue> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| &**v)
+    }
 }
 
 fn unsupported(param: &str, message: &str) -> GatewayError {
@@ -72,44 +83,53 @@ fn invalid(param: &str, message: String) -> GatewayError {
     }
 }
 
+/// The request's top-level fields as sent, in order.
+type Fields = [(String, Box<RawValue>)];
+
+/// A field read as a value (`Null` when absent).
+fn get(fields: &Fields, name: &str) -> Value {
+    raw_field(fields, name)
+        .and_then(|v| serde_json::from_str(v).ok())
+        .unwrap_or(Value::Null)
+}
+
 impl ResponsesRequest {
     pub fn parse(bytes: &[u8]) -> Result<ResponsesRequest, GatewayError> {
         let fields = parse_fields(bytes).map_err(|e| GatewayError::invalid(e.message, e.param))?;
         let model = model_field(&fields).map_err(|e| GatewayError::invalid(e.message, e.param))?;
-        let value = |name: &str| {
-            raw_field(&fields, name)
-                .and_then(|v| serde_json::from_str::<Value>(v).ok())
-                .unwrap_or(Value::Null)
-        };
+        let present = |name: &str| raw_field(&fields, name).is_some_and(|v| v != "null");
         // what a stateless gateway cannot honour, refused by name
-        if !value("previous_response_id").is_null() {
+        if present("previous_response_id") {
             return Err(unsupported(
                 "previous_response_id",
                 "previous_response_id is not supported: this gateway stores no responses; send the whole conversation in input",
             ));
         }
-        if !value("conversation").is_null() {
+        if present("conversation") {
             return Err(unsupported(
                 "conversation",
                 "conversation is not supported: this gateway stores no conversations; send the whole conversation in input",
             ));
         }
-        if value("background") == true {
+        if raw_field(&fields, "background") == Some("true") {
             return Err(unsupported(
                 "background",
                 "background responses are not supported: this gateway stores no responses",
             ));
         }
-        let choice = value("tool_choice");
-        if choice["type"].as_str().is_some_and(hosted) {
+        if present("tool_choice")
+            && get(&fields, "tool_choice")["type"]
+                .as_str()
+                .is_some_and(hosted)
+        {
             return Err(unsupported(
                 "tool_choice",
                 "a tool_choice forcing a hosted tool is not supported: hosted tools are not served by this gateway",
             ));
         }
-        let stream = match value("stream") {
-            Value::Null => false,
-            Value::Bool(b) => b,
+        let stream = match raw_field(&fields, "stream") {
+            None | Some("null") | Some("false") => false,
+            Some("true") => true,
             _ => {
                 return Err(GatewayError::invalid(
                     "'stream' must be a boolean",
@@ -117,35 +137,17 @@ impl ResponsesRequest {
                 ))
             }
         };
-        if raw_field(&fields, "input").is_none() {
+        if !present("input") {
             return Err(GatewayError::invalid("'input' is required", Some("input")));
         }
         let (chat, dropped, custom_tools) = to_chat::to_chat(&fields, stream)?;
-        let mut echo = Echo {
+        let echo = Echo {
             custom_tools,
-            ..Echo::default()
+            fields: fields
+                .into_iter()
+                .filter(|(k, v)| ECHOED.contains(&k.as_str()) && v.get() != "null")
+                .collect(),
         };
-        for k in [
-            "instructions",
-            "max_output_tokens",
-            "metadata",
-            "parallel_tool_calls",
-            "temperature",
-            "top_p",
-            "tool_choice",
-            "tools",
-            "text",
-            "reasoning",
-            "store",
-            "user",
-            "prompt_cache_key",
-            "safety_identifier",
-        ] {
-            let v = value(k);
-            if !v.is_null() {
-                echo.fields.insert(k.into(), v);
-            }
-        }
         Ok(ResponsesRequest {
             model,
             stream,
@@ -155,6 +157,24 @@ impl ResponsesRequest {
         })
     }
 }
+
+/// The request fields a response object repeats.
+const ECHOED: &[&str] = &[
+    "instructions",
+    "max_output_tokens",
+    "metadata",
+    "parallel_tool_calls",
+    "temperature",
+    "top_p",
+    "tool_choice",
+    "tools",
+    "text",
+    "reasoning",
+    "store",
+    "user",
+    "prompt_cache_key",
+    "safety_identifier",
+];
 
 #[cfg(test)]
 mod tests;

@@ -171,3 +171,35 @@ fn chat_chunks_become_responses_events() {
     assert_eq!(done["output"][2]["input"], "P");
     assert_eq!(done["usage"]["total_tokens"], 7);
 }
+
+#[test]
+fn the_fast_writer_writes_what_serde_would() {
+    use super::answer::{message_item, Response};
+    let mut echo = Echo::default();
+    let raw = |v: Value| serde_json::value::to_raw_value(&v).unwrap();
+    echo.fields.push(("temperature".into(), raw(json!(0.2))));
+    echo.fields.push((
+        "tools".into(),
+        raw(json!([{"type": "function", "name": "f"}])),
+    ));
+    let usage = Usage {
+        prompt: 5,
+        completion: 2,
+        cached: 1,
+        cache_write: 0,
+    };
+    for status in ["completed", "incomplete"] {
+        let r = Response {
+            echo: &echo,
+            id: "resp_1",
+            created_at: 7,
+            model: "m\"odel",
+            status,
+            output: &[message_item("msg_1", "hi", "completed")],
+            usage: Some(&usage),
+            error: None,
+        };
+        let fast: Value = serde_json::from_slice(&r.to_bytes()).unwrap();
+        assert_eq!(fast, serde_json::to_value(&r).unwrap());
+    }
+}

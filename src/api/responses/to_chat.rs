@@ -2,7 +2,7 @@
 //! Chat Completions out").
 
 use serde_json::value::RawValue;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::{hosted, invalid, unsupported};
 use crate::api::ChatBody;
@@ -23,64 +23,58 @@ const ACCEPTED: &[&str] = &[
     "instructions",
 ];
 
-type Fields = [(String, Box<RawValue>)];
-
 /// The chat body, what was dropped (in request order), the custom tools.
 pub fn to_chat(
-    fields: &Fields,
+    fields: &super::Fields,
     stream: bool,
 ) -> Result<(ChatBody, Vec<String>, Vec<String>), GatewayError> {
-    let field = |name: &str| {
-        super::raw_field(fields, name)
-            .and_then(|v| serde_json::from_str::<Value>(v).ok())
-            .unwrap_or(Value::Null)
-    };
-    let mut out = Map::new();
+    let mut out = Out::default();
     let mut dropped: Vec<String> = Vec::new();
     let mut custom = Vec::new();
-    for (key, _) in fields {
-        let v = field(key);
+    for (key, raw) in fields {
+        let value = || serde_json::from_str::<Value>(raw.get()).unwrap_or(Value::Null);
         match key.as_str() {
-            "model" | "temperature" | "top_p" | "parallel_tool_calls" | "user" => {
-                out.insert(key.clone(), v);
+            // as sent
+            "model" | "temperature" | "top_p" | "parallel_tool_calls" | "user" | "stream" => {
+                out.0.push((key.clone(), raw.clone()));
             }
+            "max_output_tokens" => out.0.push(("max_tokens".into(), raw.clone())),
             "input" => {
                 let mut messages = Vec::new();
-                if let Some(text) = field("instructions").as_str().filter(|t| !t.is_empty()) {
+                let instructions = super::get(fields, "instructions");
+                if let Some(text) = instructions.as_str().filter(|t| !t.is_empty()) {
                     messages.push(json!({"role": "system", "content": text}));
                 }
-                input_messages(&v, &mut messages, &mut dropped)?;
-                out.insert("messages".into(), Value::Array(messages));
-            }
-            "stream" => {
-                out.insert("stream".into(), v);
-            }
-            "max_output_tokens" => {
-                out.insert("max_tokens".into(), v);
+                input_messages(&value(), &mut messages, &mut dropped)?;
+                if messages.is_empty() {
+                    return Err(GatewayError::invalid(
+                        "'input' must not be empty",
+                        Some("input"),
+                    ));
+                }
+                out.insert("messages", &Value::Array(messages));
             }
             "tools" => {
                 let mut tools = Vec::new();
-                for t in v.as_array().into_iter().flatten() {
+                for t in value().as_array().into_iter().flatten() {
                     tool(t, &mut tools, &mut custom, &mut dropped);
                 }
                 if !tools.is_empty() {
-                    out.insert("tools".into(), Value::Array(tools));
+                    out.insert("tools", &Value::Array(tools));
                 }
             }
-            "tool_choice" => match tool_choice(&v) {
-                Some(c) => {
-                    out.insert("tool_choice".into(), c);
-                }
+            "tool_choice" => match tool_choice(&value()) {
+                Some(c) => out.insert("tool_choice", &c),
                 None => dropped.push(key.clone()),
             },
             "text" => {
-                if let Some(format) = response_format(&v["format"]) {
-                    out.insert("response_format".into(), format);
+                if let Some(format) = response_format(&value()["format"]) {
+                    out.insert("response_format", &format);
                 }
             }
             "reasoning" => {
-                if let Some(effort) = v["effort"].as_str() {
-                    out.insert("reasoning_effort".into(), effort.into());
+                if let Some(effort) = value()["effort"].as_str() {
+                    out.insert("reasoning_effort", &effort.into());
                 }
             }
             k if ACCEPTED.contains(&k) => {}
@@ -88,11 +82,23 @@ pub fn to_chat(
         }
     }
     if stream {
-        out.insert("stream_options".into(), json!({"include_usage": true}));
+        out.insert("stream_options", &json!({"include_usage": true}));
     }
-    let chat = ChatBody::parse(Value::Object(out).to_string().as_bytes())
-        .map_err(|e| GatewayError::invalid(e.message, e.param))?;
-    Ok((chat, dropped, custom))
+    let model =
+        crate::api::model_field(fields).map_err(|e| GatewayError::invalid(e.message, e.param))?;
+    Ok((ChatBody::translated(out.0, model, stream), dropped, custom))
+}
+
+/// The chat body's fields, each serialized once.
+#[derive(Default)]
+struct Out(Vec<(String, Box<RawValue>)>);
+
+impl Out {
+    fn insert(&mut self, key: &str, v: &Value) {
+        if let Ok(raw) = serde_json::value::to_raw_value(v) {
+            self.0.push((key.to_string(), raw));
+        }
+    }
 }
 
 fn note(dropped: &mut Vec<String>, what: String) {
@@ -203,18 +209,19 @@ fn input_messages(
 /// A message item: roles user, assistant, system, developer (sent as
 /// system, which every upstream knows); text and image parts.
 fn message(item: &Value, i: usize, messages: &mut Vec<Value>) -> Result<(), GatewayError> {
-    let role =
-        match item["role"].as_str() {
-            Some("user") => "user",
-            Some("assistant") => "assistant",
-            Some("system" | "developer") => "system",
-            other => return Err(invalid(
+    let role = match item["role"].as_str() {
+        Some("user") => "user",
+        Some("assistant") => "assistant",
+        Some("system" | "developer") => "system",
+        other => {
+            return Err(invalid(
                 &format!("input[{i}].role"),
                 format!(
                     "input[{i}] has an unknown role {other:?} (user, assistant, system, developer)"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let content = &item["content"];
     let images: Vec<Value> = content
         .as_array()
