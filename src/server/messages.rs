@@ -64,7 +64,7 @@ struct Forms<'a> {
 
 impl Forms<'_> {
     fn chat(&self) -> &(ChatBody, Vec<String>) {
-        self.chat.get_or_init(|| api::to_chat(self.body))
+        self.chat.get_or_init(|| api::to_chat::to_chat(self.body))
     }
 
     /// What the serving provider could not take.

@@ -5,14 +5,13 @@
 
 pub mod answer;
 pub mod events;
-mod to_chat;
+pub mod to_chat;
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::body::{bad, model_field, parse_fields, raw_field, BodyError};
-pub use to_chat::to_chat;
 
 /// The content block types a request may hold.
 const BLOCK_TYPES: &[&str] = &[
@@ -35,7 +34,7 @@ const BLOCK_TYPES: &[&str] = &[
 
 #[derive(Debug)]
 pub struct MessagesBody {
-    fields: Vec<(String, Box<RawValue>)>,
+    pub(super) fields: Vec<(String, Box<RawValue>)>,
     model: Option<String>,
     stream: bool,
     /// `messages`, read.

@@ -1,6 +1,7 @@
 use serde_json::{json, Value};
 
 use super::events::Encoder;
+use super::to_chat::to_chat;
 use super::*;
 
 fn parse(v: Value) -> Result<MessagesBody, BodyError> {

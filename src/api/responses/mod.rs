@@ -9,32 +9,13 @@ pub mod answer;
 pub mod events;
 mod to_chat;
 
+use to_chat::{get, hosted, unsupported};
+
 use serde_json::value::RawValue;
-use serde_json::Value;
 
 use super::body::{model_field, parse_fields, raw_field};
 use super::ChatBody;
 use crate::error::GatewayError;
-
-/// Hosted tool types: dropped (and listed), never forced.
-const HOSTED: &[&str] = &[
-    "web_search",
-    "web_search_preview",
-    "web_search_2025_08_26",
-    "web_search_preview_2025_03_11",
-    "file_search",
-    "code_interpreter",
-    "computer_use",
-    "computer_use_preview",
-    "image_generation",
-    "mcp",
-    "tool_search",
-    "local_shell",
-];
-
-fn hosted(kind: &str) -> bool {
-    HOSTED.contains(&kind) || kind.starts_with("web_search") || kind.starts_with("computer_use")
-}
 
 /// A Responses request, read, checked and translated.
 pub struct ResponsesRequest {
@@ -65,32 +46,6 @@ impl Echo {
             .find(|(k, _)| k == name)
             .map(|(_, v)| &**v)
     }
-}
-
-fn unsupported(param: &str, message: &str) -> GatewayError {
-    GatewayError::BadParam {
-        message: message.into(),
-        param: param.into(),
-        code: "unsupported_parameter",
-    }
-}
-
-fn invalid(param: &str, message: String) -> GatewayError {
-    GatewayError::BadParam {
-        message,
-        param: param.into(),
-        code: "invalid_request",
-    }
-}
-
-/// The request's top-level fields as sent, in order.
-type Fields = [(String, Box<RawValue>)];
-
-/// A field read as a value (`Null` when absent).
-fn get(fields: &Fields, name: &str) -> Value {
-    raw_field(fields, name)
-        .and_then(|v| serde_json::from_str(v).ok())
-        .unwrap_or(Value::Null)
 }
 
 impl ResponsesRequest {

@@ -4,9 +4,54 @@
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use super::{hosted, invalid, unsupported};
 use crate::api::ChatBody;
 use crate::error::GatewayError;
+
+/// Hosted tool types: dropped (and listed), never forced.
+const HOSTED: &[&str] = &[
+    "web_search",
+    "web_search_preview",
+    "web_search_2025_08_26",
+    "web_search_preview_2025_03_11",
+    "file_search",
+    "code_interpreter",
+    "computer_use",
+    "computer_use_preview",
+    "image_generation",
+    "mcp",
+    "tool_search",
+    "local_shell",
+];
+
+pub(super) fn hosted(kind: &str) -> bool {
+    HOSTED.contains(&kind) || kind.starts_with("web_search") || kind.starts_with("computer_use")
+}
+
+pub(super) fn unsupported(param: &str, message: &str) -> GatewayError {
+    GatewayError::BadParam {
+        message: message.into(),
+        param: param.into(),
+        code: "unsupported_parameter",
+    }
+}
+
+fn invalid(param: &str, message: String) -> GatewayError {
+    GatewayError::BadParam {
+        message,
+        param: param.into(),
+        code: "invalid_request",
+    }
+}
+
+/// The request's top-level fields as sent, in order.
+pub(super) type Fields = [(String, Box<RawValue>)];
+
+/// A field read as a value (`Null` when absent).
+pub(super) fn get(fields: &Fields, name: &str) -> Value {
+    crate::api::raw_field(fields, name)
+        .and_then(|v| serde_json::from_str(v).ok())
+        .unwrap_or(Value::Null)
+}
 
 /// Accepted and not passed on: state a stateless gateway keeps nothing of,
 /// and hints no Chat Completions upstream reads.
@@ -25,7 +70,7 @@ const ACCEPTED: &[&str] = &[
 
 /// The chat body, what was dropped (in request order), the custom tools.
 pub fn to_chat(
-    fields: &super::Fields,
+    fields: &Fields,
     stream: bool,
 ) -> Result<(ChatBody, Vec<String>, Vec<String>), GatewayError> {
     let mut out = Out::default();
@@ -41,7 +86,7 @@ pub fn to_chat(
             "max_output_tokens" => out.0.push(("max_tokens".into(), raw.clone())),
             "input" => {
                 let mut messages = Vec::new();
-                let instructions = super::get(fields, "instructions");
+                let instructions = get(fields, "instructions");
                 if let Some(text) = instructions.as_str().filter(|t| !t.is_empty()) {
                     messages.push(json!({"role": "system", "content": text}));
                 }

@@ -12,7 +12,8 @@ mod response;
 mod stream;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::Value;
 
 use super::call::{Completion, UpstreamError, UpstreamRequest};
 use super::http::{body_stream, is_sse, HttpUpstream};
@@ -117,5 +118,62 @@ impl AnthropicClient {
             }
             other => other,
         }
+    }
+}
+
+// The Messages API passed through (POST /v1/messages): see `passthrough`.
+static BETA: HeaderName = HeaderName::from_static("anthropic-beta");
+
+impl AnthropicClient {
+    /// One Messages call: the upstream's answer as it is, and its usage.
+    pub async fn messages(&self, req: RawRequest<'_>) -> Result<Completion, UpstreamError> {
+        let beta = req.beta.map(|v| (&BETA, v));
+        let resp = self
+            .up
+            .send_extra(req.forward, req.body, false, beta)
+            .await?;
+        let body = self.up.read(resp, req.limits.max_response_bytes).await?;
+        let v: Value = serde_json::from_slice(&body)
+            .map_err(|e| UpstreamError::BadBody(format!("not JSON: {e}")))?;
+        if let Some(msg) = response::error_message(&v) {
+            return Err(UpstreamError::ErrorInBody(msg));
+        }
+        if !v.get("content").is_some_and(Value::is_array) {
+            return Err(UpstreamError::BadBody(
+                "no 'content' in the response".into(),
+            ));
+        }
+        let mut usage = response::AnthropicUsage::default();
+        usage.update(v.get("usage"));
+        Ok(Completion {
+            body,
+            usage: usage.valid(),
+        })
+    }
+
+    /// One streamed Messages call: its events as sent, classified.
+    pub async fn messages_stream(
+        &self,
+        req: RawRequest<'_>,
+    ) -> Result<UpstreamStream, UpstreamError> {
+        let beta = req.beta.map(|v| (&BETA, v));
+        let resp = self
+            .up
+            .send_extra(req.forward, req.body, true, beta)
+            .await?;
+        if !is_sse(&resp) {
+            let body = self.up.read(resp, req.limits.max_response_bytes).await?;
+            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            return Err(match response::error_message(&v) {
+                Some(msg) => UpstreamError::ErrorInBody(msg),
+                None => {
+                    UpstreamError::BadBody("a JSON body where an event stream was asked for".into())
+                }
+            });
+        }
+        Ok(passthrough::raw_events(
+            body_stream(resp),
+            req.limits.max_event_bytes,
+        ))
     }
 }

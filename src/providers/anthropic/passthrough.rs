@@ -9,14 +9,12 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use http::{HeaderName, HeaderValue};
+use http::HeaderValue;
 use serde_json::Value;
 
 use super::response::{error_message, AnthropicUsage};
-use super::AnthropicClient;
 use crate::config::Limits;
-use crate::providers::call::{Completion, Forward, UpstreamError};
-use crate::providers::http::{body_stream, is_sse};
+use crate::providers::call::{Forward, UpstreamError};
 use crate::providers::stream::{Chunk, ChunkKind, UpstreamStream};
 
 /// A Messages request for an anthropic provider, ready to send.
@@ -26,59 +24,6 @@ pub struct RawRequest<'a> {
     /// The client's `anthropic-beta`, passed on.
     pub beta: Option<&'a HeaderValue>,
     pub limits: Limits,
-}
-
-static BETA: HeaderName = HeaderName::from_static("anthropic-beta");
-
-impl AnthropicClient {
-    /// One Messages call: the upstream's answer as it is, and its usage.
-    pub async fn messages(&self, req: RawRequest<'_>) -> Result<Completion, UpstreamError> {
-        let beta = req.beta.map(|v| (&BETA, v));
-        let resp = self
-            .up
-            .send_extra(req.forward, req.body, false, beta)
-            .await?;
-        let body = self.up.read(resp, req.limits.max_response_bytes).await?;
-        let v: Value = serde_json::from_slice(&body)
-            .map_err(|e| UpstreamError::BadBody(format!("not JSON: {e}")))?;
-        if let Some(msg) = error_message(&v) {
-            return Err(UpstreamError::ErrorInBody(msg));
-        }
-        if !v.get("content").is_some_and(Value::is_array) {
-            return Err(UpstreamError::BadBody(
-                "no 'content' in the response".into(),
-            ));
-        }
-        let mut usage = AnthropicUsage::default();
-        usage.update(v.get("usage"));
-        Ok(Completion {
-            body,
-            usage: usage.valid(),
-        })
-    }
-
-    /// One streamed Messages call: its events as sent, classified.
-    pub async fn messages_stream(
-        &self,
-        req: RawRequest<'_>,
-    ) -> Result<UpstreamStream, UpstreamError> {
-        let beta = req.beta.map(|v| (&BETA, v));
-        let resp = self
-            .up
-            .send_extra(req.forward, req.body, true, beta)
-            .await?;
-        if !is_sse(&resp) {
-            let body = self.up.read(resp, req.limits.max_response_bytes).await?;
-            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            return Err(match error_message(&v) {
-                Some(msg) => UpstreamError::ErrorInBody(msg),
-                None => {
-                    UpstreamError::BadBody("a JSON body where an event stream was asked for".into())
-                }
-            });
-        }
-        Ok(raw_events(body_stream(resp), req.limits.max_event_bytes))
-    }
 }
 
 /// `event: name` and `data`, as the client will read them.
