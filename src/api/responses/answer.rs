@@ -199,7 +199,79 @@ impl<T: serde::Serialize> serde::Serialize for Response<'_, T> {
     }
 }
 
-impl<T: serde::Serialize> Response<'_, T> {
+impl Item {
+    /// The item as JSON, written directly (keys are constants).
+    fn write(&self, out: &mut Vec<u8>) {
+        let string = |out: &mut Vec<u8>, s: &str| {
+            let _ = serde_json::to_writer(&mut *out, s);
+        };
+        match self {
+            Item::Message {
+                id,
+                status,
+                role,
+                content,
+            } => {
+                out.extend_from_slice(b"{\"type\":\"message\",\"id\":");
+                string(out, id);
+                out.extend_from_slice(b",\"status\":");
+                string(out, status);
+                out.extend_from_slice(b",\"role\":");
+                string(out, role);
+                out.extend_from_slice(b",\"content\":[");
+                for (i, part) in content.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(b"{\"type\":\"output_text\",\"text\":");
+                    string(out, &part.text);
+                    out.extend_from_slice(b",\"annotations\":[],\"logprobs\":[]}");
+                }
+                out.extend_from_slice(b"]}");
+            }
+            Item::FunctionCall {
+                id,
+                status,
+                call_id,
+                name,
+                arguments,
+            } => {
+                out.extend_from_slice(b"{\"type\":\"function_call\",\"id\":");
+                string(out, id);
+                out.extend_from_slice(b",\"status\":");
+                string(out, status);
+                out.extend_from_slice(b",\"call_id\":");
+                string(out, call_id);
+                out.extend_from_slice(b",\"name\":");
+                string(out, name);
+                out.extend_from_slice(b",\"arguments\":");
+                string(out, arguments);
+                out.push(b'}');
+            }
+            Item::CustomToolCall {
+                id,
+                status,
+                call_id,
+                name,
+                input,
+            } => {
+                out.extend_from_slice(b"{\"type\":\"custom_tool_call\",\"id\":");
+                string(out, id);
+                out.extend_from_slice(b",\"status\":");
+                string(out, status);
+                out.extend_from_slice(b",\"call_id\":");
+                string(out, call_id);
+                out.extend_from_slice(b",\"name\":");
+                string(out, name);
+                out.extend_from_slice(b",\"input\":");
+                string(out, input);
+                out.push(b'}');
+            }
+        }
+    }
+}
+
+impl Response<'_, Item> {
     /// The JSON bytes, written directly: what a request did not echo is
     /// a fragment serialized once (this runs on every non-streamed answer).
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -219,8 +291,14 @@ impl<T: serde::Serialize> Response<'_, T> {
             b",\"incomplete_details\":null,\"model\":".as_slice()
         });
         write(&mut out, &self.model);
-        out.extend_from_slice(b",\"output\":");
-        let _ = serde_json::to_writer(&mut out, self.output);
+        out.extend_from_slice(b",\"output\":[");
+        for (i, item) in self.output.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            item.write(&mut out);
+        }
+        out.push(b']');
         for (k, fragment) in FRAGMENTS.iter() {
             match self.echo.get(k) {
                 Some(v) => {
@@ -232,9 +310,20 @@ impl<T: serde::Serialize> Response<'_, T> {
                 None => out.extend_from_slice(fragment.as_bytes()),
             }
         }
-        out.extend_from_slice(b",\"usage\":");
-        let _ = serde_json::to_writer(&mut out, &self.usage.map(usage_json));
-        out.push(b'}');
+        match self.usage {
+            Some(u) => {
+                let cached = u.cached.min(u.prompt);
+                let total = u.prompt.saturating_add(u.completion);
+                out.extend_from_slice(
+                    format!(
+                        ",\"usage\":{{\"input_tokens\":{},\"input_tokens_details\":{{\"cached_tokens\":{cached}}},\"output_tokens\":{},\"output_tokens_details\":{{\"reasoning_tokens\":0}},\"total_tokens\":{total}}}}}",
+                        u.prompt, u.completion
+                    )
+                    .as_bytes(),
+                );
+            }
+            None => out.extend_from_slice(b",\"usage\":null}"),
+        }
         out
     }
 }

@@ -203,3 +203,31 @@ fn the_fast_writer_writes_what_serde_would() {
         assert_eq!(fast, serde_json::to_value(&r).unwrap());
     }
 }
+
+#[test]
+fn plain_message_items_pass_as_they_are() {
+    let r = parse(json!({
+        "model": "m",
+        "instructions": "be \"brief\"",
+        "input": [
+            {"role": "user", "content": "hi"},
+            {"type": "message", "role": "assistant", "content": "yo"},
+            {"role": "user", "content": "again"},
+        ],
+    }))
+    .unwrap();
+    assert_eq!(
+        r.chat.to_value()["messages"],
+        json!([
+            {"role": "system", "content": "be \"brief\""},
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "yo"},
+            {"role": "user", "content": "again"},
+        ])
+    );
+    let r = parse(json!({"model": "m", "input": "just this"})).unwrap();
+    assert_eq!(
+        r.chat.to_value()["messages"],
+        json!([{"role": "user", "content": "just this"}])
+    );
+}

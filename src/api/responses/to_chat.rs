@@ -85,6 +85,10 @@ pub fn to_chat(
             }
             "max_output_tokens" => out.0.push(("max_tokens".into(), raw.clone())),
             "input" => {
+                if let Some(messages) = plain_messages(raw, fields) {
+                    out.0.push(("messages".into(), messages));
+                    continue;
+                }
                 let mut messages = Vec::new();
                 let instructions = get(fields, "instructions");
                 if let Some(text) = instructions.as_str().filter(|t| !t.is_empty()) {
@@ -183,6 +187,64 @@ fn push_call(messages: &mut Vec<Value>, id: &Value, name: &Value, arguments: Str
         Some(calls) => calls.push(call),
         None => m["tool_calls"] = json!([call]),
     }
+}
+
+/// The common case, without reading `input` into values: a string, or
+/// items that are all chat messages already (only `role` user, assistant
+/// or system, string `content`, and `type` "message" or none). The
+/// messages are then the input as sent (after `instructions`).
+fn plain_messages(input: &RawValue, fields: &Fields) -> Option<Box<RawValue>> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Plain<'a> {
+        #[serde(rename = "type", default, borrow)]
+        kind: Option<&'a str>,
+        #[serde(borrow)]
+        role: &'a str,
+        #[serde(borrow)]
+        content: &'a RawValue,
+    }
+    let text = input.get();
+    let instructions = crate::api::raw_field(fields, "instructions")
+        .filter(|v| v.starts_with('"') && *v != "\"\"");
+    let mut out = String::with_capacity(text.len() + 64);
+    out.push('[');
+    if let Some(i) = instructions {
+        out.push_str(r#"{"role":"system","content":"#);
+        out.push_str(i);
+        out.push('}');
+    }
+    if text.starts_with('"') {
+        if instructions.is_some() {
+            out.push(',');
+        }
+        out.push_str(r#"{"role":"user","content":"#);
+        out.push_str(text);
+        out.push_str("}]");
+        return RawValue::from_string(out).ok();
+    }
+    let items: Vec<Plain<'_>> = serde_json::from_str(text).ok()?;
+    if items.is_empty() {
+        return None;
+    }
+    for (n, item) in items.iter().enumerate() {
+        let plain = matches!(item.kind, None | Some("message"))
+            && matches!(item.role, "user" | "assistant" | "system")
+            && item.content.get().starts_with('"');
+        if !plain {
+            return None;
+        }
+        if n > 0 || instructions.is_some() {
+            out.push(',');
+        }
+        out.push_str(r#"{"role":""#);
+        out.push_str(item.role);
+        out.push_str(r#"","content":"#);
+        out.push_str(item.content.get());
+        out.push('}');
+    }
+    out.push(']');
+    RawValue::from_string(out).ok()
 }
 
 fn input_messages(
