@@ -11,8 +11,8 @@ import uuid
 import anthropic
 import pytest
 
-from conftest import ANTHROPIC_KEY, TOOL_INPUT, TOOL_PREAMBLE
-from scripted_tools import AFTER_TOOL
+from scripted_tools import AFTER_TOOL, TOOL_INPUT, TOOL_PREAMBLE
+from scripted_upstream import ANTHROPIC_KEY
 
 SYSTEM = [{"type": "text", "text": "You are terse.", "cache_control": {"type": "ephemeral"}}]
 WEATHER = {

@@ -12,8 +12,7 @@ import uuid
 import openai
 import pytest
 
-from conftest import TOOL_INPUT
-from scripted_tools import AFTER_TOOL
+from scripted_tools import AFTER_TOOL, TOOL_INPUT
 
 WEATHER = {
     "type": "function",
