@@ -7,6 +7,7 @@ mod common;
 mod anthropic;
 mod chain;
 mod configs;
+mod connections;
 mod continuation;
 mod cost;
 mod egress;
