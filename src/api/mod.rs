@@ -1,6 +1,7 @@
 //! OpenAI wire types: the request body as the client sent it, usage, errors.
 
 mod body;
+pub mod chunk_probe;
 pub mod embeddings;
 pub mod messages;
 pub mod responses;

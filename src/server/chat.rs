@@ -4,8 +4,6 @@
 //! place that retries) -> **settle** (`settle`: one settlement per request,
 //! priced, counted, recorded and reported once; a stream's when it ends).
 
-use std::sync::Arc;
-
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue};
@@ -134,52 +132,31 @@ pub async fn run(
             }
         };
         // settle: when the stream ends; the headers now
-        let by = ServedBy::from(&served);
-        let Some(attempt) = served.open else {
-            let err = GatewayError::invalid("a stream's attempt was not left open", None);
-            return Err((err.into(), ticket));
-        };
-        let remaining = ctx.remaining(&ticket);
-        let mut settlement = Settlement::served(ticket, route, run, by, true);
-        settlement.wasted = billed.cost(rt);
-        let mut resp = Response::new(Body::empty());
-        settle::headers(resp.headers_mut(), rt, &settlement, remaining, false);
-        dropped_params(resp.headers_mut(), rt, (&body, &codec), by.model);
-        let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        let client_wants_usage = body.client_wants_usage();
-        let (splice, wire) = match codec {
-            Codec::Chat => {
-                let splice = match rt.chain.targets[by.target].mid_stream {
+        let dropped = dropped(rt, (&body, &codec), served.model);
+        let relaying = |by: ServedBy| match codec {
+            Codec::Chat => stream::Relaying {
+                client_wants_usage: body.client_wants_usage(),
+                splice: match rt.chain.targets[by.target].mid_stream {
                     MidStream::Continue => Splice::new(body, ctx.headers, request_id),
                     _ => None,
-                };
-                (splice, Wire::Chat)
-            }
-            Codec::Responses { echo, .. } => (
-                None,
-                Wire::Responses(Box::new(crate::api::responses::events::Encoder::new(echo))),
-            ),
+                },
+                wire: Wire::Chat,
+            },
+            Codec::Responses { echo, .. } => stream::Relaying {
+                client_wants_usage: false,
+                splice: None,
+                wire: Wire::Responses(Box::new(crate::api::responses::events::Encoder::new(echo))),
+            },
         };
-        let open = stream::Open {
-            state: ctx.state.clone(),
-            rt: Arc::clone(rt),
-            settlement,
-            by,
-            attempt: Some(attempt),
-            splice,
-            wire,
-            client_wants_usage,
-            prompt_chars,
-            idle: rt.chain.targets[by.target].timeout,
-        };
-        let relay = stream::Relay::new(open, served.value, in_flight);
-        *resp.body_mut() = Body::from_stream(relay.into_stream());
-        return Ok(resp);
+        let wasted = billed.cost(rt);
+        return stream::respond(
+            ctx,
+            (ticket, route, run),
+            (served, wasted),
+            &dropped,
+            relaying,
+            (prompt_chars, in_flight),
+        );
     }
     // what validate_output tiers check: built only if one is tried
     let format = std::sync::OnceLock::new();
@@ -238,18 +215,13 @@ pub async fn run(
         HeaderValue::from_static("application/json"),
     );
     settle::headers(resp.headers_mut(), rt, &s, remaining, true);
-    dropped_params(resp.headers_mut(), rt, (&body, &codec), by.model);
+    super::headers::dropped_params(resp.headers_mut(), &dropped(rt, (&body, &codec), by.model));
     Ok(resp)
 }
 
-/// `x-cascade-dropped-params`: what the translation from the client's API
-/// left out, then what the serving provider could not take.
-fn dropped_params(
-    h: &mut axum::http::HeaderMap,
-    rt: &Runtime,
-    (body, codec): (&ChatBody, &Codec),
-    model: usize,
-) {
+/// What the translation from the client's API left out, then what the
+/// serving provider could not take (`x-cascade-dropped-params`).
+fn dropped(rt: &Runtime, (body, codec): (&ChatBody, &Codec), model: usize) -> Vec<String> {
     let provider = rt.config.models[model].provider;
     let mut dropped = match codec {
         Codec::Chat => Vec::new(),
@@ -260,12 +232,7 @@ fn dropped_params(
             dropped.push(d);
         }
     }
-    if dropped.is_empty() {
-        return;
-    }
-    if let Ok(v) = HeaderValue::from_str(&dropped.join(",")) {
-        h.insert(crate::header_names::DROPPED_PARAMS, v);
-    }
+    dropped
 }
 
 #[cfg(test)]

@@ -91,3 +91,13 @@ pub fn apply(h: &mut HeaderMap, rt: &Runtime, r: &Report<'_>) {
         put(h, SAVINGS, r.savings.plain().as_str());
     }
 }
+
+/// `x-cascade-dropped-params: a,b` (absent when nothing was dropped).
+pub fn dropped_params(h: &mut HeaderMap, dropped: &[String]) {
+    if dropped.is_empty() {
+        return;
+    }
+    if let Ok(v) = HeaderValue::from_str(&dropped.join(",")) {
+        h.insert(crate::header_names::DROPPED_PARAMS, v);
+    }
+}

@@ -7,11 +7,11 @@
 //! shape (`pipeline::refuse`). POST /v1/messages/count_tokens: a local
 //! estimate.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderValue};
 use axum::response::Response;
 use serde_json::json;
 use tokio::time::Instant;
@@ -164,43 +164,26 @@ async fn serve(
                 return Err((refusal, ticket));
             }
         };
-        let by = ServedBy::from(&served);
-        let Some(attempt) = served.open else {
-            let err = GatewayError::invalid("a stream's attempt was not left open", None);
-            return Err((err.into(), ticket));
-        };
-        let remaining = ctx.remaining(&ticket);
-        let mut settlement = Settlement::served(ticket, route, run, by, true);
-        settlement.wasted = billed.cost(rt);
-        let mut resp = Response::new(Body::empty());
-        settle::headers(resp.headers_mut(), rt, &settlement, remaining, false);
-        dropped_params(resp.headers_mut(), &forms.dropped(rt, by.model));
-        let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        let wire = if rt.clients[cfg.models[by.model].provider].speaks_messages() {
-            Wire::Messages
-        } else {
-            Wire::MessagesFromChat(Box::default())
-        };
-        let open = stream::Open {
-            state: ctx.state.clone(),
-            rt: Arc::clone(rt),
-            settlement,
-            by,
-            attempt: Some(attempt),
+        let passes = rt.clients[cfg.models[served.model].provider].speaks_messages();
+        let relaying = |_| stream::Relaying {
             splice: None,
-            wire,
+            wire: if passes {
+                Wire::Messages
+            } else {
+                Wire::MessagesFromChat(Box::default())
+            },
             client_wants_usage: false,
-            prompt_chars,
-            idle: rt.chain.targets[by.target].timeout,
         };
-        let relay = stream::Relay::new(open, served.value, in_flight);
-        *resp.body_mut() = Body::from_stream(relay.into_stream());
-        return Ok(resp);
+        let dropped = forms.dropped(rt, served.model);
+        let wasted = billed.cost(rt);
+        return stream::respond(
+            ctx,
+            (ticket, route, run),
+            (served, wasted),
+            &dropped,
+            relaying,
+            (prompt_chars, in_flight),
+        );
     }
 
     let (run, result) = chain::execute(
@@ -267,17 +250,8 @@ async fn serve(
         HeaderValue::from_static("application/json"),
     );
     settle::headers(resp.headers_mut(), rt, &s, remaining, true);
-    dropped_params(resp.headers_mut(), &forms.dropped(rt, by.model));
+    super::headers::dropped_params(resp.headers_mut(), &forms.dropped(rt, by.model));
     Ok(resp)
-}
-
-fn dropped_params(h: &mut HeaderMap, dropped: &[String]) {
-    if dropped.is_empty() {
-        return;
-    }
-    if let Ok(v) = HeaderValue::from_str(&dropped.join(",")) {
-        h.insert(crate::header_names::DROPPED_PARAMS, v);
-    }
 }
 
 /// POST /v1/messages/count_tokens: `{"input_tokens": N}`, estimated from

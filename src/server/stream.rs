@@ -187,6 +187,67 @@ pub async fn attempt(
     })
 }
 
+/// What relaying a stream needs beyond its chunks, by the client's API.
+pub struct Relaying {
+    pub splice: Option<Splice>,
+    pub wire: Wire,
+    pub client_wants_usage: bool,
+}
+
+/// The response to a request whose stream started: its settlement opened
+/// (settled when the stream ends), the headers with what the serving
+/// provider was not sent, the relay as the body. The error is the
+/// pipeline's (a refusal and its ticket, as every handler's `serve` returns).
+#[allow(clippy::result_large_err)]
+pub fn respond(
+    ctx: &super::pipeline::Ctx<'_>,
+    (ticket, route, run): (settle::Ticket, crate::chain::Route, crate::chain::Run),
+    (served, wasted): (crate::chain::Served<Started>, crate::cost::Usd),
+    dropped: &[String],
+    relaying: impl FnOnce(ServedBy) -> Relaying,
+    (prompt_chars, in_flight): (usize, InFlight),
+) -> Result<axum::response::Response, (super::pipeline::Refusal, settle::Ticket)> {
+    use axum::http::{header, HeaderValue};
+    let rt = ctx.rt;
+    let by = ServedBy::from(&served);
+    let Some(attempt) = served.open else {
+        let err = crate::error::GatewayError::invalid("a stream's attempt was not left open", None);
+        return Err((err.into(), ticket));
+    };
+    let remaining = ctx.remaining(&ticket);
+    let mut settlement = Settlement::served(ticket, route, run, by, true);
+    settlement.wasted = wasted;
+    let mut resp = axum::response::Response::new(axum::body::Body::empty());
+    let h = resp.headers_mut();
+    settle::headers(h, rt, &settlement, remaining, false);
+    super::headers::dropped_params(h, dropped);
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    let Relaying {
+        splice,
+        wire,
+        client_wants_usage,
+    } = relaying(by);
+    let open = Open {
+        state: ctx.state.clone(),
+        rt: Arc::clone(rt),
+        settlement,
+        by,
+        attempt: Some(attempt),
+        splice,
+        wire,
+        client_wants_usage,
+        prompt_chars,
+        idle: rt.chain.targets[by.target].timeout,
+    };
+    let relay = Relay::new(open, served.value, in_flight);
+    *resp.body_mut() = axum::body::Body::from_stream(relay.into_stream());
+    Ok(resp)
+}
+
 /// A started stream's request, until it is settled.
 pub struct Open {
     pub state: AppState,

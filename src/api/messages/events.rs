@@ -7,8 +7,9 @@
 
 use std::collections::HashMap;
 
-use serde::Deserialize;
 use serde_json::{json, Value};
+
+use crate::api::chunk_probe::ChunkProbe;
 
 use super::answer::{message_id, stop_reason, usage_json};
 use crate::cost::Usage;
@@ -48,48 +49,6 @@ pub struct Encoder {
     /// Chat tool-call index -> block index.
     tools: HashMap<u64, usize>,
     stop: &'static str,
-}
-
-#[derive(Deserialize)]
-struct ChunkProbe {
-    #[serde(default)]
-    model: Option<String>,
-    #[serde(default)]
-    choices: Vec<Choice>,
-}
-
-#[derive(Deserialize)]
-struct Choice {
-    #[serde(default)]
-    delta: Option<Delta>,
-    #[serde(default)]
-    finish_reason: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Delta {
-    #[serde(default)]
-    content: Option<String>,
-    #[serde(default)]
-    tool_calls: Option<Vec<ToolDelta>>,
-}
-
-#[derive(Deserialize)]
-struct ToolDelta {
-    #[serde(default)]
-    index: u64,
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default)]
-    function: Option<FunctionDelta>,
-}
-
-#[derive(Deserialize)]
-struct FunctionDelta {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    arguments: Option<String>,
 }
 
 impl Default for Encoder {
@@ -177,10 +136,7 @@ impl Encoder {
                 }
                 for call in delta.tool_calls.into_iter().flatten() {
                     self.start(&mut out);
-                    let f = call.function.unwrap_or(FunctionDelta {
-                        name: None,
-                        arguments: None,
-                    });
+                    let f = call.function.unwrap_or_default();
                     let index = match self.tools.get(&call.index) {
                         Some(&i) => i,
                         None => {

@@ -199,6 +199,20 @@ impl<T: serde::Serialize> serde::Serialize for Response<'_, T> {
     }
 }
 
+/// `{"type": kind, key: "value", ...}`: string fields with constant keys.
+fn object(out: &mut Vec<u8>, kind: &str, fields: &[(&str, &str)]) {
+    out.extend_from_slice(b"{\"type\":\"");
+    out.extend_from_slice(kind.as_bytes());
+    out.push(b'"');
+    for (k, v) in fields {
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(b"\":");
+        let _ = serde_json::to_writer(&mut *out, v);
+    }
+    out.push(b'}');
+}
+
 impl Item {
     /// The item as JSON, written directly (keys are constants).
     fn write(&self, out: &mut Vec<u8>) {
@@ -236,17 +250,14 @@ impl Item {
                 name,
                 arguments,
             } => {
-                out.extend_from_slice(b"{\"type\":\"function_call\",\"id\":");
-                string(out, id);
-                out.extend_from_slice(b",\"status\":");
-                string(out, status);
-                out.extend_from_slice(b",\"call_id\":");
-                string(out, call_id);
-                out.extend_from_slice(b",\"name\":");
-                string(out, name);
-                out.extend_from_slice(b",\"arguments\":");
-                string(out, arguments);
-                out.push(b'}');
+                let fields = [
+                    ("id", id.as_str()),
+                    ("status", status),
+                    ("call_id", call_id.as_str()),
+                    ("name", name.as_str()),
+                    ("arguments", arguments.as_str()),
+                ];
+                object(out, "function_call", &fields);
             }
             Item::CustomToolCall {
                 id,
@@ -255,17 +266,14 @@ impl Item {
                 name,
                 input,
             } => {
-                out.extend_from_slice(b"{\"type\":\"custom_tool_call\",\"id\":");
-                string(out, id);
-                out.extend_from_slice(b",\"status\":");
-                string(out, status);
-                out.extend_from_slice(b",\"call_id\":");
-                string(out, call_id);
-                out.extend_from_slice(b",\"name\":");
-                string(out, name);
-                out.extend_from_slice(b",\"input\":");
-                string(out, input);
-                out.push(b'}');
+                let fields = [
+                    ("id", id.as_str()),
+                    ("status", status),
+                    ("call_id", call_id.as_str()),
+                    ("name", name.as_str()),
+                    ("input", input.as_str()),
+                ];
+                object(out, "custom_tool_call", &fields);
             }
         }
     }

@@ -8,8 +8,9 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
 use serde_json::{json, Value};
+
+use crate::api::chunk_probe::{ChunkProbe, ToolDelta};
 
 use super::answer::{call_item, message_item, new_id, now, response};
 use super::Echo;
@@ -46,48 +47,6 @@ pub struct Encoder {
     calls: BTreeMap<u64, Call>,
     incomplete: bool,
     out: String,
-}
-
-#[derive(Deserialize)]
-struct ChunkProbe {
-    #[serde(default)]
-    model: Option<String>,
-    #[serde(default)]
-    choices: Vec<Choice>,
-}
-
-#[derive(Deserialize)]
-struct Choice {
-    #[serde(default)]
-    delta: Option<Delta>,
-    #[serde(default)]
-    finish_reason: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Delta {
-    #[serde(default)]
-    content: Option<String>,
-    #[serde(default)]
-    tool_calls: Option<Vec<ToolDelta>>,
-}
-
-#[derive(Deserialize)]
-struct ToolDelta {
-    #[serde(default)]
-    index: u64,
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default)]
-    function: Option<FunctionDelta>,
-}
-
-#[derive(Deserialize, Default)]
-struct FunctionDelta {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    arguments: Option<String>,
 }
 
 impl Encoder {
