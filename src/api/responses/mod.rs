@@ -95,7 +95,7 @@ impl ResponsesRequest {
         if !present("input") {
             return Err(GatewayError::invalid("'input' is required", Some("input")));
         }
-        let (chat, dropped, custom_tools) = to_chat::to_chat(&fields, stream)?;
+        let (chat, dropped, custom_tools) = to_chat::to_chat(&fields, (model.clone(), stream))?;
         let echo = Echo {
             custom_tools,
             fields: fields

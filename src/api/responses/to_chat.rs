@@ -71,7 +71,7 @@ const ACCEPTED: &[&str] = &[
 /// The chat body, what was dropped (in request order), the custom tools.
 pub fn to_chat(
     fields: &Fields,
-    stream: bool,
+    (model, stream): (Option<String>, bool),
 ) -> Result<(ChatBody, Vec<String>, Vec<String>), GatewayError> {
     let mut out = Out::default();
     let mut dropped: Vec<String> = Vec::new();
@@ -133,8 +133,6 @@ pub fn to_chat(
     if stream {
         out.insert("stream_options", &json!({"include_usage": true}));
     }
-    let model =
-        crate::api::model_field(fields).map_err(|e| GatewayError::invalid(e.message, e.param))?;
     Ok((ChatBody::translated(out.0, model, stream), dropped, custom))
 }
 
