@@ -166,15 +166,16 @@ pub fn describe(cfg: &Config) -> String {
         let usable = t.enabled && t.models.iter().any(|&m| cfg.models[m].enabled);
         let _ = writeln!(
             s,
-            "  {:<16} {} chain={} models=[{}] strategy={} timeout={}ms first_token={}ms retries={}{}{}",
+            "  {:<16} {} chain={} models=[{}] strategy={} timeout={} first_token={} retries={}{}{}{}",
             t.name,
             if t.free { "free" } else { "paid" },
             chain.join(" -> "),
             models.join(", "),
             t.strategy.as_str(),
-            t.timeout.as_millis(),
-            t.first_token_timeout.as_millis(),
+            t.timeout,
+            t.first_token_timeout,
             t.max_retries,
+            t.hedge.map(|h| format!(" {h}")).unwrap_or_default(),
             t.escalate.map(|e| format!(" escalate_after={} to={}", e.after, cfg.tiers[e.to].name)).unwrap_or_default(),
             if usable { "" } else { "  SKIPPED (nothing enabled)" },
         );

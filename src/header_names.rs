@@ -29,6 +29,7 @@ pub const COST: HeaderName = HeaderName::from_static("x-cascade-cost-usd");
 pub const SAVINGS: HeaderName = HeaderName::from_static("x-cascade-savings-usd");
 pub const USAGE_ESTIMATED: HeaderName = HeaderName::from_static("x-cascade-usage-estimated");
 pub const SHOULD_RETRY: HeaderName = HeaderName::from_static("x-should-retry");
+pub const HEDGED: HeaderName = HeaderName::from_static("x-cascade-hedged");
 pub const DROPPED_PARAMS: HeaderName = HeaderName::from_static("x-cascade-dropped-params");
 
 // passed on to upstreams besides x-request-id

@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 
 use crate::outcome::AttemptOutcome;
 use prometheus::{
-    Counter, CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    Counter, CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -29,6 +29,10 @@ pub struct Metrics {
     pub stream_events_dropped: IntCounterVec,
     pub ledger_dropped: IntCounter,
     pub config_reloads: IntCounterVec,
+    pub hedges: IntCounterVec,
+    /// Set from each model's latency windows when scraped.
+    pub model_latency: GaugeVec,
+    pub model_timeout: GaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -59,6 +63,17 @@ fn histogram(
     )?;
     r.register(Box::new(h.clone()))?;
     Ok(h)
+}
+
+fn gauge(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<GaugeVec, prometheus::Error> {
+    let g = GaugeVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
 }
 
 fn float_counter(
@@ -181,6 +196,24 @@ impl Metrics {
                 "Config reloads",
                 &["result"],
             )?,
+            hedges: counter(
+                &r,
+                "cascade_hedges_total",
+                "Hedged attempts, by whether they served the request",
+                &["tier", "result"],
+            )?,
+            model_latency: gauge(
+                &r,
+                "cascade_model_latency_seconds",
+                "A model's recent latency percentiles (successful attempts)",
+                &["model", "kind", "quantile"],
+            )?,
+            model_timeout: gauge(
+                &r,
+                "cascade_model_timeout_seconds",
+                "What an \"auto\" timeout on a model is now",
+                &["model", "kind"],
+            )?,
             registry: r,
         })
     }
@@ -199,7 +232,7 @@ impl Metrics {
 /// request path does no label hashing.
 #[derive(Clone)]
 pub struct AttemptMetrics {
-    pub outcomes: [IntCounter; 7],
+    pub outcomes: [IntCounter; 8],
     pub retries: IntCounter,
     pub upstream_duration: Histogram,
     pub ttft: Histogram,

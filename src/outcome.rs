@@ -12,10 +12,12 @@ pub enum AttemptOutcome {
     ClientError,
     /// A 200 whose answer a tier with `validate_output` refused.
     InvalidOutput,
+    /// A hedged attempt that lost the race, stopped at once.
+    Cancelled,
 }
 
 impl AttemptOutcome {
-    pub const ALL: [AttemptOutcome; 7] = [
+    pub const ALL: [AttemptOutcome; 8] = [
         AttemptOutcome::Success,
         AttemptOutcome::Timeout,
         AttemptOutcome::RateLimited,
@@ -23,6 +25,7 @@ impl AttemptOutcome {
         AttemptOutcome::ConnectError,
         AttemptOutcome::ClientError,
         AttemptOutcome::InvalidOutput,
+        AttemptOutcome::Cancelled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -34,6 +37,7 @@ impl AttemptOutcome {
             AttemptOutcome::ConnectError => "connect_error",
             AttemptOutcome::ClientError => "client_error",
             AttemptOutcome::InvalidOutput => "invalid_output",
+            AttemptOutcome::Cancelled => "cancelled",
         }
     }
 

@@ -38,6 +38,7 @@ mod tests {
             default_first_token_timeout: Duration::from_secs(30),
             default_max_retries: 2,
             limits: crate::config::Limits::default(),
+            adaptive_timeout: crate::config::Adaptive::default(),
         }
     }
 

@@ -11,6 +11,8 @@ pub mod backoff;
 pub mod breaker;
 pub mod classify;
 pub mod health;
+mod hedge;
+pub mod latency;
 pub mod next;
 mod route;
 mod targets;
@@ -109,22 +111,15 @@ where
     Fut: Future<Output = Result<T, UpstreamError>>,
 {
     let policy = &chain.config.policy;
-    'steps: for step in steps {
+    'steps: for (si, step) in steps.iter().enumerate() {
         let target = &chain.targets[step.target];
         if !target.enabled {
             continue;
         }
-        let start = match target.strategy {
-            crate::config::Strategy::Ordered => 0,
-            crate::config::Strategy::RoundRobin => {
-                target.rr.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            }
-        };
-        let mut cursor = 0usize;
-        let mut tier_attempts: u32 = 0;
+        let mut tier = w.enter(chain, step.target, mode);
         // the model whose failure the next attempt on this tier retries
         let mut retry_of: Option<usize> = None;
-        while tier_attempts <= step.max_retries {
+        while tier.attempts <= step.max_retries {
             if w.total >= policy.max_total_attempts {
                 break 'steps;
             }
@@ -139,46 +134,41 @@ where
                 w.deadline_hit = true;
                 break 'steps;
             }
-            let per_attempt = match mode {
-                Mode::Complete => target.timeout,
-                Mode::Stream => target.first_token_timeout,
-            };
-            let limit = per_attempt.min(deadline - now);
-            // a buffered stream bounds its own time: the deadline and the
-            // first-token timeout until its first content, the gap after it
-            let outer = match (mode, target.mid_stream) {
-                (Mode::Stream, crate::config::MidStream::Buffer { .. })
-                    if w.continuing.is_none() =>
-                {
-                    None
-                }
-                _ => Some(limit),
-            };
             let Some(picked) = w.pick(
                 chain,
                 step.target,
-                (start + cursor, now),
-                mode,
-                (limit, outer),
+                (tier.next(), now),
+                (mode, deadline),
                 &mut call,
             ) else {
                 break;
             };
-            cursor += picked.skipped + 1;
-            if w.run.tried.last() != Some(&step.target) {
-                if let Some(&from) = w.run.tried.last() {
-                    count_fallback(chain, from, step.target);
-                }
-                w.run.tried.push(step.target);
-            }
-            let first_tier = w.run.tried.len() == 1;
+            tier.took(&picked);
+            w.arrive(chain, step.target);
+            let first_tier = w.run.tried.first() == Some(&step.target);
             w.total += 1;
-            tier_attempts += 1;
             if let Some(failed) = retry_of.take() {
                 target.metrics[failed].retries.inc();
             }
-            let (index, model) = (picked.index, picked.model);
-            let err = match attempt(chain, &mut w, step.target, picked, mode, check).await {
+            let (index, model) = (picked.at.index, picked.at.model);
+            let hedge = target.hedge.filter(|_| w.continuing.is_none());
+            let result = match hedge {
+                None => attempt(chain, &mut w, picked, mode, check).await,
+                Some(h) => {
+                    let mut more = |w: &mut Walk, target: usize, from: usize, now: Instant| {
+                        w.pick(chain, target, (from, now), (mode, deadline), &mut call)
+                    };
+                    let race = hedge::Race {
+                        hedge: h,
+                        steps: (steps, si),
+                        mode,
+                        deadline,
+                        paid_allowed,
+                    };
+                    hedge::race(chain, &mut w, (&race, &mut tier), picked, check, &mut more).await
+                }
+            };
+            let err = match result {
                 Ok(served) => return (w.run, Ok(served)),
                 Err(e) => e,
             };
@@ -191,7 +181,7 @@ where
             let failed = Failed {
                 err: &err,
                 first_tier,
-                tier_attempts,
+                tier_attempts: tier.attempts,
                 max_retries: step.max_retries,
                 total: w.total,
                 retry_on_timeout: target.retry_on_timeout,
@@ -225,18 +215,6 @@ where
     }
     let failure = give_up_status(chain, route, &w.run, w.deadline_hit, w.back_at);
     (w.run, Err(failure))
-}
-
-fn count_fallback(chain: &Chain, from: usize, to: usize) {
-    let counter = chain.targets[from].fallbacks.get(to, || {
-        chain
-            .metrics
-            .fallbacks
-            .with_label_values(&[&chain.targets[from].label, &chain.targets[to].label])
-    });
-    if let Some(c) = counter {
-        c.inc();
-    }
 }
 
 /// 502, or 504 when every failure was a timeout or the deadline ran out, or

@@ -9,7 +9,9 @@ use http::HeaderValue;
 use prometheus::{Histogram, IntCounter};
 
 use super::health::Health;
-use crate::config::{Config, MidStream, ModelId, Strategy, TierId};
+use super::latency::{Kind, Latency};
+use super::types::Mode;
+use crate::config::{Config, Hedge, Limit, MidStream, ModelId, Strategy, TierId};
 use crate::metrics::{AttemptMetrics, LazyCounters, Metrics};
 use crate::outcome::RequestOutcome;
 
@@ -21,8 +23,12 @@ pub struct Target {
     pub tier: Option<TierId>,
     pub models: Vec<ModelId>,
     pub strategy: Strategy,
-    pub timeout: Duration,
-    pub first_token_timeout: Duration,
+    /// Non-streaming: the whole attempt; streaming: the longest quiet gap.
+    pub timeout: Limit,
+    pub first_token_timeout: Limit,
+    pub hedge: Option<Hedge>,
+    /// cascade_hedges_total{tier=label, result=won|lost}, when `hedge` is set.
+    pub hedges: Option<[IntCounter; 2]>,
     pub max_retries: u32,
     /// A timed-out attempt is retried here (else the next tier is tried).
     pub retry_on_timeout: bool,
@@ -110,6 +116,8 @@ pub struct Chain {
     pub targets: Vec<Target>,
     /// One per model.
     pub health: Vec<Arc<Health>>,
+    /// One per model.
+    pub latency: Vec<Arc<Latency>>,
     /// One per tier.
     pub escalation: Vec<Arc<Escalation>>,
     pub metrics: Arc<Metrics>,
@@ -143,6 +151,21 @@ impl Chain {
                         metrics.circuit_open.with_label_values(&[&m.name]),
                     ))
                 })
+            })
+            .collect();
+        let latency = config
+            .models
+            .iter()
+            .map(|m| {
+                let kept = previous.and_then(|old| {
+                    let i = old.config.models.iter().position(|om| {
+                        om.name == m.name && om.upstream == m.upstream && om.provider == m.provider
+                    })?;
+                    let l = &old.latency[i];
+                    l.same_adaptive(&config.policy.adaptive_timeout)
+                        .then(|| Arc::clone(l))
+                });
+                kept.unwrap_or_else(|| Arc::new(Latency::new(&config.policy.adaptive_timeout)))
             })
             .collect();
         let escalation = config
@@ -180,6 +203,10 @@ impl Chain {
                 strategy: t.strategy,
                 timeout: t.timeout,
                 first_token_timeout: t.first_token_timeout,
+                hedge: t.hedge,
+                hedges: t.hedge.map(|_| {
+                    ["won", "lost"].map(|r| metrics.hedges.with_label_values(&[&t.name, r]))
+                }),
                 max_retries: t.max_retries,
                 retry_on_timeout: t.retry_on_timeout,
                 validate_output: t.validate_output,
@@ -203,8 +230,10 @@ impl Chain {
                 tier: None,
                 models: vec![i],
                 strategy: Strategy::Ordered,
-                timeout: p.default_timeout,
-                first_token_timeout: p.default_first_token_timeout,
+                timeout: Limit::Fixed(p.default_timeout),
+                first_token_timeout: Limit::Fixed(p.default_first_token_timeout),
+                hedge: None,
+                hedges: None,
                 max_retries: p.default_max_retries,
                 retry_on_timeout: p.retry_on_timeout,
                 validate_output: false,
@@ -218,8 +247,31 @@ impl Chain {
             config: Arc::clone(config),
             targets,
             health,
+            latency,
             escalation,
             metrics: Arc::clone(metrics),
+        }
+    }
+
+    /// How long an attempt on `model` for `target` may take to answer:
+    /// the whole answer, or a stream's first content.
+    pub fn answer_limit(&self, target: usize, model: ModelId, mode: Mode) -> Duration {
+        let t = &self.targets[target];
+        match mode {
+            Mode::Complete => self.resolve(t.timeout, model, Kind::Total),
+            Mode::Stream => self.resolve(t.first_token_timeout, model, Kind::Ttft),
+        }
+    }
+
+    /// The longest quiet gap in a stream on `target` from `model`.
+    pub fn gap_limit(&self, target: usize, model: ModelId) -> Duration {
+        self.resolve(self.targets[target].timeout, model, Kind::Gap)
+    }
+
+    fn resolve(&self, limit: Limit, model: ModelId, kind: Kind) -> Duration {
+        match limit {
+            Limit::Fixed(d) => d,
+            Limit::Auto => self.latency[model].timeout(kind, &self.config.policy.adaptive_timeout),
         }
     }
 

@@ -35,6 +35,8 @@ pub struct Run {
     pub attempts: Vec<AttemptRecord>,
     /// Targets that got at least one attempt, in order.
     pub tried: Vec<usize>,
+    /// Hedged attempts started (each also in `attempts`; none is a retry).
+    pub hedges: u32,
 }
 
 /// The attempt that answered.
@@ -95,11 +97,19 @@ pub enum StreamEnd<'a> {
 pub struct OpenAttempt {
     pub(super) target: usize,
     pub(super) index: usize,
+    pub(super) model: ModelId,
     pub(super) started: Instant,
     pub(super) permit: Option<Permit>,
+    pub(super) longest_gap: Duration,
 }
 
 impl OpenAttempt {
+    /// The stream went this long without an event (its longest gap is
+    /// what an `"auto"` timeout of its tier learns from).
+    pub fn quiet(&mut self, gap: Duration) {
+        self.longest_gap = self.longest_gap.max(gap);
+    }
+
     /// A malformed event was dropped from the stream (it went on).
     pub fn dropped_event(&self, chain: &Chain) {
         chain.targets[self.target].metrics[self.index]
@@ -125,6 +135,13 @@ impl OpenAttempt {
             .observe(self.started.elapsed().as_secs_f64());
         if let Some(permit) = self.permit.take() {
             permit.record(err.map_or(classify::HealthEffect::Success, classify::health_effect));
+        }
+        if err.is_none() {
+            chain.latency[self.model].success(
+                super::latency::Kind::Gap,
+                self.longest_gap,
+                Instant::now(),
+            );
         }
         if let Some(e) = err {
             // the attempt that started the stream failed after all

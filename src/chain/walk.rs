@@ -1,6 +1,6 @@
-//! One step of the walk: admission (the next model its health admits, its
-//! call built under the per-model stack) and the attempt itself (made,
-//! classified, recorded).
+//! One step of the walk: where a tier starts (its strategy), admission (the
+//! next model its health admits, its call built under the per-model stack)
+//! and the attempt itself (made, classified, recorded).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,15 +13,15 @@ use tower::{Layer, Service};
 use super::breaker::{Admitted, HealthLayer, Refused};
 use super::classify;
 use super::health::{earliest, Unavailable};
+use super::latency::Kind;
 use super::targets::Chain;
 use super::types::{
     escalation_failure, AttemptRecord, Call, Check, Mode, OpenAttempt, Run, Served,
 };
-use crate::config::ModelId;
+use crate::config::{ModelId, Strategy};
 use crate::outcome::AttemptOutcome;
 use crate::providers::UpstreamError;
 
-/// An admitted attempt, not yet awaited.
 /// The walk's state between attempts.
 pub(super) struct Walk {
     pub(super) run: Run,
@@ -42,28 +42,120 @@ pub(super) struct Walk {
     /// Continuing a stream `Some(model)` broke: only models that take a
     /// prefill, never that one.
     pub(super) continuing: Option<ModelId>,
+    /// Models with an attempt in flight (a hedge goes elsewhere).
+    pub(super) exclude: Vec<ModelId>,
+    /// The tier the walk itself is on (a fallback is counted leaving it).
+    pub(super) on: Option<usize>,
+    /// Tiers a hedge reached before the walk did: where they stand.
+    pub(super) ahead: Vec<Cursor>,
 }
 
+/// Where the walk stands on one tier.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Cursor {
+    pub(super) target: usize,
+    /// Where its strategy starts this request.
+    pub(super) start: usize,
+    /// Models tried or passed over since `start`.
+    pub(super) cursor: usize,
+    /// Attempts made on it.
+    pub(super) attempts: u32,
+}
+
+impl Cursor {
+    pub(super) fn next(&self) -> usize {
+        self.start + self.cursor
+    }
+
+    /// An attempt was made on the model `skipped` past `next()`.
+    pub(super) fn took<P>(&mut self, picked: &Picked<P>) {
+        self.cursor += picked.skipped + 1;
+        self.attempts += 1;
+    }
+}
+
+/// An admitted attempt, not yet awaited.
 pub(super) struct Picked<P> {
     /// Models of the tier passed over to reach it.
     pub(super) skipped: usize,
+    pub(super) at: At,
+    pub(super) call: Pin<Box<P>>,
+}
+
+/// Which attempt: where, on what, how long it may take, when it started.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct At {
+    pub(super) target: usize,
     pub(super) index: usize,
     pub(super) model: ModelId,
-    pub(super) call: Pin<Box<P>>,
+    /// What bounds its answer.
+    pub(super) limit: Duration,
+    /// 1-based, across the request (set when it starts).
+    pub(super) number: u32,
+    pub(super) started: Instant,
 }
 
 impl Walk {
     pub(super) fn new(run: Run, continuing: Option<ModelId>) -> Walk {
         Walk {
             total: u32::try_from(run.attempts.len()).unwrap_or(u32::MAX),
-            run,
             deadline_hit: false,
             back_at: None,
             min_window: None,
             retry_delay: Duration::ZERO,
             tier_pause: Duration::ZERO,
             budget_skipped: false,
+            on: run.tried.last().copied(),
+            run,
             continuing,
+            exclude: Vec::new(),
+            ahead: Vec::new(),
+        }
+    }
+
+    /// Where the walk starts on `target`: where a hedge left it, else where
+    /// its strategy says.
+    pub(super) fn enter(&mut self, chain: &Chain, target: usize, mode: Mode) -> Cursor {
+        match self.ahead.iter().position(|c| c.target == target) {
+            Some(i) => self.ahead.swap_remove(i),
+            None => Cursor {
+                target,
+                start: start(chain, target, mode),
+                cursor: 0,
+                attempts: 0,
+            },
+        }
+    }
+
+    /// A hedge's view of a tier the walk has not reached: kept for when it does.
+    pub(super) fn ahead(&mut self, chain: &Chain, target: usize, mode: Mode) -> &mut Cursor {
+        let i = match self.ahead.iter().position(|c| c.target == target) {
+            Some(i) => i,
+            None => {
+                let c = self.enter(chain, target, mode);
+                self.ahead.push(c);
+                self.ahead.len() - 1
+            }
+        };
+        &mut self.ahead[i]
+    }
+
+    /// The walk makes an attempt on `target`: a tier it had not been on is
+    /// a fallback from the last one.
+    pub(super) fn arrive(&mut self, chain: &Chain, target: usize) {
+        if self.on != Some(target) {
+            if let Some(from) = self.on {
+                count_fallback(chain, from, target);
+            }
+            self.on = Some(target);
+        }
+        self.tried(target);
+    }
+
+    /// `target` got an attempt (the walk's or a hedge's).
+    pub(super) fn tried(&mut self, target: usize) {
+        if !self.run.tried.contains(&target) {
+            self.run.tried.push(target);
         }
     }
 
@@ -73,6 +165,7 @@ impl Walk {
     fn eligible(&self, chain: &Chain, model: ModelId) -> bool {
         let m = &chain.config.models[model];
         m.enabled
+            && !self.exclude.contains(&model)
             && self
                 .continuing
                 .is_none_or(|broken| m.prefill && model != broken)
@@ -116,15 +209,15 @@ impl Walk {
         chain: &Chain,
         target: usize,
         (from, now): (usize, Instant),
-        mode: Mode,
-        (limit, outer): (Duration, Option<Duration>),
+        (mode, deadline): (Mode, Instant),
         call: &mut F,
     ) -> Option<Picked<impl Future<Output = Result<Admitted<T>, Refused>>>>
     where
         F: FnMut(Call) -> Fut,
         Fut: Future<Output = Result<T, UpstreamError>>,
     {
-        let models = &chain.targets[target].models;
+        let t = &chain.targets[target];
+        let models = &t.models;
         let n = models.len();
         for k in 0..n {
             let index = (from + k) % n;
@@ -132,6 +225,19 @@ impl Walk {
             if !self.eligible(chain, model) {
                 continue;
             }
+            let limit = chain
+                .answer_limit(target, model, mode)
+                .min(deadline.saturating_duration_since(now));
+            // a buffered stream bounds its own time: the deadline and the
+            // first-token timeout until its first content, the gap after it
+            let outer = match (mode, t.mid_stream) {
+                (Mode::Stream, crate::config::MidStream::Buffer { .. })
+                    if self.continuing.is_none() =>
+                {
+                    None
+                }
+                _ => Some(limit),
+            };
             let mut stack =
                 HealthLayer::new(Arc::clone(&chain.health[model]), mode == Mode::Stream).layer(
                     tower::service_fn(|()| {
@@ -170,8 +276,14 @@ impl Walk {
                 None => {
                     return Some(Picked {
                         skipped: k,
-                        index,
-                        model,
+                        at: At {
+                            target,
+                            index,
+                            model,
+                            limit,
+                            number: 0,
+                            started: now,
+                        },
                         call: pending,
                     })
                 }
@@ -181,13 +293,51 @@ impl Walk {
     }
 }
 
-/// One admitted attempt: make the call (under its timeout), classify what
-/// came back and record it: the attempt metrics (a stream's when it ends),
-/// the tier's escalation count, the run's record.
+/// Where a tier's attempts start this request, by its strategy.
+fn start(chain: &Chain, target: usize, mode: Mode) -> usize {
+    let t = &chain.targets[target];
+    match t.strategy {
+        Strategy::Ordered => 0,
+        Strategy::RoundRobin => t.rr.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        Strategy::LeastLatency => fastest(chain, target, mode, Instant::now()),
+    }
+}
+
+/// `least_latency`: a model owed a probe (no sample, or none for 10 s) if
+/// there is one, else the lowest estimate times the attempts in flight on
+/// it plus one; estimates within 10% of the lowest are drawn at random.
+/// Models their health would refuse are not considered.
+fn fastest(chain: &Chain, target: usize, mode: Mode, now: Instant) -> usize {
+    let t = &chain.targets[target];
+    let mut ranked: Vec<(usize, f64)> = Vec::with_capacity(t.models.len());
+    for (i, &m) in t.models.iter().enumerate() {
+        let health = &chain.health[m];
+        if !chain.config.models[m].enabled || !health.would_admit(now) {
+            continue;
+        }
+        match chain.latency[m].rank(mode, now) {
+            None => return i,
+            Some(r) => ranked.push((i, r * f64::from(health.in_flight() + 1))),
+        }
+    }
+    let best = ranked.iter().map(|r| r.1).fold(f64::INFINITY, f64::min);
+    let near = |r: f64| r <= best * 1.1 || r == best;
+    let n = ranked.iter().filter(|r| near(r.1)).count();
+    if n == 0 {
+        return 0;
+    }
+    let k = rand::random_range(0..n);
+    ranked
+        .iter()
+        .filter(|r| near(r.1))
+        .nth(k)
+        .map_or(0, |r| r.0)
+}
+
+/// One admitted attempt: make the call and `land` it.
 pub(super) async fn attempt<T, P>(
     chain: &Chain,
     w: &mut Walk,
-    target: usize,
     picked: Picked<P>,
     mode: Mode,
     check: Check<'_, T>,
@@ -195,15 +345,34 @@ pub(super) async fn attempt<T, P>(
 where
     P: Future<Output = Result<Admitted<T>, Refused>>,
 {
-    let t = &chain.targets[target];
-    let metrics = &t.metrics[picked.index];
-    let started = Instant::now();
+    let mut at = picked.at;
+    at.number = w.total;
+    at.started = Instant::now();
     let result = picked.call.await;
-    let elapsed = started.elapsed();
+    land(chain, w, at, result, mode, check)
+}
+
+/// What an attempt came back with: classified and recorded (the attempt
+/// metrics, a stream's when it ends; the model's latency; the tier's
+/// escalation count; the run's record).
+pub(super) fn land<T>(
+    chain: &Chain,
+    w: &mut Walk,
+    at: At,
+    result: Result<Admitted<T>, Refused>,
+    mode: Mode,
+    check: Check<'_, T>,
+) -> Result<Served<T>, UpstreamError> {
+    let target = at.target;
+    let t = &chain.targets[target];
+    let metrics = &t.metrics[at.index];
+    let started = at.started;
+    let now = Instant::now();
+    let elapsed = now.duration_since(started);
     let mut record = AttemptRecord {
         target,
-        model: picked.model,
-        attempt: w.total,
+        model: at.model,
+        attempt: at.number,
         status: Some(200),
         outcome: AttemptOutcome::Success,
         error: None,
@@ -213,18 +382,20 @@ where
     // an answer not worth serving is a failed attempt (its permit freed,
     // nothing said about the model's health)
     let invalid = match &result {
-        Ok(a) if t.validate_output => check(picked.model, &a.value).err(),
+        Ok(a) if t.validate_output => check(at.model, &a.value).err(),
         _ => None,
     };
     let result = match (result, invalid) {
         (Ok(_), Some(why)) => Err(Refused::Failed(UpstreamError::InvalidOutput(why))),
         (result, _) => result,
     };
+    let latency = &chain.latency[at.model];
     let err = match result {
         Ok(Admitted { value, permit }) => {
             if let Some(tier) = t.tier {
                 chain.escalation[tier].success();
             }
+            latency.success(Kind::answer(mode), elapsed, now);
             let open = match mode {
                 Mode::Complete => {
                     metrics.upstream_duration.observe(elapsed.as_secs_f64());
@@ -237,17 +408,19 @@ where
                     metrics.ttft.observe(elapsed.as_secs_f64());
                     OpenAttempt {
                         target,
-                        index: picked.index,
+                        index: at.index,
+                        model: at.model,
                         started,
                         permit,
+                        longest_gap: Duration::ZERO,
                     }
                 }),
             };
             w.run.attempts.push(record);
             return Ok(Served {
                 target,
-                model: picked.model,
-                index: picked.index,
+                model: at.model,
+                index: at.index,
                 value,
                 open,
             });
@@ -260,6 +433,10 @@ where
     let outcome = classify::outcome(&err);
     metrics.outcomes[outcome.index()].inc();
     escalation_failure(chain, target, outcome);
+    if outcome != AttemptOutcome::ClientError {
+        // a model that fails is not fast, however quickly it failed
+        latency.failure(mode, elapsed.max(at.limit), now);
+    }
     record.status = err.status();
     record.outcome = outcome;
     record.error = Some(err.to_string());
@@ -269,4 +446,32 @@ where
     };
     w.run.attempts.push(record);
     Err(err)
+}
+
+/// A hedged attempt that lost: stopped (its call dropped, its slot freed,
+/// nothing said about the model's health), recorded as `cancelled`.
+pub(super) fn cancelled(chain: &Chain, at: At) -> AttemptRecord {
+    chain.targets[at.target].metrics[at.index].outcomes[AttemptOutcome::Cancelled.index()].inc();
+    AttemptRecord {
+        target: at.target,
+        model: at.model,
+        attempt: at.number,
+        status: None,
+        outcome: AttemptOutcome::Cancelled,
+        error: None,
+        elapsed: at.started.elapsed(),
+        retry_after: None,
+    }
+}
+
+pub(super) fn count_fallback(chain: &Chain, from: usize, to: usize) {
+    let counter = chain.targets[from].fallbacks.get(to, || {
+        chain
+            .metrics
+            .fallbacks
+            .with_label_values(&[&chain.targets[from].label, &chain.targets[to].label])
+    });
+    if let Some(c) = counter {
+        c.inc();
+    }
 }

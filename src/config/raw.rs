@@ -86,6 +86,37 @@ pub struct RawPolicy {
     pub default_max_retries: i64,
     pub max_response_bytes: i64,
     pub max_event_bytes: i64,
+    /// How `"auto"` timeouts are computed from a model's latency.
+    pub adaptive_timeout: RawAdaptive,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdaptive {
+    pub percentile: f64,
+    pub multiplier: f64,
+    pub min_ms: i64,
+    pub max_ms: i64,
+}
+
+impl Default for RawAdaptive {
+    fn default() -> Self {
+        Self {
+            percentile: 99.0,
+            multiplier: 2.0,
+            min_ms: 500,
+            max_ms: 30_000,
+        }
+    }
+}
+
+/// A duration in milliseconds, or a word (`"auto"`; a number in a string,
+/// as environment overrides give it, is read as one).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawMs {
+    Ms(i64),
+    Word(String),
 }
 
 impl Default for RawPolicy {
@@ -103,6 +134,7 @@ impl Default for RawPolicy {
             default_max_retries: 2,
             max_response_bytes: 32 * 1024 * 1024,
             max_event_bytes: 1024 * 1024,
+            adaptive_timeout: RawAdaptive::default(),
         }
     }
 }
@@ -192,9 +224,17 @@ pub struct RawTier {
     #[serde(default)]
     pub strategy: Option<String>,
     #[serde(default)]
-    pub timeout_ms: Option<i64>,
+    pub timeout_ms: Option<RawMs>,
     #[serde(default)]
-    pub first_token_timeout_ms: Option<i64>,
+    pub first_token_timeout_ms: Option<RawMs>,
+    /// Start one more attempt when none answered this long.
+    #[serde(default)]
+    pub hedge_after_ms: Option<i64>,
+    /// ... or after the model's own latency percentile (`p50` ... `p99`).
+    #[serde(default)]
+    pub hedge_after: Option<String>,
+    #[serde(default)]
+    pub max_hedges: Option<i64>,
     #[serde(default)]
     pub max_retries: Option<i64>,
     /// `[policy] retry_on_timeout` for this tier.

@@ -53,8 +53,14 @@ fn a_valid_file_resolves_chains_and_prices() {
     assert_eq!(cfg.tiers[paid].chain, vec![paid, free]);
     assert!(!cfg.tiers[paid].free);
     assert!(cfg.tiers[free].free);
-    assert_eq!(cfg.tiers[free].timeout, Duration::from_millis(8000));
-    assert_eq!(cfg.tiers[paid].timeout, cfg.policy.default_timeout);
+    assert_eq!(
+        cfg.tiers[free].timeout,
+        Limit::Fixed(Duration::from_millis(8000))
+    );
+    assert_eq!(
+        cfg.tiers[paid].timeout,
+        Limit::Fixed(cfg.policy.default_timeout)
+    );
     assert_eq!(
         cfg.lookup("kimi"),
         Some(Name::Model(
@@ -131,6 +137,51 @@ fn errors_name_the_file_the_key_and_the_problem() {
     let bad = BASE.replace("timeout_ms = 8000", "timeout_ms = \"soon\"");
     let e = problems(load(&bad, &[("OR_KEY", "k")]).unwrap_err());
     assert!(e.contains("tiers.free.timeout_ms"), "{e}");
+}
+
+#[test]
+fn faster_chains_settings() {
+    let ok = BASE.replace(
+        "timeout_ms = 8000",
+        "timeout_ms = \"auto\"\nfirst_token_timeout_ms = \"auto\"\nstrategy = \"least_latency\"\nhedge_after = \"p95\"\nmax_hedges = 2",
+    );
+    let ok = format!("{ok}\n[policy]\nadaptive_timeout = {{ percentile = 95, min_ms = 200 }}\n");
+    let cfg = load(&ok, &[("OR_KEY", "k")]).unwrap();
+    let free = &cfg.tiers.iter().find(|t| t.name == "free").unwrap();
+    assert_eq!(free.timeout, Limit::Auto);
+    assert_eq!(free.first_token_timeout, Limit::Auto);
+    assert_eq!(free.strategy, Strategy::LeastLatency);
+    assert_eq!(
+        free.hedge,
+        Some(Hedge {
+            after: HedgeAfter::Percentile(Quantile::P95),
+            max: 2
+        })
+    );
+    let a = cfg.policy.adaptive_timeout;
+    assert_eq!((a.percentile, a.multiplier), (95.0, 2.0));
+    assert_eq!((a.min, a.max), (Duration::from_millis(200), Duration::from_secs(30)));
+    // an environment override is a string: a number in it is milliseconds
+    let cfg = load(
+        BASE,
+        &[("OR_KEY", "k"), ("CASCADE__TIERS__FREE__TIMEOUT_MS", "1234")],
+    )
+    .unwrap();
+    let free = &cfg.tiers.iter().find(|t| t.name == "free").unwrap();
+    assert_eq!(free.timeout, Limit::Fixed(Duration::from_millis(1234)));
+
+    let both = BASE.replace(
+        "timeout_ms = 8000",
+        "timeout_ms = 8000\nhedge_after_ms = 100\nhedge_after = \"p50\"",
+    );
+    let e = problems(load(&both, &[("OR_KEY", "k")]).unwrap_err());
+    assert!(e.contains("tiers.free.hedge_after") && e.contains("not both"), "{e}");
+    let bad = BASE.replace("timeout_ms = 8000", "timeout_ms = 8000\nhedge_after = \"p42\"");
+    let e = problems(load(&bad, &[("OR_KEY", "k")]).unwrap_err());
+    assert!(e.contains("p42"), "{e}");
+    let bad = format!("{BASE}\n[policy]\nadaptive_timeout = {{ min_ms = 5000, max_ms = 100 }}\n");
+    let e = problems(load(&bad, &[("OR_KEY", "k")]).unwrap_err());
+    assert!(e.contains("policy.adaptive_timeout.min_ms"), "{e}");
 }
 
 #[test]

@@ -90,6 +90,112 @@ pub struct Policy {
     pub default_first_token_timeout: Duration,
     pub default_max_retries: u32,
     pub limits: Limits,
+    pub adaptive_timeout: Adaptive,
+}
+
+/// `[policy] adaptive_timeout`: an `"auto"` timeout is the model's recent
+/// latency at `percentile`, times `multiplier`, clamped to [`min`, `max`];
+/// `max` until there are enough samples.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Adaptive {
+    /// In (0, 100].
+    pub percentile: f64,
+    pub multiplier: f64,
+    pub min: Duration,
+    pub max: Duration,
+}
+
+impl Default for Adaptive {
+    fn default() -> Self {
+        Adaptive {
+            percentile: 99.0,
+            multiplier: 2.0,
+            min: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A per-attempt timeout: as configured, or learned (`"auto"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    Fixed(Duration),
+    Auto,
+}
+
+impl Limit {
+    /// The configured value, in the form the config file takes.
+    pub fn to_json(self) -> serde_json::Value {
+        match self {
+            Limit::Fixed(d) => serde_json::json!(d.as_millis() as u64),
+            Limit::Auto => serde_json::json!("auto"),
+        }
+    }
+}
+
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Limit::Fixed(d) => write!(f, "{}ms", d.as_millis()),
+            Limit::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+impl std::fmt::Display for Hedge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.after {
+            HedgeAfter::Fixed(d) => write!(f, "hedge_after={}ms", d.as_millis())?,
+            HedgeAfter::Percentile(q) => write!(f, "hedge_after={}", q.as_str())?,
+        }
+        write!(f, " max_hedges={}", self.max)
+    }
+}
+
+/// A latency percentile a hedge may wait for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Quantile {
+    P50,
+    P90,
+    P95,
+    P99,
+}
+
+impl Quantile {
+    pub const ALL: [Quantile; 4] = [Quantile::P50, Quantile::P90, Quantile::P95, Quantile::P99];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Quantile::P50 => "p50",
+            Quantile::P90 => "p90",
+            Quantile::P95 => "p95",
+            Quantile::P99 => "p99",
+        }
+    }
+
+    pub fn fraction(self) -> f64 {
+        match self {
+            Quantile::P50 => 0.50,
+            Quantile::P90 => 0.90,
+            Quantile::P95 => 0.95,
+            Quantile::P99 => 0.99,
+        }
+    }
+}
+
+/// A tier's hedging: when no attempt answered after `after`, one more starts
+/// (at most `max` extra in flight).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hedge {
+    pub after: HedgeAfter,
+    pub max: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HedgeAfter {
+    Fixed(Duration),
+    /// The model's own latency percentile (no hedging under 20 samples).
+    Percentile(Quantile),
 }
 
 /// Bounds on what an upstream may make the gateway hold in memory.
@@ -245,16 +351,23 @@ pub enum MidStream {
 pub enum Strategy {
     Ordered,
     RoundRobin,
+    /// The model with the lowest latency estimate first.
+    LeastLatency,
 }
 
 impl Strategy {
-    pub const ALL: [Strategy; 2] = [Strategy::Ordered, Strategy::RoundRobin];
+    pub const ALL: [Strategy; 3] = [
+        Strategy::Ordered,
+        Strategy::RoundRobin,
+        Strategy::LeastLatency,
+    ];
 
     /// The name in config files and in the status endpoint.
     pub fn as_str(self) -> &'static str {
         match self {
             Strategy::Ordered => "ordered",
             Strategy::RoundRobin => "round_robin",
+            Strategy::LeastLatency => "least_latency",
         }
     }
 }
@@ -270,8 +383,9 @@ pub struct Tier {
     pub name: String,
     pub models: Vec<ModelId>,
     pub strategy: Strategy,
-    pub timeout: Duration,
-    pub first_token_timeout: Duration,
+    pub timeout: Limit,
+    pub first_token_timeout: Limit,
+    pub hedge: Option<Hedge>,
     pub max_retries: u32,
     /// A timed-out attempt is retried here (else the next tier is tried).
     pub retry_on_timeout: bool,

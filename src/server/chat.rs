@@ -117,12 +117,12 @@ pub async fn run(
             mode,
             (&paid_allowed, &|_, s: &stream::Started| s.answered()),
             |call: chain::Call| {
-                let t = &rt.chain.targets[call.target];
                 let open = rt.open_stream(upstream(call.model));
-                stream::attempt(open, (t, call), max_hold, (&billed, prompt_chars))
+                stream::attempt(open, (&rt.chain, call), max_hold, (&billed, prompt_chars))
             },
         )
         .await;
+        billed.cancelled(&run, prompt_chars);
         let served = match result {
             Ok(served) => served,
             Err(f) => {
@@ -181,6 +181,7 @@ pub async fn run(
         |chain::Call { model, .. }| rt.complete(upstream(model)),
     )
     .await;
+    billed.cancelled(&run, prompt_chars);
     let served = match result {
         Ok(served) => served,
         Err(f) => {

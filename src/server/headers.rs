@@ -27,8 +27,8 @@ pub struct Report<'a> {
 }
 
 use crate::header_names::{
-    ATTEMPTS, BUDGET_REMAINING, CHAIN, COST, ESCALATED, FALLBACK, MODEL, PROVIDER, REQUEST_ID,
-    RETRIES, SAVINGS, TIER, USAGE_ESTIMATED,
+    ATTEMPTS, BUDGET_REMAINING, CHAIN, COST, ESCALATED, FALLBACK, HEDGED, MODEL, PROVIDER,
+    REQUEST_ID, RETRIES, SAVINGS, TIER, USAGE_ESTIMATED,
 };
 
 fn put(h: &mut HeaderMap, name: HeaderName, value: &str) {
@@ -76,7 +76,12 @@ pub fn apply(h: &mut HeaderMap, rt: &Runtime, r: &Report<'_>) {
     }
     let attempts = r.run.attempts.len();
     h.insert(ATTEMPTS, count(attempts));
-    h.insert(RETRIES, count(attempts.saturating_sub(1)));
+    // a hedge is not a retry
+    let hedges = r.run.hedges as usize;
+    h.insert(RETRIES, count(attempts.saturating_sub(1 + hedges)));
+    if hedges > 0 {
+        h.insert(HEDGED, HeaderValue::from_static("true"));
+    }
     if r.escalated {
         h.insert(ESCALATED, HeaderValue::from_static("true"));
     }

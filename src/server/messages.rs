@@ -138,7 +138,6 @@ async fn serve(
             mode,
             (&paid_allowed, &|_, s: &stream::Started| s.answered()),
             |c: chain::Call| {
-                let t = &rt.chain.targets[c.target];
                 let (provider, raw, chat) = call(c.model);
                 let open = async move {
                     match (raw, chat) {
@@ -152,10 +151,11 @@ async fn serve(
                         (None, None) => Err(UpstreamError::BadBody("no request".into())),
                     }
                 };
-                stream::attempt(open, (t, c), max_hold, (&billed, prompt_chars))
+                stream::attempt(open, (&rt.chain, c), max_hold, (&billed, prompt_chars))
             },
         )
         .await;
+        billed.cancelled(&run, prompt_chars);
         let served = match result {
             Ok(served) => served,
             Err(f) => {
@@ -226,6 +226,7 @@ async fn serve(
         },
     )
     .await;
+    billed.cancelled(&run, prompt_chars);
     let served = match result {
         Ok(served) => served,
         Err(f) => {

@@ -31,6 +31,11 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    let rt = state.runtime();
+    let adaptive = &rt.config.policy.adaptive_timeout;
+    for (m, latency) in rt.config.models.iter().zip(&rt.chain.latency) {
+        latency.export(&m.name, state.metrics(), adaptive);
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -126,8 +131,15 @@ pub async fn status(State(state): State<AppState>, headers: HeaderMap) -> Respon
                 "free": t.free,
                 "enabled": t.enabled,
                 "strategy": t.strategy.as_str(),
-                "timeout_ms": t.timeout.as_millis() as u64,
-                "first_token_timeout_ms": t.first_token_timeout.as_millis() as u64,
+                "timeout_ms": t.timeout.to_json(),
+                "first_token_timeout_ms": t.first_token_timeout.to_json(),
+                "hedge": t.hedge.map(|h| json!({
+                    "after": match h.after {
+                        crate::config::HedgeAfter::Fixed(d) => json!(d.as_millis() as u64),
+                        crate::config::HedgeAfter::Percentile(q) => json!(q.as_str()),
+                    },
+                    "max_hedges": h.max,
+                })),
                 "max_retries": t.max_retries,
                 "escalate": t.escalate.map(|e| json!({
                     "after_consecutive_failures": e.after,
@@ -162,6 +174,7 @@ pub async fn status(State(state): State<AppState>, headers: HeaderMap) -> Respon
                 "open_for_ms": open_ms,
                 "resting_for_ms": h.resting_until().map(|t| until(t).as_millis() as u64),
                 "in_flight": h.in_flight(),
+                "latency": rt.chain.latency[i].to_json(&cfg.policy.adaptive_timeout),
             })
         })
         .collect();

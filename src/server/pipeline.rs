@@ -292,6 +292,21 @@ impl Billed {
         }
     }
 
+    /// Hedged attempts that lost were stopped before they answered: each
+    /// is priced as its prompt, estimated from its characters.
+    pub fn cancelled(&self, run: &crate::chain::Run, prompt_chars: usize) {
+        if run.hedges == 0 {
+            return;
+        }
+        let lost = run
+            .attempts
+            .iter()
+            .filter(|a| a.outcome == crate::outcome::AttemptOutcome::Cancelled);
+        for a in lost {
+            self.add(a.model, crate::cost::estimate(prompt_chars, 0));
+        }
+    }
+
     /// The price of it all, tokens only (no per-request fee).
     pub fn cost(&self, rt: &Runtime) -> crate::cost::Usd {
         if !self.any.load(std::sync::atomic::Ordering::Acquire) {

@@ -164,16 +164,17 @@ pub async fn start_buffered(
 /// was generated and billed: added to `billed` as the model's wasted spend.
 pub async fn attempt(
     open: impl Future<Output = Result<UpstreamStream, UpstreamError>>,
-    (target, call): (&crate::chain::Target, crate::chain::Call),
+    (chain, call): (&crate::chain::Chain, crate::chain::Call),
     max_hold: usize,
     (billed, prompt_chars): (&super::pipeline::Billed, usize),
 ) -> Result<Started, UpstreamError> {
-    let crate::config::MidStream::Buffer { max_bytes } = target.mid_stream else {
+    let crate::config::MidStream::Buffer { max_bytes } = chain.targets[call.target].mid_stream
+    else {
         return start(open, max_hold).await;
     };
     let b = Buffering {
         first: call.limit,
-        gap: target.timeout,
+        gap: chain.gap_limit(call.target, call.model),
         max_bytes,
     };
     start_buffered(open, max_hold, b).await.map_err(|f| {
@@ -241,7 +242,7 @@ pub fn respond(
         wire,
         client_wants_usage,
         prompt_chars,
-        idle: rt.chain.targets[by.target].timeout,
+        idle: rt.chain.gap_limit(by.target, by.model),
     };
     let relay = Relay::new(open, served.value, in_flight);
     *resp.body_mut() = axum::body::Body::from_stream(relay.into_stream());
@@ -360,6 +361,10 @@ impl Relay {
                             "the upstream closed the stream".into(),
                         )),
                         Ok(Some(r)) => {
+                            let gap = self.last_event.elapsed();
+                            if let Some(a) = self.open.as_mut().and_then(|o| o.attempt.as_mut()) {
+                                a.quiet(gap);
+                            }
                             self.last_event = Instant::now();
                             r
                         }
@@ -537,7 +542,7 @@ impl Relay {
         if let Some(splice) = open.splice.as_mut() {
             splice.rewriting = true;
         }
-        self.idle = rt.chain.targets[served.target].timeout;
+        self.idle = rt.chain.gap_limit(served.target, served.model);
         self.upstream = served.value.upstream;
         self.pending = served.value.buffered.into();
         self.last_event = Instant::now();

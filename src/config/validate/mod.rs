@@ -14,6 +14,7 @@ use crate::secret::Secret;
 mod checker;
 mod model;
 mod provider;
+mod timing;
 
 use checker::Checker;
 
@@ -129,7 +130,9 @@ pub(super) fn validate(path: &Path, raw: RawConfig, env: &Env) -> Result<Config,
                 None => {
                     c.err(
                         format!("{key}.strategy"),
-                        format!("unknown strategy {name:?} (ordered | round_robin)"),
+                        format!(
+                            "unknown strategy {name:?} (ordered | round_robin | least_latency)"
+                        ),
                     );
                     Strategy::Ordered
                 }
@@ -172,14 +175,19 @@ pub(super) fn validate(path: &Path, raw: RawConfig, env: &Env) -> Result<Config,
             free: tier_models.iter().all(|&m| models[m].prices.is_free()),
             models: tier_models,
             strategy,
-            timeout: t
-                .timeout_ms
-                .map(|v| c.ms(&format!("{key}.timeout_ms"), v))
-                .unwrap_or(policy.default_timeout),
-            first_token_timeout: t
-                .first_token_timeout_ms
-                .map(|v| c.ms(&format!("{key}.first_token_timeout_ms"), v))
-                .unwrap_or(policy.default_first_token_timeout),
+            timeout: timing::limit(
+                &mut c,
+                &format!("{key}.timeout_ms"),
+                t.timeout_ms.as_ref(),
+                policy.default_timeout,
+            ),
+            first_token_timeout: timing::limit(
+                &mut c,
+                &format!("{key}.first_token_timeout_ms"),
+                t.first_token_timeout_ms.as_ref(),
+                policy.default_first_token_timeout,
+            ),
+            hedge: timing::hedge(&mut c, &key, t),
             max_retries: t
                 .max_retries
                 .map(|v| c.count(&format!("{key}.max_retries"), v))
@@ -454,6 +462,7 @@ fn policy(c: &mut Checker, p: &RawPolicy) -> Policy {
             max_response_bytes: c.positive("policy.max_response_bytes", p.max_response_bytes),
             max_event_bytes: c.positive("policy.max_event_bytes", p.max_event_bytes),
         },
+        adaptive_timeout: timing::adaptive(c, &p.adaptive_timeout),
     };
     if policy.max_total_attempts == 0 {
         c.err("policy.max_total_attempts", "must be at least 1");
