@@ -268,7 +268,10 @@ impl Latency {
             let mut w = serde_json::Map::new();
             w.insert("samples".into(), json!(self.samples(kind)));
             for (q, _) in EXPORTED {
-                w.insert(format!("{}_ms", q.as_str()), json!(ms(self.quantile(kind, q))));
+                w.insert(
+                    format!("{}_ms", q.as_str()),
+                    json!(ms(self.quantile(kind, q))),
+                );
             }
             windows.insert(kind.as_str().into(), w.into());
         }
@@ -292,7 +295,9 @@ impl Latency {
         self.refresh_all(Instant::now());
         for kind in Kind::ALL {
             for (q, label) in EXPORTED {
-                let g = m.model_latency.with_label_values(&[model, kind.as_str(), label]);
+                let g = m
+                    .model_latency
+                    .with_label_values(&[model, kind.as_str(), label]);
                 g.set(self.quantile(kind, q).map_or(f64::NAN, |d| d.as_secs_f64()));
             }
         }

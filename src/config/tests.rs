@@ -160,11 +160,17 @@ fn faster_chains_settings() {
     );
     let a = cfg.policy.adaptive_timeout;
     assert_eq!((a.percentile, a.multiplier), (95.0, 2.0));
-    assert_eq!((a.min, a.max), (Duration::from_millis(200), Duration::from_secs(30)));
+    assert_eq!(
+        (a.min, a.max),
+        (Duration::from_millis(200), Duration::from_secs(30))
+    );
     // an environment override is a string: a number in it is milliseconds
     let cfg = load(
         BASE,
-        &[("OR_KEY", "k"), ("CASCADE__TIERS__FREE__TIMEOUT_MS", "1234")],
+        &[
+            ("OR_KEY", "k"),
+            ("CASCADE__TIERS__FREE__TIMEOUT_MS", "1234"),
+        ],
     )
     .unwrap();
     let free = &cfg.tiers.iter().find(|t| t.name == "free").unwrap();
@@ -175,8 +181,14 @@ fn faster_chains_settings() {
         "timeout_ms = 8000\nhedge_after_ms = 100\nhedge_after = \"p50\"",
     );
     let e = problems(load(&both, &[("OR_KEY", "k")]).unwrap_err());
-    assert!(e.contains("tiers.free.hedge_after") && e.contains("not both"), "{e}");
-    let bad = BASE.replace("timeout_ms = 8000", "timeout_ms = 8000\nhedge_after = \"p42\"");
+    assert!(
+        e.contains("tiers.free.hedge_after") && e.contains("not both"),
+        "{e}"
+    );
+    let bad = BASE.replace(
+        "timeout_ms = 8000",
+        "timeout_ms = 8000\nhedge_after = \"p42\"",
+    );
     let e = problems(load(&bad, &[("OR_KEY", "k")]).unwrap_err());
     assert!(e.contains("p42"), "{e}");
     let bad = format!("{BASE}\n[policy]\nadaptive_timeout = {{ min_ms = 5000, max_ms = 100 }}\n");

@@ -12,6 +12,7 @@ mod continuation;
 mod cost;
 mod egress;
 mod embeddings;
+mod faster;
 mod hardening;
 mod http;
 mod lifecycle;

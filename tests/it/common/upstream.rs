@@ -101,6 +101,7 @@ pub struct Inner {
     scripts: Mutex<HashMap<String, VecDeque<Step>>>,
     requests: Mutex<Vec<Recorded>>,
     streams_closed_early: AtomicUsize,
+    delays_cut: AtomicUsize,
     flood_bytes: AtomicUsize,
 }
 
@@ -207,6 +208,12 @@ impl Upstream {
     /// Bytes sent by `Step::Flood` answers so far.
     pub fn flood_bytes(&self) -> usize {
         self.inner.flood_bytes.load(Ordering::SeqCst)
+    }
+
+    /// `Step::Delay` answers whose client (the gateway) went away while
+    /// they waited.
+    pub fn delays_cut(&self) -> usize {
+        self.inner.delays_cut.load(Ordering::SeqCst)
     }
 
     /// Streams whose client (the gateway) went away before the end.
@@ -367,7 +374,18 @@ pub async fn respond(inner: Arc<Inner>, model: &str, step: Step) -> Response {
         )
             .into_response(),
         Step::Delay(ms, inner_step) => {
+            // dropped with the handler when the gateway closes the connection
+            struct Cut(Arc<Inner>, bool);
+            impl Drop for Cut {
+                fn drop(&mut self) {
+                    if !self.1 {
+                        self.0.delays_cut.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+            let mut cut = Cut(Arc::clone(&inner), false);
             tokio::time::sleep(Duration::from_millis(ms)).await;
+            cut.1 = true;
             Box::pin(respond(inner, model, *inner_step)).await
         }
         Step::Stream(script) => stream_response(inner, model, script),
