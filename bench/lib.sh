@@ -157,7 +157,7 @@ run_wrk() { # $1 url, $2 connections, $3 seconds, extra header args...
     local hargs=()
     for h in "$@"; do hargs+=(-H "$h"); done
     local threads=1; [ "$c" -ge 32 ] && threads=2
-    taskset -c "${WRK_CPUS:-$LOAD_CPUS}" wrk -t"$threads" -c"$c" -d"${d}s" --latency -s "${WRK_SCRIPT:-bench/post.lua}" "${hargs[@]}" "$url" > "$TMP/wrk.out" 2>&1 || true
+    taskset -c "${WRK_CPUS:-$LOAD_CPUS}" wrk -t"$threads" -c"$c" -d"${d}s" --timeout 10s --latency -s "${WRK_SCRIPT:-bench/post.lua}" "${hargs[@]}" "$url" > "$TMP/wrk.out" 2>&1 || true
     awk '
       function ms(v) { if (v ~ /us$/) { sub(/us$/,"",v); return v/1000 } if (v ~ /ms$/) { sub(/ms$/,"",v); return v+0 } if (v ~ /s$/) { sub(/s$/,"",v); return v*1000 } return v }
       /Requests\/sec/ { rps=$2 }

@@ -44,6 +44,7 @@ def main():
     ap.add_argument("--plot", required=True)
     ap.add_argument("--pinned", default="0")
     ap.add_argument("--out", default="docs/benchmarks.md")
+    ap.add_argument("--tail", default=None, help="bench/heavy-tail.sh output")
     a = ap.parse_args()
 
     rows = list(csv.DictReader(open(a.results), delimiter="\t"))
@@ -129,6 +130,16 @@ def main():
     lines.append(f"| streams that failed | {streams.get('streams_failed_direct', 0)} | {streams.get('streams_failed_gateway', 0)} | |")
     lines.append(f"| gateway RSS (MiB) | | idle {streams['gateway_rss_idle_mib']}, peak {streams['gateway_rss_peak_mib']} | |")
     lines.append("")
+
+    if a.tail and os.path.exists(a.tail):
+        tail = list(csv.DictReader(open(a.tail), delimiter="\t"))
+        lines.append("## Heavy tail: hedging\n")
+        lines.append("`bench/heavy-tail.sh`: two `mock` providers of the same model, each answering in 50 ms except 5% of answers after 3 s (independently); tier `bench` falls back to tier `second`. A closed-loop client (`bench/closed_loop.py`, 16 connections, each request's own latency counted once) runs the same load against the chain without hedging and with `hedge_after_ms = 150`; the gateway unpinned.\n")
+        lines.append("| variant | req/s | p50 (ms) | p99 (ms) | hedges won | hedges lost |")
+        lines.append("|---|---|---|---|---|---|")
+        for r in tail:
+            lines.append("| {variant} | {rps} | {p50_ms} | {p99_ms} | {hedges_won} | {hedges_lost} |".format(**r))
+        lines.append("")
 
     plotted = False
     try:

@@ -19,7 +19,8 @@
 # tier answers 503, max_retries = 0, breaker off), through nginx as a plain
 # reverse proxy (the practical floor for any proxy), and with --peers LiteLLM and
 # Portkey against the same upstream; and the same request as a Responses request
-# (POST /v1/responses on the one-tier gateway). Gateways are compared per CPU core of the
+# (POST /v1/responses on the one-tier gateway); then the heavy-tail scenario
+# (bench/heavy-tail.sh: p50/p99 with and without hedging). Gateways are compared per CPU core of the
 # gateway process (CPU time read from /proc), since at high concurrency the load
 # generator itself takes a core.
 set -euo pipefail
@@ -151,6 +152,10 @@ done
 say "streaming"
 "$STREAMS" --gateway-bin "$BIN" --mode "$MODE" > "$OUT/streams.json"
 
+# --- heavy tail: end-to-end latency with and without hedging -------------------------------
+say "heavy tail"
+bench/heavy-tail.sh "$( [ "$MODE" = smoke ] && echo 3 || echo 15 )" "$BIN" > "$OUT/heavy-tail.tsv"
+
 # --- report ------------------------------------------------------------------------------
 PY=python3
 if [ "$MODE" = full ]; then   # the plot needs matplotlib; the smoke run skips it
@@ -159,5 +164,5 @@ if [ "$MODE" = full ]; then   # the plot needs matplotlib; the smoke run skips i
     PY=bench/out/venv/bin/python
 fi
 $PY bench/report.py --results "$RESULTS" --streams "$OUT/streams.json" --mode "$MODE" \
-    --command "bench/run.sh $*" --plot "$OUT/latency.png" --pinned "$PIN" \
+    --command "bench/run.sh $*" --plot "$OUT/latency.png" --pinned "$PIN" --tail "$OUT/heavy-tail.tsv" \
     --out "$( [ "$MODE" = smoke ] && echo "$OUT/benchmarks-smoke.md" || echo docs/benchmarks.md )"

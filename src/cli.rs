@@ -204,6 +204,7 @@ pub fn describe(cfg: &Config) -> String {
             );
         }
     }
+    speed(&mut s, cfg);
     let p = &cfg.policy;
     let _ = writeln!(
         s,
@@ -411,4 +412,63 @@ fn spawn_reloader(path: std::path::PathBuf, state: AppState) {
             }
         }
     });
+}
+
+/// What `least_latency`, hedging and `"auto"` timeouts do on each tier
+/// that uses them, in words.
+fn speed(s: &mut String, cfg: &Config) {
+    use crate::config::{HedgeAfter, Limit, Strategy};
+    let a = &cfg.policy.adaptive_timeout;
+    let mut lines = Vec::new();
+    for t in &cfg.tiers {
+        if t.strategy == Strategy::LeastLatency {
+            lines.push(format!(
+                "  {}: least_latency: each request starts at the model with the lowest recent latency (peak EWMA; time to first token for streams), ties within 10% drawn at random; a model with no sample for 10 s gets one probe",
+                t.name
+            ));
+        }
+        if let Some(h) = t.hedge {
+            let after = match h.after {
+                HedgeAfter::Fixed(d) => format!("{}ms", d.as_millis()),
+                HedgeAfter::Percentile(q) => format!(
+                    "the model's own {} latency (none under 20 samples)",
+                    q.as_str()
+                ),
+            };
+            lines.push(format!(
+                "  {}: hedges: an attempt with no answer (streams: no first content) after {after} gets one more attempt on the tier's next model, else the next tier's first; at most {} extra in flight; the first answer wins, the others are cancelled",
+                t.name, h.max
+            ));
+        }
+        for (key, limit, bounds) in [
+            (
+                "timeout_ms",
+                t.timeout,
+                "the whole answer (streams: the longest gap between chunks)",
+            ),
+            (
+                "first_token_timeout_ms",
+                t.first_token_timeout,
+                "a stream's first content",
+            ),
+        ] {
+            if limit == Limit::Auto {
+                lines.push(format!(
+                    "  {}: {key} = auto: p{} of the model's recent successful attempts for {bounds}, x{}, clamped to {}..{}ms; {}ms until 20 samples",
+                    t.name,
+                    a.percentile,
+                    a.multiplier,
+                    a.min.as_millis(),
+                    a.max.as_millis(),
+                    a.max.as_millis()
+                ));
+            }
+        }
+    }
+    if !lines.is_empty() {
+        let _ = writeln!(s, "\nfaster chains:");
+        for l in lines {
+            let _ = writeln!(s, "{l}");
+        }
+    }
 }

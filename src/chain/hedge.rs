@@ -15,7 +15,6 @@ use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
 use super::breaker::{Admitted, Refused};
-use super::latency::Kind;
 use super::route::Step;
 use super::targets::Chain;
 use super::types::{Check, Mode, Served};
@@ -38,7 +37,7 @@ pub(super) struct Race<'a> {
 fn wait(chain: &Chain, h: &Hedge, model: ModelId, mode: Mode) -> Option<Duration> {
     match h.after {
         HedgeAfter::Fixed(d) => Some(d),
-        HedgeAfter::Percentile(q) => chain.latency[model].quantile(Kind::answer(mode), q),
+        HedgeAfter::Percentile(q) => chain.latency[model].quantile(mode.waits_for(), q),
     }
 }
 

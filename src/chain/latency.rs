@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::types::Mode;
 use crate::config::{Adaptive, Quantile};
 
 /// What a window holds.
@@ -37,14 +36,6 @@ impl Kind {
             Kind::Total => "total",
         }
     }
-
-    /// What an attempt in `mode` waits for before it answers.
-    pub fn answer(mode: Mode) -> Kind {
-        match mode {
-            Mode::Complete => Kind::Total,
-            Mode::Stream => Kind::Ttft,
-        }
-    }
 }
 
 /// A window: at most this many samples ...
@@ -57,8 +48,9 @@ pub const MIN_SAMPLES: usize = 20;
 pub const STALE: Duration = Duration::from_secs(10);
 /// The estimate's decay time.
 const TAU: Duration = Duration::from_secs(10);
-/// Percentiles are recomputed after this many new samples (or a second).
-const REFRESH_EVERY: u32 = 8;
+/// Percentiles are recomputed after this many new samples (at most ten
+/// times a second), or a second after the last time.
+const REFRESH_EVERY: u32 = 64;
 
 /// The percentiles kept for each kind: p50, p90, p95, p99 and the
 /// configured adaptive one, in microseconds (0: too few samples).
@@ -74,9 +66,9 @@ pub struct Latency {
 
 #[derive(Default)]
 struct Inner {
-    /// By mode: Complete, Stream.
+    /// Whole latency, time to first token.
     estimate: [Ewma; 2],
-    /// When a probe was last handed out, by mode.
+    /// When a probe was last handed out, for each estimate.
     probed: [Option<Instant>; 2],
     windows: [Window; 3],
 }
@@ -94,10 +86,12 @@ struct Window {
     refreshed: Option<Instant>,
 }
 
-fn mode_slot(mode: Mode) -> usize {
-    match mode {
-        Mode::Complete => 0,
-        Mode::Stream => 1,
+/// The estimate an answer's latency moves: streams' time to first token,
+/// or the whole latency of the rest.
+fn estimate_slot(answer: Kind) -> usize {
+    match answer {
+        Kind::Ttft => 1,
+        Kind::Total | Kind::Gap => 0,
     }
 }
 
@@ -131,10 +125,8 @@ impl Latency {
     pub fn success(&self, kind: Kind, took: Duration, now: Instant) {
         let micros = u32::try_from(took.as_micros()).unwrap_or(u32::MAX);
         let mut g = self.lock();
-        match kind {
-            Kind::Total => g.estimate[0].observe(took, now),
-            Kind::Ttft => g.estimate[1].observe(took, now),
-            Kind::Gap => {}
+        if kind != Kind::Gap {
+            g.estimate[estimate_slot(kind)].observe(took, now);
         }
         let w = &mut g.windows[kind as usize];
         if w.samples.len() == WINDOW {
@@ -142,19 +134,21 @@ impl Latency {
         }
         w.samples.push_back((now, micros));
         w.fresh += 1;
-        let due = w.fresh >= REFRESH_EVERY
-            || w.samples.len() <= MIN_SAMPLES
-            || w.refreshed
-                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
+        // at most ten sorts a second under load, and a sort a second at least
+        let since = w.refreshed.map_or(Duration::MAX, |t| now.duration_since(t));
+        let due = w.samples.len() <= MIN_SAMPLES
+            || since >= Duration::from_secs(1)
+            || (w.fresh >= REFRESH_EVERY && since >= Duration::from_millis(100));
         if due {
             self.refresh(w, kind, now);
         }
     }
 
-    /// A failed attempt: a model that fails is not fast, however quickly
-    /// it failed. The estimate moves as if it had taken `penalty`.
-    pub fn failure(&self, mode: Mode, penalty: Duration, now: Instant) {
-        self.lock().estimate[mode_slot(mode)].observe(penalty, now);
+    /// A failed attempt waiting for `answer`: a model that fails is not
+    /// fast, however quickly it failed. The estimate moves as if it had
+    /// taken `penalty`.
+    pub fn failure(&self, answer: Kind, penalty: Duration, now: Instant) {
+        self.lock().estimate[estimate_slot(answer)].observe(penalty, now);
     }
 
     /// Recompute a window's percentiles (expired samples dropped first).
@@ -220,9 +214,9 @@ impl Latency {
         }
     }
 
-    /// The estimate for `mode` (None: no sample yet).
-    pub fn estimate(&self, mode: Mode) -> Option<Duration> {
-        let e = self.lock().estimate[mode_slot(mode)];
+    /// The estimate for attempts waiting for `answer` (None: no sample yet).
+    pub fn estimate(&self, answer: Kind) -> Option<Duration> {
+        let e = self.lock().estimate[estimate_slot(answer)];
         e.at.map(|_| Duration::from_secs_f64(e.ms / 1000.0))
     }
 
@@ -234,9 +228,9 @@ impl Latency {
     /// How `least_latency` sees the model now: `None` when it is owed a
     /// probe (no sample, or none for `STALE`, and no probe handed out in
     /// that time), which this call hands out; else its estimate in ms.
-    pub fn rank(&self, mode: Mode, now: Instant) -> Option<f64> {
+    pub fn rank(&self, answer: Kind, now: Instant) -> Option<f64> {
         let mut g = self.lock();
-        let m = mode_slot(mode);
+        let m = estimate_slot(answer);
         let e = g.estimate[m];
         let stale = e.at.is_none_or(|t| now.duration_since(t) >= STALE);
         let probing = g.probed[m].is_some_and(|t| now.duration_since(t) < STALE);
@@ -277,8 +271,8 @@ impl Latency {
         }
         json!({
             "estimate_ms": {
-                "complete": ms(self.estimate(Mode::Complete)),
-                "stream": ms(self.estimate(Mode::Stream)),
+                "complete": ms(self.estimate(Kind::Total)),
+                "stream": ms(self.estimate(Kind::Ttft)),
             },
             "windows": windows,
             "auto_timeouts_ms": {
@@ -346,9 +340,12 @@ mod tests {
         l.success(Kind::Total, ms(50), now);
         // p99 50 ms x 2 = 100 ms, clamped up to 500 ms
         assert_eq!(l.timeout(Kind::Total, &a), a.min);
+        // recomputed every 64 samples at most ten times a second
         for _ in 0..100 {
             l.success(Kind::Total, ms(400), now);
         }
+        assert_eq!(l.timeout(Kind::Total, &a), a.min, "not recomputed yet");
+        l.success(Kind::Total, ms(400), now + ms(100));
         assert_eq!(l.timeout(Kind::Total, &a), ms(800));
         assert_eq!(l.quantile(Kind::Total, Quantile::P50), Some(ms(400)));
         assert_eq!(l.quantile(Kind::Ttft, Quantile::P50), None);
@@ -373,21 +370,21 @@ mod tests {
         let l = Latency::new(&Adaptive::default());
         let t0 = Instant::now();
         // no sample: one probe, then ranked last while it is out
-        assert_eq!(l.rank(Mode::Complete, t0), None);
-        assert_eq!(l.rank(Mode::Complete, t0), Some(f64::INFINITY));
+        assert_eq!(l.rank(Kind::Total, t0), None);
+        assert_eq!(l.rank(Kind::Total, t0), Some(f64::INFINITY));
         l.success(Kind::Total, ms(20), t0);
-        assert_eq!(l.rank(Mode::Complete, t0), Some(20.0));
+        assert_eq!(l.rank(Kind::Total, t0), Some(20.0));
         l.success(Kind::Total, ms(300), t0 + ms(10));
-        assert_eq!(l.rank(Mode::Complete, t0 + ms(10)), Some(300.0));
+        assert_eq!(l.rank(Kind::Total, t0 + ms(10)), Some(300.0));
         l.success(Kind::Total, ms(20), t0 + ms(10) + TAU);
-        let r = l.rank(Mode::Complete, t0 + ms(10) + TAU).unwrap();
+        let r = l.rank(Kind::Total, t0 + ms(10) + TAU).unwrap();
         assert!(r > 20.0 && r < 300.0 * 0.5, "{r}");
         // a fast failure counts as slow
-        l.failure(Mode::Complete, ms(5000), t0 + TAU * 2);
-        assert_eq!(l.rank(Mode::Complete, t0 + TAU * 2), Some(5000.0));
+        l.failure(Kind::Total, ms(5000), t0 + TAU * 2);
+        assert_eq!(l.rank(Kind::Total, t0 + TAU * 2), Some(5000.0));
         // streams are ranked apart
-        assert_eq!(l.rank(Mode::Stream, t0 + TAU * 2), None);
+        assert_eq!(l.rank(Kind::Ttft, t0 + TAU * 2), None);
         // stale: one more probe
-        assert_eq!(l.rank(Mode::Complete, t0 + TAU * 2 + STALE), None);
+        assert_eq!(l.rank(Kind::Total, t0 + TAU * 2 + STALE), None);
     }
 }

@@ -10,7 +10,6 @@ use prometheus::{Histogram, IntCounter};
 
 use super::health::Health;
 use super::latency::{Kind, Latency};
-use super::types::Mode;
 use crate::config::{Config, Hedge, Limit, MidStream, ModelId, Strategy, TierId};
 use crate::metrics::{AttemptMetrics, LazyCounters, Metrics};
 use crate::outcome::RequestOutcome;
@@ -253,13 +252,13 @@ impl Chain {
         }
     }
 
-    /// How long an attempt on `model` for `target` may take to answer:
-    /// the whole answer, or a stream's first content.
-    pub fn answer_limit(&self, target: usize, model: ModelId, mode: Mode) -> Duration {
+    /// How long an attempt on `model` for `target` may wait for `answer`:
+    /// the whole answer (`Total`), or a stream's first content (`Ttft`).
+    pub fn answer_limit(&self, target: usize, model: ModelId, answer: Kind) -> Duration {
         let t = &self.targets[target];
-        match mode {
-            Mode::Complete => self.resolve(t.timeout, model, Kind::Total),
-            Mode::Stream => self.resolve(t.first_token_timeout, model, Kind::Ttft),
+        match answer {
+            Kind::Ttft => self.resolve(t.first_token_timeout, model, Kind::Ttft),
+            Kind::Total | Kind::Gap => self.resolve(t.timeout, model, answer),
         }
     }
 

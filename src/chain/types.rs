@@ -71,6 +71,17 @@ pub enum Mode {
     Stream,
 }
 
+impl Mode {
+    /// What an attempt waits for before it answers: the whole answer, or a
+    /// stream's first content.
+    pub fn waits_for(self) -> super::latency::Kind {
+        match self {
+            Mode::Complete => super::latency::Kind::Total,
+            Mode::Stream => super::latency::Kind::Ttft,
+        }
+    }
+}
+
 /// One call the chain asks for.
 #[derive(Clone, Copy, Debug)]
 pub struct Call {

@@ -13,7 +13,6 @@ use tower::{Layer, Service};
 use super::breaker::{Admitted, HealthLayer, Refused};
 use super::classify;
 use super::health::{earliest, Unavailable};
-use super::latency::Kind;
 use super::targets::Chain;
 use super::types::{
     escalation_failure, AttemptRecord, Call, Check, Mode, OpenAttempt, Run, Served,
@@ -226,7 +225,7 @@ impl Walk {
                 continue;
             }
             let limit = chain
-                .answer_limit(target, model, mode)
+                .answer_limit(target, model, mode.waits_for())
                 .min(deadline.saturating_duration_since(now));
             // a buffered stream bounds its own time: the deadline and the
             // first-token timeout until its first content, the gap after it
@@ -315,7 +314,7 @@ fn fastest(chain: &Chain, target: usize, mode: Mode, now: Instant) -> usize {
         if !chain.config.models[m].enabled || !health.would_admit(now) {
             continue;
         }
-        match chain.latency[m].rank(mode, now) {
+        match chain.latency[m].rank(mode.waits_for(), now) {
             None => return i,
             Some(r) => ranked.push((i, r * f64::from(health.in_flight() + 1))),
         }
@@ -395,7 +394,7 @@ pub(super) fn land<T>(
             if let Some(tier) = t.tier {
                 chain.escalation[tier].success();
             }
-            latency.success(Kind::answer(mode), elapsed, now);
+            latency.success(mode.waits_for(), elapsed, now);
             let open = match mode {
                 Mode::Complete => {
                     metrics.upstream_duration.observe(elapsed.as_secs_f64());
@@ -435,7 +434,7 @@ pub(super) fn land<T>(
     escalation_failure(chain, target, outcome);
     if outcome != AttemptOutcome::ClientError {
         // a model that fails is not fast, however quickly it failed
-        latency.failure(mode, elapsed.max(at.limit), now);
+        latency.failure(mode.waits_for(), elapsed.max(at.limit), now);
     }
     record.status = err.status();
     record.outcome = outcome;

@@ -178,6 +178,11 @@ pub struct RawProvider {
     pub fail_rate: Option<f64>,
     #[serde(default)]
     pub fail_status: Option<i64>,
+    /// The share of calls that take `slow_ms` instead of `latency_ms`.
+    #[serde(default)]
+    pub slow_rate: Option<f64>,
+    #[serde(default)]
+    pub slow_ms: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

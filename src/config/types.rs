@@ -231,6 +231,9 @@ pub struct MockSettings {
     pub chunk_delay: Duration,
     pub fail_rate: f64,
     pub fail_status: u16,
+    /// A heavy tail: this share of calls waits `slow` instead of `latency`.
+    pub slow_rate: f64,
+    pub slow: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -38,10 +38,17 @@ impl MockClient {
         }
     }
 
-    /// The configured latency, then the configured share of failures.
+    /// The configured latency (for the slow share, the slow one), then the
+    /// configured share of failures.
     async fn wait_or_fail(&self) -> Result<(), UpstreamError> {
-        if !self.settings.latency.is_zero() {
-            tokio::time::sleep(self.settings.latency).await;
+        let s = &self.settings;
+        let wait = if s.slow_rate > 0.0 && rand::random::<f64>() < s.slow_rate {
+            s.slow
+        } else {
+            s.latency
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
         }
         if self.settings.fail_rate > 0.0 && rand::random::<f64>() < self.settings.fail_rate {
             return Err(UpstreamError::Status {

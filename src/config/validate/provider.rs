@@ -20,6 +20,8 @@ pub(super) fn provider(c: &mut Checker, name: &str, p: &RawProvider, env: &Env) 
         ("chunk_delay_ms", p.chunk_delay_ms.is_some()),
         ("fail_rate", p.fail_rate.is_some()),
         ("fail_status", p.fail_status.is_some()),
+        ("slow_rate", p.slow_rate.is_some()),
+        ("slow_ms", p.slow_ms.is_some()),
     ];
     let kind = match p.kind.as_str() {
         "openai" => ProviderKind::OpenAi,
@@ -28,6 +30,10 @@ pub(super) fn provider(c: &mut Checker, name: &str, p: &RawProvider, env: &Env) 
             let fail_rate = p.fail_rate.unwrap_or(0.0);
             if !(0.0..=1.0).contains(&fail_rate) {
                 c.err(format!("{key}.fail_rate"), "must be between 0 and 1");
+            }
+            let slow_rate = p.slow_rate.unwrap_or(0.0);
+            if !(0.0..=1.0).contains(&slow_rate) {
+                c.err(format!("{key}.slow_rate"), "must be between 0 and 1");
             }
             let fail_status = p.fail_status.unwrap_or(503);
             if !(400..=599).contains(&fail_status) {
@@ -44,6 +50,8 @@ pub(super) fn provider(c: &mut Checker, name: &str, p: &RawProvider, env: &Env) 
                 ),
                 fail_rate,
                 fail_status: fail_status.clamp(400, 599) as u16,
+                slow_rate,
+                slow: c.ms(&format!("{key}.slow_ms"), p.slow_ms.unwrap_or(0)),
             })
         }
         other => {
@@ -56,6 +64,8 @@ pub(super) fn provider(c: &mut Checker, name: &str, p: &RawProvider, env: &Env) 
                 chunk_delay: Duration::ZERO,
                 fail_rate: 0.0,
                 fail_status: 503,
+                slow_rate: 0.0,
+                slow: Duration::ZERO,
             })
         }
     };
