@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
 use super::breaker::{Admitted, Refused};
+use super::classify::{classify, Verdict};
 use super::route::Step;
 use super::targets::Chain;
 use super::types::{Check, Mode, Served};
@@ -44,7 +45,8 @@ fn wait(chain: &Chain, h: &Hedge, model: ModelId, mode: Mode) -> Option<Duration
 /// Run `first` (already counted as an attempt of `tier`), hedging it as the
 /// tier says. `more(walk, target, from, now)` admits the next model of a
 /// target from a position. Ok: the winner; Err: every attempt failed (the
-/// last failure).
+/// last failure, and where it happened), or one failed in a way that ends
+/// the request (the client's request is wrong: the others are cancelled).
 pub(super) async fn race<T, P, G>(
     chain: &Chain,
     w: &mut Walk,
@@ -52,7 +54,7 @@ pub(super) async fn race<T, P, G>(
     first: Picked<P>,
     check: Check<'_, T>,
     more: &mut G,
-) -> Result<Served<T>, UpstreamError>
+) -> Result<Served<T>, (UpstreamError, At)>
 where
     P: Future<Output = Result<Admitted<T>, Refused>>,
     G: FnMut(&mut Walk, usize, usize, Instant) -> Option<Picked<P>>,
@@ -108,27 +110,37 @@ where
                         .map(|d| Box::pin(tokio::time::sleep_until(now + d)));
                 }
                 flights.push((at, p.call, true));
+            } else if let Some(d) = flights
+                .first()
+                .and_then(|f| wait(chain, &r.hedge, f.0.model, r.mode))
+            {
+                // nothing to hedge on now (every candidate refused): look
+                // again after the same wait
+                timer = Some(Box::pin(tokio::time::sleep_until(now + d)));
             }
             continue;
         };
         let (at, call, hedge) = flights.swap_remove(i);
         drop(call);
+        // the others lose: stopped now, recorded before the last record (a
+        // stream's attempt is the run's last until it ends)
+        let mut stop_others = |w: &mut Walk| {
+            let losers: Vec<_> = flights
+                .drain(..)
+                .map(|(at, call, hedge)| {
+                    drop(call);
+                    if hedge {
+                        counter(false);
+                    }
+                    cancelled(chain, at)
+                })
+                .collect();
+            let last = w.run.attempts.len().saturating_sub(1);
+            w.run.attempts.splice(last..last, losers);
+        };
         match land(chain, w, at, result, r.mode, check) {
             Ok(served) => {
-                // the others lose: stopped now, recorded before the winner
-                // (a stream's attempt is the run's last until it ends)
-                let losers: Vec<_> = flights
-                    .drain(..)
-                    .map(|(at, call, hedge)| {
-                        drop(call);
-                        if hedge {
-                            counter(false);
-                        }
-                        cancelled(chain, at)
-                    })
-                    .collect();
-                let last = w.run.attempts.len() - 1;
-                w.run.attempts.splice(last..last, losers);
+                stop_others(w);
                 if hedge {
                     counter(true);
                 }
@@ -141,8 +153,13 @@ where
                 if hedge {
                     counter(false);
                 }
+                let first_tier = w.run.tried.first() == Some(&at.target);
+                if classify(&e, first_tier) == Verdict::Fatal {
+                    stop_others(w);
+                    return Err((e, at));
+                }
                 if flights.is_empty() {
-                    return Err(e);
+                    return Err((e, at));
                 }
             }
         }
@@ -164,7 +181,8 @@ where
     G: FnMut(&mut Walk, usize, usize, Instant) -> Option<Picked<P>>,
 {
     let (steps, si) = r.steps;
-    if tier.attempts <= steps[si].max_retries {
+    let paid_ok = |target: usize| chain.targets[target].free || (r.paid_allowed)();
+    if tier.attempts <= steps[si].max_retries && paid_ok(tier.target) {
         if let Some(p) = more(w, tier.target, tier.next(), now) {
             tier.took(&p);
             return Some(p);
@@ -172,7 +190,7 @@ where
     }
     for step in &steps[si + 1..] {
         let t = &chain.targets[step.target];
-        if !t.enabled || (!t.free && !(r.paid_allowed)()) {
+        if !t.enabled || !paid_ok(step.target) {
             continue;
         }
         let ahead = *w.ahead(chain, step.target, r.mode);

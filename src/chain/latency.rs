@@ -60,6 +60,11 @@ pub struct Latency {
     inner: Mutex<Inner>,
     /// `[kind][slot]`, microseconds.
     cached: [[AtomicU64; SLOTS]; 3],
+    /// When each window last took a sample, in microseconds since `born`:
+    /// a window whose newest sample has expired says nothing, whenever it
+    /// was last recomputed.
+    newest: [AtomicU64; 3],
+    born: Instant,
     /// `[policy] adaptive_timeout` percentile, as a fraction.
     adaptive: f64,
 }
@@ -95,6 +100,21 @@ fn estimate_slot(answer: Kind) -> usize {
     }
 }
 
+/// Drop a window's expired samples and hand out a copy of the rest (to be
+/// sorted outside the lock).
+fn take(w: &mut Window, now: Instant) -> Vec<u32> {
+    while w
+        .samples
+        .front()
+        .is_some_and(|(t, _)| now.duration_since(*t) > WINDOW_AGE)
+    {
+        w.samples.pop_front();
+    }
+    w.fresh = 0;
+    w.refreshed = Some(now);
+    w.samples.iter().map(|(_, v)| *v).collect()
+}
+
 /// Nearest-rank percentile of sorted samples.
 fn rank(sorted: &[u32], fraction: f64) -> u32 {
     let n = sorted.len();
@@ -107,6 +127,8 @@ impl Latency {
         Latency {
             inner: Mutex::new(Inner::default()),
             cached: Default::default(),
+            newest: Default::default(),
+            born: Instant::now(),
             adaptive: adaptive.percentile / 100.0,
         }
     }
@@ -124,6 +146,8 @@ impl Latency {
     /// or `Ttft`) also moves the estimate of its mode.
     pub fn success(&self, kind: Kind, took: Duration, now: Instant) {
         let micros = u32::try_from(took.as_micros()).unwrap_or(u32::MAX);
+        let age = now.saturating_duration_since(self.born).as_micros();
+        self.newest[kind as usize].store(u64::try_from(age).unwrap_or(u64::MAX), Ordering::Relaxed);
         let mut g = self.lock();
         if kind != Kind::Gap {
             g.estimate[estimate_slot(kind)].observe(took, now);
@@ -140,7 +164,9 @@ impl Latency {
             || since >= Duration::from_secs(1)
             || (w.fresh >= REFRESH_EVERY && since >= Duration::from_millis(100));
         if due {
-            self.refresh(w, kind, now);
+            let samples = take(w, now);
+            drop(g);
+            self.publish(kind, samples);
         }
     }
 
@@ -151,25 +177,16 @@ impl Latency {
         self.lock().estimate[estimate_slot(answer)].observe(penalty, now);
     }
 
-    /// Recompute a window's percentiles (expired samples dropped first).
-    fn refresh(&self, w: &mut Window, kind: Kind, now: Instant) {
-        while w
-            .samples
-            .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) > WINDOW_AGE)
-        {
-            w.samples.pop_front();
-        }
-        w.fresh = 0;
-        w.refreshed = Some(now);
+    /// Recompute a window's percentiles from its samples (sorted here,
+    /// outside the lock).
+    fn publish(&self, kind: Kind, mut sorted: Vec<u32>) {
         let slots = &self.cached[kind as usize];
-        if w.samples.len() < MIN_SAMPLES {
+        if sorted.len() < MIN_SAMPLES {
             for s in slots {
                 s.store(0, Ordering::Relaxed);
             }
             return;
         }
-        let mut sorted: Vec<u32> = w.samples.iter().map(|(_, v)| *v).collect();
         sorted.sort_unstable();
         let fractions = [0.5, 0.9, 0.95, 0.99, self.adaptive];
         for (slot, f) in slots.iter().zip(fractions) {
@@ -181,13 +198,17 @@ impl Latency {
     /// Bring every window up to date (expired samples dropped): for readers
     /// off the request path (the status page, a scrape).
     pub fn refresh_all(&self, now: Instant) {
-        let mut g = self.lock();
         for kind in Kind::ALL {
-            self.refresh(&mut g.windows[kind as usize], kind, now);
+            let samples = take(&mut self.lock().windows[kind as usize], now);
+            self.publish(kind, samples);
         }
     }
 
     fn slot(&self, kind: Kind, slot: usize) -> Option<Duration> {
+        let newest = Duration::from_micros(self.newest[kind as usize].load(Ordering::Relaxed));
+        if Instant::now().saturating_duration_since(self.born) > newest + WINDOW_AGE {
+            return None;
+        }
         match self.cached[kind as usize][slot].load(Ordering::Relaxed) {
             0 => None,
             us => Some(Duration::from_micros(us)),
@@ -210,7 +231,8 @@ impl Latency {
     pub fn timeout(&self, kind: Kind, a: &Adaptive) -> Duration {
         match self.slot(kind, 4) {
             None => a.max,
-            Some(p) => p.mul_f64(a.multiplier).clamp(a.min, a.max),
+            Some(p) => Duration::try_from_secs_f64(p.as_secs_f64() * a.multiplier)
+                .map_or(a.max, |d| d.clamp(a.min, a.max)),
         }
     }
 

@@ -86,7 +86,7 @@ where
         .iter()
         .position(|s| s.target == target)
         .unwrap_or(route.steps.len());
-    let w = Walk::new(run, Some(model));
+    let w = Walk::new(run, Some((target, model)));
     walk(
         chain,
         (route, &route.steps[from..]),
@@ -145,15 +145,18 @@ where
             };
             tier.took(&picked);
             w.arrive(chain, step.target);
-            let first_tier = w.run.tried.first() == Some(&step.target);
             w.total += 1;
             if let Some(failed) = retry_of.take() {
                 target.metrics[failed].retries.inc();
             }
-            let (index, model) = (picked.at.index, picked.at.model);
             let hedge = target.hedge.filter(|_| w.continuing.is_none());
             let result = match hedge {
-                None => attempt(chain, &mut w, picked, mode, check).await,
+                None => {
+                    let at = picked.at;
+                    attempt(chain, &mut w, picked, mode, check)
+                        .await
+                        .map_err(|e| (e, at))
+                }
                 Some(h) => {
                     let mut more = |w: &mut Walk, target: usize, from: usize, now: Instant| {
                         w.pick(chain, target, (from, now), (mode, deadline), &mut call)
@@ -168,10 +171,13 @@ where
                     hedge::race(chain, &mut w, (&race, &mut tier), picked, check, &mut more).await
                 }
             };
-            let err = match result {
+            // the failure that decides (in a race, the last one)
+            let (err, failed_at) = match result {
                 Ok(served) => return (w.run, Ok(served)),
-                Err(e) => e,
+                Err(failed) => failed,
             };
+            let first_tier = w.run.tried.first() == Some(&failed_at.target);
+            let model = failed_at.model;
             if matches!(err, UpstreamError::Timeout) && Instant::now() >= deadline {
                 w.deadline_hit = true;
             }
@@ -189,7 +195,9 @@ where
             match next::next(policy, &failed, Instant::now(), deadline, rand::random()) {
                 Next::Fatal => return (w.run, Err(Failure::Fatal(err))),
                 Next::Retry(delay) => {
-                    retry_of = Some(index);
+                    // a retry of a hedge that failed on a later tier is not
+                    // counted for a model of this one
+                    retry_of = (failed_at.target == step.target).then_some(failed_at.index);
                     w.retry_delay = delay;
                 }
                 Next::NextTier {

@@ -111,14 +111,17 @@ pub struct OpenAttempt {
     pub(super) model: ModelId,
     pub(super) started: Instant,
     pub(super) permit: Option<Permit>,
-    pub(super) longest_gap: Duration,
+    /// None: a held (buffered) stream, whose gaps the client never waited.
+    pub(super) longest_gap: Option<Duration>,
 }
 
 impl OpenAttempt {
     /// The stream went this long without an event (its longest gap is
     /// what an `"auto"` timeout of its tier learns from).
     pub fn quiet(&mut self, gap: Duration) {
-        self.longest_gap = self.longest_gap.max(gap);
+        if let Some(g) = self.longest_gap.as_mut() {
+            *g = (*g).max(gap);
+        }
     }
 
     /// A malformed event was dropped from the stream (it went on).
@@ -147,12 +150,8 @@ impl OpenAttempt {
         if let Some(permit) = self.permit.take() {
             permit.record(err.map_or(classify::HealthEffect::Success, classify::health_effect));
         }
-        if err.is_none() {
-            chain.latency[self.model].success(
-                super::latency::Kind::Gap,
-                self.longest_gap,
-                Instant::now(),
-            );
+        if let (None, Some(gap)) = (err, self.longest_gap) {
+            chain.latency[self.model].success(super::latency::Kind::Gap, gap, Instant::now());
         }
         if let Some(e) = err {
             // the attempt that started the stream failed after all

@@ -95,7 +95,9 @@ pub(super) struct At {
 }
 
 impl Walk {
-    pub(super) fn new(run: Run, continuing: Option<ModelId>) -> Walk {
+    /// `continuing`: the target and model of a stream that broke (the walk
+    /// continues it from there).
+    pub(super) fn new(run: Run, continuing: Option<(usize, ModelId)>) -> Walk {
         Walk {
             total: u32::try_from(run.attempts.len()).unwrap_or(u32::MAX),
             deadline_hit: false,
@@ -104,9 +106,9 @@ impl Walk {
             retry_delay: Duration::ZERO,
             tier_pause: Duration::ZERO,
             budget_skipped: false,
-            on: run.tried.last().copied(),
+            on: continuing.map(|c| c.0),
             run,
-            continuing,
+            continuing: continuing.map(|c| c.1),
             exclude: Vec::new(),
             ahead: Vec::new(),
         }
@@ -389,12 +391,19 @@ pub(super) fn land<T>(
         (result, _) => result,
     };
     let latency = &chain.latency[at.model];
+    // a held stream answers when it is complete: its wait is no time to
+    // first token, and it has no gaps to learn from
+    let sampled = mode == Mode::Complete
+        || w.continuing.is_some()
+        || !matches!(t.mid_stream, crate::config::MidStream::Buffer { .. });
     let err = match result {
         Ok(Admitted { value, permit }) => {
             if let Some(tier) = t.tier {
                 chain.escalation[tier].success();
             }
-            latency.success(mode.waits_for(), elapsed, now);
+            if sampled {
+                latency.success(mode.waits_for(), elapsed, now);
+            }
             let open = match mode {
                 Mode::Complete => {
                     metrics.upstream_duration.observe(elapsed.as_secs_f64());
@@ -411,7 +420,7 @@ pub(super) fn land<T>(
                         model: at.model,
                         started,
                         permit,
-                        longest_gap: Duration::ZERO,
+                        longest_gap: sampled.then_some(Duration::ZERO),
                     }
                 }),
             };

@@ -82,11 +82,15 @@ async fn serve(ctx: &Ctx<'_>, ticket: Ticket, body: Body) -> Result<Response, (R
         Ok(served) => served,
         Err(f) => return Err((give_up(rt, f, run, route), ticket)),
     };
+    // hedged attempts that lost: their estimated input, wasted
+    let lost = pipeline::Billed::default();
+    lost.cancelled(&run, body.input_chars);
 
     // settle: priced per input token
     let by = ServedBy::from(&served);
     let answer = served.value;
     let mut s = Settlement::served(ticket, route, run, by, false);
+    s.wasted = lost.cost(rt);
     s.price(rt, answer.usage, || cost::estimate(body.input_chars, 0));
     let remaining = settle::settle(ctx.state, rt, &s);
     let mut resp = Response::new(Body::from(answer.body));

@@ -398,3 +398,25 @@ async fn an_auto_timeout_learns_and_cuts_a_hanging_attempt_at_the_clamped_value(
         "cut after {took:?}"
     );
 }
+
+/// A first-tier 400 in a race is the client's fault: it goes back as is and
+/// the hedge in flight is cancelled, not waited for.
+#[tokio::test]
+async fn a_client_error_in_a_race_ends_it_at_once() {
+    let up = Upstream::start().await;
+    let dir = temp_dir();
+    let db = dir.0.join("ledger.db").display().to_string();
+    let gw = Gateway::start(&hedged(&up, &db, "hedge_after_ms = 100", ""), ENV).await;
+    up.script("m1", vec![after(300, Step::Status(400, "bad request"))]);
+    up.script("m2", vec![after(3000, Step::Ok)]);
+    let t0 = Instant::now();
+    let resp = gw.ask("t").await;
+    assert_eq!(resp.status(), 400);
+    assert!(
+        t0.elapsed() < Duration::from_millis(2000),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(header(&resp, "x-cascade-attempts"), "2");
+    until("m2 was not cancelled", || up.delays_cut() == 1).await;
+}

@@ -71,10 +71,10 @@ pub(super) fn adaptive(c: &mut Checker, a: &RawAdaptive) -> Adaptive {
             format!("must be above 0 and at most 100 (got {})", a.percentile),
         );
     }
-    if !(a.multiplier.is_finite() && a.multiplier > 0.0) {
+    if !(a.multiplier > 0.0 && a.multiplier <= 100.0) {
         c.err(
             format!("{key}.multiplier"),
-            format!("must be positive (got {})", a.multiplier),
+            format!("must be above 0 and at most 100 (got {})", a.multiplier),
         );
     }
     let min = c.positive_ms(&format!("{key}.min_ms"), a.min_ms);
