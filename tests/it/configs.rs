@@ -179,3 +179,34 @@ fn mid_stream_values_are_checked() {
         }
     }
 }
+
+#[test]
+fn check_explains_faster_chains() {
+    let dir = crate::common::gateway::temp_dir();
+    let path = dir.0.join("fast.toml");
+    std::fs::write(
+        &path,
+        "[ledger]\npath = \"\"\n[policy]\nadaptive_timeout = { min_ms = 250 }\n[providers.p]\nkind = \"mock\"\nslow_rate = 0.05\nslow_ms = 3000\n[models.m]\nprovider = \"p\"\nmodel = \"m\"\ncontext_window = 8000\n[tiers.t]\nmodels = [\"m\"]\nstrategy = \"least_latency\"\nhedge_after = \"p95\"\ntimeout_ms = \"auto\"\n",
+    )
+    .unwrap();
+    let out = check(path.to_str().unwrap());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("strategy=least_latency timeout=auto"),
+        "{text}"
+    );
+    assert!(text.contains("hedge_after=p95 max_hedges=1"), "{text}");
+    assert!(text.contains("faster chains:"), "{text}");
+    assert!(text.contains("t: least_latency:"), "{text}");
+    assert!(text.contains("the model's own p95 latency"), "{text}");
+    assert!(
+        text.contains("t: timeout_ms = auto: p99 of the model's recent successful attempts"),
+        "{text}"
+    );
+    assert!(text.contains("clamped to 250..30000ms"), "{text}");
+}
