@@ -58,6 +58,8 @@ start_nginx() { # $1 = upstream port, $2 = proxy port (optional)
         listen 127.0.0.1:$1 backlog=4096;
         location = /v1/chat/completions { default_type application/json; return 200 '$COMPLETION'; }
         location = /fail/v1/chat/completions { default_type application/json; return 503 '{\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\"}}'; }
+        # an OTLP/HTTP sink for bench/tracing.sh: takes the spans, answers 200
+        location = /v1/traces { client_max_body_size 64m; default_type application/x-protobuf; return 200 ''; }
     }"
     taskset -c "$LOAD_CPUS" nginx -c "$TMP/upstream.conf" -p "$TMP"
     [ -n "${2:-}" ] || return 0

@@ -45,6 +45,7 @@ def main():
     ap.add_argument("--pinned", default="0")
     ap.add_argument("--out", default="docs/benchmarks.md")
     ap.add_argument("--tail", default=None, help="bench/heavy-tail.sh output")
+    ap.add_argument("--tracing", default=None, help="bench/tracing.sh output")
     a = ap.parse_args()
 
     rows = list(csv.DictReader(open(a.results), delimiter="\t"))
@@ -139,6 +140,19 @@ def main():
         lines.append("|---|---|---|---|---|---|")
         for r in tail:
             lines.append("| {variant} | {rps} | {p50_ms} | {p99_ms} | {hedges_won} | {hedges_lost} |".format(**r))
+        lines.append("")
+
+    if a.tracing and os.path.exists(a.tracing):
+        rows_t = list(csv.DictReader(open(a.tracing), delimiter="\t"))
+        lines.append("## Tracing\n")
+        lines.append("`bench/tracing.sh`: the one-tier gateway (nginx upstream) with `[telemetry]` off, on to a live OTLP/HTTP receiver (nginx taking `POST /v1/traces`) at `sample_ratio = 1.0`, and on to a dead endpoint; wrk, 32 connections; the gateway unpinned; per core = requests / the gateway's CPU seconds.\n")
+        lines.append("| variant | req/s c=32 | gateway CPU s | req/s per core | vs off | spans dropped | non-2xx |")
+        lines.append("|---|---|---|---|---|---|---|")
+        base = num(rows_t[0].get("rps_per_core")) if rows_t else None
+        for r in rows_t:
+            pc = num(r.get("rps_per_core"))
+            rel = f"{pc / base:.2f}x" if pc and base else "-"
+            lines.append(f"| {r['variant']} | {r['rps_c32']} | {r['cpu_s']} | {r['rps_per_core']} | {rel} | {r['spans_dropped']} | {r['non2xx']} |")
         lines.append("")
 
     plotted = False

@@ -46,18 +46,20 @@ mkdir -p "$OUT"
 bench_tools
 
 
-say "cargo build --release --locked (the gateway and bench/streams.rs)"
 if [ "$MODE" = smoke ]; then
-    # the smoke run measures nothing: the stream client in the test profile
-    # (its dev-dependencies are built already by cargo test, not in release)
-    cargo build --release --locked --bin cascade >&2
-    cargo build --locked --example streams >&2
+    # the smoke run measures nothing: the gateway and the stream client in
+    # the test profile (built already by cargo test; a release build would
+    # take minutes on two cores)
+    say "cargo build --locked (the gateway and bench/streams.rs, test profile)"
+    cargo build --locked --bin cascade --example streams >&2
     STREAMS=$ROOT/target/debug/examples/streams
+    BIN=$ROOT/target/debug/cascade
 else
+    say "cargo build --release --locked (the gateway and bench/streams.rs)"
     cargo build --release --locked --bin cascade --example streams >&2
     STREAMS=$ROOT/target/release/examples/streams
+    BIN=$ROOT/target/release/cascade
 fi
-BIN=$ROOT/target/release/cascade
 
 UP=$(free_port); PROXY=$(free_port); GW1=$(free_port); GW2=$(free_port)
 start_nginx "$UP" "$PROXY"
@@ -156,6 +158,10 @@ say "streaming"
 say "heavy tail"
 bench/heavy-tail.sh "$( [ "$MODE" = smoke ] && echo 3 || echo 15 )" "$BIN" > "$OUT/heavy-tail.tsv"
 
+# --- tracing: requests/s with [telemetry] off, on to a live receiver, on to a dead one -----
+say "tracing"
+bench/tracing.sh "$( [ "$MODE" = smoke ] && echo 2 || echo 15 )" "$BIN" > "$OUT/tracing.tsv"
+
 # --- report ------------------------------------------------------------------------------
 PY=python3
 if [ "$MODE" = full ]; then   # the plot needs matplotlib; the smoke run skips it
@@ -164,5 +170,5 @@ if [ "$MODE" = full ]; then   # the plot needs matplotlib; the smoke run skips i
     PY=bench/out/venv/bin/python
 fi
 $PY bench/report.py --results "$RESULTS" --streams "$OUT/streams.json" --mode "$MODE" \
-    --command "bench/run.sh $*" --plot "$OUT/latency.png" --pinned "$PIN" --tail "$OUT/heavy-tail.tsv" \
+    --command "bench/run.sh $*" --plot "$OUT/latency.png" --pinned "$PIN" --tail "$OUT/heavy-tail.tsv" --tracing "$OUT/tracing.tsv" \
     --out "$( [ "$MODE" = smoke ] && echo "$OUT/benchmarks-smoke.md" || echo docs/benchmarks.md )"

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub ledger_dropped: IntCounter,
     pub config_reloads: IntCounterVec,
     pub hedges: IntCounterVec,
+    pub spans_dropped: IntCounter,
     /// Set from each model's latency windows when scraped.
     pub model_latency: GaugeVec,
     pub model_timeout: GaugeVec,
@@ -102,6 +103,11 @@ impl Metrics {
             "Ledger rows dropped because the writer's queue was full",
         )?;
         r.register(Box::new(ledger_dropped.clone()))?;
+        let spans_dropped = IntCounter::new(
+            "cascade_spans_dropped_total",
+            "Spans not exported: the export queue was full or the collector did not take them",
+        )?;
+        r.register(Box::new(spans_dropped.clone()))?;
         let circuit_open = IntGaugeVec::new(
             Opts::new("cascade_circuit_open", "1 while a model's circuit is open"),
             &["model"],
@@ -214,6 +220,7 @@ impl Metrics {
                 "What an \"auto\" timeout on a model is now",
                 &["model", "kind"],
             )?,
+            spans_dropped,
             registry: r,
         })
     }

@@ -33,6 +33,8 @@ pub struct Runtime {
     pub key_cost: Vec<Counter>,
     /// Every credential of this config, to clean what upstreams say.
     pub scrubber: Arc<Scrubber>,
+    /// The span exporter, when `[telemetry]` is on.
+    pub traces: Option<Arc<crate::telemetry::Exporter>>,
 }
 
 /// The x-cascade-model and x-cascade-provider values of one model.
@@ -78,7 +80,26 @@ impl Runtime {
             .map(|k| metrics.key_cost.with_label_values(&[&k.name]))
             .collect();
         let scrubber = Arc::new(Scrubber::new(config.credentials()));
+        let t = &config.telemetry;
+        let traces = match &t.traces_url {
+            // kept across a reload that changes nothing of it (its queue too)
+            Some(url) => match previous.and_then(|p| {
+                (p.config.telemetry == *t)
+                    .then_some(p.traces.clone())
+                    .flatten()
+            }) {
+                Some(kept) => Some(kept),
+                None => Some(Arc::new(crate::telemetry::Exporter::new(
+                    url,
+                    &t.service_name,
+                    crate::providers::egress::default_tls()?,
+                    metrics.spans_dropped.clone(),
+                )?)),
+            },
+            None => None,
+        };
         Ok(Runtime {
+            traces,
             scrubber,
             unserved: LazyCounters::new(RequestOutcome::COUNT),
             unserved_duration: metrics.request_duration.with_label_values(&["none"]),

@@ -105,6 +105,7 @@ where
                 let mut at = p.at;
                 at.number = w.total;
                 at.started = now;
+                at.hedge = true;
                 if hedges < r.hedge.max {
                     timer = wait(chain, &r.hedge, at.model, r.mode)
                         .map(|d| Box::pin(tokio::time::sleep_until(now + d)));

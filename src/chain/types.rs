@@ -27,6 +27,9 @@ pub struct AttemptRecord {
     pub elapsed: Duration,
     /// The upstream's Retry-After, if it sent one.
     pub retry_after: Option<Duration>,
+    pub started: Instant,
+    /// Started as a hedge (another attempt was in flight).
+    pub hedge: bool,
 }
 
 /// What the walk did, whatever the result.
@@ -90,6 +93,8 @@ pub struct Call {
     pub target: usize,
     /// How long it may take (for a buffered stream: to its first content).
     pub limit: Duration,
+    /// Its number across the request (1-based): its span in the trace.
+    pub attempt: u32,
 }
 
 /// How a stream that had started ended.

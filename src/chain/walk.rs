@@ -92,6 +92,8 @@ pub(super) struct At {
     /// 1-based, across the request (set when it starts).
     pub(super) number: u32,
     pub(super) started: Instant,
+    /// Started as a hedge.
+    pub(super) hedge: bool,
 }
 
 impl Walk {
@@ -246,6 +248,7 @@ impl Walk {
                             model,
                             target,
                             limit,
+                            attempt: self.total + 1,
                         });
                         async move {
                             match outer {
@@ -284,6 +287,7 @@ impl Walk {
                             limit,
                             number: 0,
                             started: now,
+                            hedge: false,
                         },
                         call: pending,
                     })
@@ -379,6 +383,8 @@ pub(super) fn land<T>(
         error: None,
         elapsed,
         retry_after: None,
+        started,
+        hedge: at.hedge,
     };
     // an answer not worth serving is a failed attempt (its permit freed,
     // nothing said about the model's health)
@@ -469,6 +475,8 @@ pub(super) fn cancelled(chain: &Chain, at: At) -> AttemptRecord {
         error: None,
         elapsed: at.started.elapsed(),
         retry_after: None,
+        started: at.started,
+        hedge: at.hedge,
     }
 }
 

@@ -22,6 +22,28 @@ pub struct RawConfig {
     pub cost: RawCost,
     pub ledger: RawLedger,
     pub circuit_breaker: RawBreaker,
+    pub telemetry: RawTelemetry,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTelemetry {
+    /// OTLP/HTTP base URL (`/v1/traces` is appended); unset: off, unless
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+    pub otlp_endpoint: Option<String>,
+    pub sample_ratio: f64,
+    /// Prompt and completion text in spans (sensitive).
+    pub capture_content: bool,
+}
+
+impl Default for RawTelemetry {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            sample_ratio: 1.0,
+            capture_content: false,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

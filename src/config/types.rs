@@ -42,6 +42,7 @@ pub struct Config {
     pub baseline_model: Option<ModelId>,
     pub ledger: Ledger,
     pub breaker: Breaker,
+    pub telemetry: Telemetry,
     pub(super) names: HashMap<String, Name>,
     /// `[aliases]`: model strings clients are built with, and what they mean.
     pub(super) aliases: HashMap<String, (String, Name)>,
@@ -91,6 +92,18 @@ pub struct Policy {
     pub default_max_retries: u32,
     pub limits: Limits,
     pub adaptive_timeout: Adaptive,
+}
+
+/// `[telemetry]`: OpenTelemetry traces over OTLP/HTTP (protobuf).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Telemetry {
+    /// Where spans are POSTed (`.../v1/traces`); None: tracing is off.
+    pub traces_url: Option<url::Url>,
+    /// Share of new traces kept (a client's sampled trace is always kept).
+    pub sample_ratio: f64,
+    pub capture_content: bool,
+    /// `service.name` (`OTEL_SERVICE_NAME`, else `cascade`).
+    pub service_name: String,
 }
 
 /// `[policy] adaptive_timeout`: an `"auto"` timeout is the model's recent

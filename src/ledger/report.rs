@@ -85,6 +85,8 @@ pub struct Report {
     pub savings_nanos: i64,
     pub free_requests: u64,
     pub fallback_requests: u64,
+    /// Spend (cost and wasted) per hour (its start, ms) and serving tier.
+    pub by_hour: BTreeMap<i64, BTreeMap<String, i64>>,
 }
 
 /// A count read back from the ledger (never negative, whatever a row holds).
@@ -138,6 +140,17 @@ impl Report {
                 .map(|(k, m)| (k.clone(), with_cost(json!(m), m.cost_nanos)))
                 .collect()
         };
+        let hours: Vec<Value> = self
+            .by_hour
+            .iter()
+            .map(|(h, tiers)| {
+                let tiers: serde_json::Map<String, Value> = tiers
+                    .iter()
+                    .map(|(t, n)| (t.clone(), usd(*n).to_json()))
+                    .collect();
+                json!({"hour_start_ms": h, "by_tier": tiers})
+            })
+            .collect();
         let keys = lines(&self.by_key);
         let endpoints = lines(&self.by_endpoint);
         json!({
@@ -152,6 +165,7 @@ impl Report {
             "estimated_savings_usd": usd(self.savings_nanos).to_json(),
             "free_call_percentage": self.free_call_percentage(),
             "fallback_rate": self.fallback_rate(),
+            "by_hour": hours,
         })
     }
 }
@@ -238,6 +252,21 @@ pub fn build(conn: &Connection, window: Window, now_ms: i64) -> rusqlite::Result
         m.cost_nanos = m.cost_nanos.saturating_add(wasted);
     }
     r.by_key = spend_by(conn, since, "key")?;
+    let mut stmt = conn.prepare(
+        "SELECT (ts_ms / 3600000) * 3600000 AS h, tier, CAST(TOTAL(cost_nanos + wasted_nanos) AS INTEGER) \
+         FROM requests WHERE ts_ms >= ?1 AND tier IS NOT NULL GROUP BY h, tier",
+    )?;
+    let hours = stmt.query_map(params![since], |row| {
+        Ok((
+            row.get::<_, i64>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, i64>(2)?,
+        ))
+    })?;
+    for h in hours {
+        let (hour, tier, nanos) = h?;
+        r.by_hour.entry(hour).or_default().insert(tier, nanos);
+    }
     // a ledger the gateway has not migrated yet (read by `cascade report`)
     // has no endpoint column: its rows were all chat
     let has_endpoint: bool = conn.query_row(

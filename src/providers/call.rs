@@ -22,6 +22,19 @@ use crate::secret::Scrubber;
 pub struct Forward<'a> {
     pub headers: &'a HeaderMap,
     pub request_id: Option<&'a http::HeaderValue>,
+    /// With tracing on: the request's trace and the attempt's number (its
+    /// own `traceparent` replaces the client's).
+    pub trace: Option<(crate::telemetry::TraceCtx, u32)>,
+}
+
+impl<'a> Forward<'a> {
+    /// The same, for attempt `number` of a request in `trace`.
+    pub fn attempt(self, trace: Option<crate::telemetry::TraceCtx>, number: u32) -> Forward<'a> {
+        Forward {
+            trace: trace.map(|t| (t, number)),
+            ..self
+        }
+    }
 }
 
 pub struct UpstreamRequest<'a> {

@@ -186,6 +186,17 @@ fn system_roots() -> &'static [CertificateDer<'static>] {
     })
 }
 
+/// TLS with the built-in (webpki) roots and the system's (the OTLP exporter's).
+pub fn default_tls() -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let _ = roots.add_parsable_certificates(system_roots().iter().cloned());
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+}
+
 /// TLS for `p`: the built-in (webpki) roots, the system's, and its `ca_file`.
 pub fn tls_config(p: &Provider) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();

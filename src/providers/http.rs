@@ -197,6 +197,9 @@ impl HttpUpstream {
         if let Some(id) = forward.request_id {
             headers.insert(names::REQUEST_ID, id.clone());
         }
+        if let Some((trace, number)) = forward.trace {
+            headers.insert(names::TRACEPARENT, trace.traceparent(number));
+        }
         for (k, v) in &self.headers {
             headers.insert(k.clone(), v.clone());
         }
@@ -409,6 +412,7 @@ mod tests {
                 Forward {
                     headers: &HeaderMap::new(),
                     request_id: None,
+                    trace: None,
                 },
                 Bytes::from_static(b"{}"),
                 false,

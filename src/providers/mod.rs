@@ -5,7 +5,7 @@
 
 mod anthropic;
 mod call;
-mod egress;
+pub mod egress;
 mod http;
 mod mock;
 mod openai;

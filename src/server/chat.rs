@@ -86,6 +86,11 @@ pub async fn run(
 ) -> Result<Response, (Refusal, Ticket)> {
     let rt = ctx.rt;
     let cfg = &rt.config;
+    let mut ticket = ticket;
+    // the messages in the request's span: only when asked for (sensitive)
+    if cfg.telemetry.capture_content && ticket.trace.is_some_and(|t| t.sampled) {
+        ticket.prompt = body.raw("messages").map(Into::into);
+    }
 
     // execute
     let billed = pipeline::Billed::default();
@@ -96,11 +101,12 @@ pub async fn run(
     let forward = Forward {
         headers: ctx.headers,
         request_id: request_id.as_ref(),
+        trace: None,
     };
-    let upstream = |model: usize| UpstreamRequest {
+    let upstream = |model: usize, attempt: u32| UpstreamRequest {
         body: &body,
         model: &cfg.models[model],
-        forward,
+        forward: forward.attempt(ticket.trace, attempt),
         limits: cfg.policy.limits,
     };
     let mode = if body.stream() {
@@ -117,7 +123,7 @@ pub async fn run(
             mode,
             (&paid_allowed, &|_, s: &stream::Started| s.answered()),
             |call: chain::Call| {
-                let open = rt.open_stream(upstream(call.model));
+                let open = rt.open_stream(upstream(call.model, call.attempt));
                 stream::attempt(open, (&rt.chain, call), max_hold, (&billed, prompt_chars))
             },
         )
@@ -178,7 +184,7 @@ pub async fn run(
         deadline,
         mode,
         (&paid_allowed, &check),
-        |chain::Call { model, .. }| rt.complete(upstream(model)),
+        |chain::Call { model, attempt, .. }| rt.complete(upstream(model, attempt)),
     )
     .await;
     billed.cancelled(&run, prompt_chars);

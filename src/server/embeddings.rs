@@ -60,6 +60,7 @@ async fn serve(ctx: &Ctx<'_>, ticket: Ticket, body: Body) -> Result<Response, (R
     let forward = Forward {
         headers: ctx.headers,
         request_id: request_id.as_ref(),
+        trace: None,
     };
     let (run, result) = chain::execute(
         &rt.chain,
@@ -68,11 +69,11 @@ async fn serve(ctx: &Ctx<'_>, ticket: Ticket, body: Body) -> Result<Response, (R
         Mode::Complete,
         // a vector's shape is checked by the provider on every tier
         (&paid_allowed, &|_, _| Ok(())),
-        |chain::Call { model, .. }| {
+        |chain::Call { model, attempt, .. }| {
             rt.embed(EmbedRequest {
                 body: &body,
                 model: &cfg.models[model],
-                forward,
+                forward: forward.attempt(ticket.trace, attempt),
                 limits: cfg.policy.limits,
             })
         },

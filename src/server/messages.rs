@@ -106,13 +106,15 @@ async fn serve(
     let forward = Forward {
         headers: ctx.headers,
         request_id: request_id.as_ref(),
+        trace: None,
     };
     let beta = ctx.headers.get("anthropic-beta");
     let stream = body.stream();
     let mode = if stream { Mode::Stream } else { Mode::Complete };
     // one attempt on `model`: passed through, or translated
-    let call = |model: usize| {
+    let call = |model: usize, attempt: u32| {
         let m = &cfg.models[model];
+        let forward = forward.attempt(ticket.trace, attempt);
         let passes = rt.clients[m.provider].speaks_messages();
         let raw = passes.then(|| RawRequest {
             body: body.for_anthropic(&m.upstream).0,
@@ -138,7 +140,7 @@ async fn serve(
             mode,
             (&paid_allowed, &|_, s: &stream::Started| s.answered()),
             |c: chain::Call| {
-                let (provider, raw, chat) = call(c.model);
+                let (provider, raw, chat) = call(c.model, c.attempt);
                 let open = async move {
                     match (raw, chat) {
                         (Some(raw), _) => match rt.messages(provider, raw, true).await? {
@@ -203,7 +205,7 @@ async fn serve(
             verdict
         }),
         |c: chain::Call| {
-            let (provider, raw, chat) = call(c.model);
+            let (provider, raw, chat) = call(c.model, c.attempt);
             async move {
                 match (raw, chat) {
                     (Some(raw), _) => match rt.messages(provider, raw, false).await? {

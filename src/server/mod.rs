@@ -9,11 +9,13 @@ mod headers;
 mod messages;
 mod ops;
 mod pipeline;
+mod recent;
 mod responses;
 mod settle;
 mod splice;
 mod state;
 mod stream;
+mod traces;
 mod wire;
 
 pub use state::AppState;
@@ -42,6 +44,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/models", get(ops::models))
         .route("/v1/cascade/status", get(ops::status))
         .route("/v1/cascade/costs", get(ops::costs))
+        .route("/v1/cascade/requests", get(ops::requests))
+        .route("/ui", get(ops::ui))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

@@ -115,7 +115,7 @@ pub async fn status(State(state): State<AppState>, headers: HeaderMap) -> Respon
     let rt = state.runtime();
     let cfg = &rt.config;
     if let Err(e) = auth::admin(cfg, &headers) {
-        return e.into_response();
+        return *e;
     }
     let tier_names =
         |ids: &[usize]| -> Vec<&str> { ids.iter().map(|&t| cfg.tiers[t].name.as_str()).collect() };
@@ -180,7 +180,12 @@ pub async fn status(State(state): State<AppState>, headers: HeaderMap) -> Respon
         .collect();
     let now = crate::ledger::time::now_ms();
     let budgets = state.budgets();
+    let limit = |u: Option<crate::cost::Usd>| u.map(|u| u.to_json());
     let budget = json!({
+        "daily_usd": limit(cfg.budget.as_ref().and_then(|b| b.daily)),
+        "monthly_usd": limit(cfg.budget.as_ref().and_then(|b| b.monthly)),
+        "key_daily_usd": cfg.keys.iter().filter_map(|k| Some((k.name.clone(), k.daily?.to_json())))
+            .collect::<serde_json::Map<String, Value>>(),
         "remaining_usd": budgets.remaining(cfg, None, None, now).map(|u| u.to_json()),
         "on_exhausted": match crate::budget::on_exhausted(cfg) {
             crate::config::OnExhausted::FreeOnly => "free_only",
@@ -202,6 +207,31 @@ pub async fn status(State(state): State<AppState>, headers: HeaderMap) -> Respon
     )
 }
 
+/// GET /v1/cascade/requests: the last requests settled, newest first.
+pub async fn requests(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let rt = state.runtime();
+    if let Err(e) = auth::admin(&rt.config, &headers) {
+        return *e;
+    }
+    plain_json(&state.recent().to_json())
+}
+
+/// GET /ui: the page, one file with its script and styles (no CDN).
+pub async fn ui(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let rt = state.runtime();
+    if let Err(e) = auth::admin(&rt.config, &headers) {
+        return *e;
+    }
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("ui.html"),
+    )
+        .into_response()
+}
+
 #[derive(serde::Deserialize)]
 pub struct CostsQuery {
     since: Option<String>,
@@ -215,7 +245,7 @@ pub async fn costs(
 ) -> Response {
     let rt = state.runtime();
     if let Err(e) = auth::admin(&rt.config, &headers) {
-        return e.into_response();
+        return *e;
     }
     let window = match Window::parse(q.since.as_deref().unwrap_or("24h")) {
         Ok(w) => w,

@@ -89,6 +89,8 @@ pub fn admit<'a>(
             .map(str::to_string),
         endpoint,
         started,
+        trace: crate::telemetry::TraceCtx::start(headers, &rt.config.telemetry),
+        prompt: None,
     };
     let caller = match auth::client(&rt.config, headers) {
         Ok(c) => c,

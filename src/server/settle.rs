@@ -49,6 +49,10 @@ pub struct Ticket {
     /// The API it came in on.
     pub endpoint: Endpoint,
     pub started: Instant,
+    /// Its trace, when tracing is on.
+    pub trace: Option<crate::telemetry::TraceCtx>,
+    /// The request's messages, for its span (`[telemetry] capture_content`).
+    pub prompt: Option<Box<str>>,
 }
 
 /// The attempt that served: (target, model, the model's index in the target).
@@ -339,6 +343,24 @@ pub fn settle(state: &AppState, rt: &Runtime, s: &Settlement) -> Option<Usd> {
         ledger.record(ledger_row(rt, s, route, now, elapsed));
     }
     log_request(rt, s, elapsed);
+    super::traces::export(rt, s, elapsed);
+    state.recent().push(super::recent::Entry {
+        config: std::sync::Arc::clone(&rt.config),
+        at_ms: now,
+        request_id: s.ticket.request_id.clone(),
+        endpoint: s.ticket.endpoint.as_str(),
+        task: s.route.as_ref().and_then(|r| r.task),
+        target: s.served.map(|b| b.target),
+        model: s.served.map(|b| b.model),
+        attempts: s.run.attempts.len(),
+        hedged: s.run.hedges > 0,
+        fallback: s.served.is_some_and(|b| Some(b.target) != s.first_target()),
+        status: s.status,
+        outcome: s.outcome.as_str(),
+        stream: s.stream,
+        cost: spent,
+        latency_ms: elapsed.as_secs_f64() * 1000.0,
+    });
     let key = key.map(|i| &cfg.keys[i]);
     state.budgets().remaining(cfg, key, session, now)
 }

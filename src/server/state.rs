@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use super::recent::Recent;
 use crate::budget::Budgets;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
@@ -24,6 +25,7 @@ struct Shared {
     ready: AtomicBool,
     ledger: Option<Arc<Ledger>>,
     budgets: Budgets,
+    recent: Recent,
 }
 
 impl AppState {
@@ -54,6 +56,7 @@ impl AppState {
                 ready: AtomicBool::new(true),
                 ledger,
                 budgets,
+                recent: Recent::default(),
             }),
         })
     }
@@ -64,6 +67,11 @@ impl AppState {
 
     pub fn budgets(&self) -> &Budgets {
         &self.inner.budgets
+    }
+
+    /// The last requests settled (the page's list).
+    pub fn recent(&self) -> &Recent {
+        &self.inner.recent
     }
 
     /// Flush and stop the ledger writer.

@@ -481,6 +481,7 @@ impl Relay {
         let deadline = Instant::now() + cfg.server.request_timeout;
         let max_hold = cfg.policy.limits.max_event_bytes;
         let run = std::mem::take(&mut open.settlement.run);
+        let trace = open.settlement.ticket.trace;
         let (run, result) = crate::chain::continuation(
             &rt.chain,
             &route,
@@ -505,6 +506,7 @@ impl Relay {
                         forward: Forward {
                             headers: &splice.headers,
                             request_id: splice.request_id.as_ref(),
+                            trace: trace.map(|t| (t, call.attempt)),
                         },
                         limits: cfg.policy.limits,
                     };

@@ -19,6 +19,7 @@ directory; a failing test gets the log's tail appended to its report.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -371,6 +372,43 @@ class Gateway:
         except OSError as e:
             return f"(no gateway log: {e})"
         return "\n".join(lines[-n:])
+
+
+@contextlib.contextmanager
+def spawn_gateway(workdir: Path, config: str, env: dict[str, str] | None = None):
+    """Another gateway process for one test, with its own config: its URL
+    once /readyz answers; stopped on exit."""
+    path = workdir / "gateway.toml"
+    path.write_text(config)
+    port = _free_port()
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("CASCADE", "OTEL_"))}
+    full_env.update(CASCADE__SERVER__LISTEN=f"127.0.0.1:{port}", RUST_LOG="warn", NO_COLOR="1")
+    full_env.update(env or {})
+    log_path = workdir / "gateway.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [str(_gateway_bin()), "serve", "--config", str(path)], env=full_env, stdout=log, stderr=log
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + READY_TIMEOUT_S
+            while True:
+                try:
+                    if _http_get(url + "/readyz", timeout=1.0)[0] == 200:
+                        break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("the gateway did not come up; log:\n" + log_path.read_text(errors="replace"))
+                time.sleep(0.05)  # bounded polling of /readyz
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
 
 
 _GATEWAY: Gateway | None = None

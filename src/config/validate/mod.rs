@@ -409,6 +409,7 @@ pub(super) fn validate(path: &Path, raw: RawConfig, env: &Env) -> Result<Config,
         baseline_model,
         ledger,
         breaker,
+        telemetry: timing::telemetry(&mut c, &raw.telemetry, env),
         names,
         aliases,
     })

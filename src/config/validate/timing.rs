@@ -1,11 +1,11 @@
 //! A tier's timing: its timeouts (a number or `"auto"`), its hedging, and
-//! `[policy] adaptive_timeout`.
+//! `[policy] adaptive_timeout`; and `[telemetry]`, which times every request.
 
 use std::time::Duration;
 
 use super::checker::Checker;
-use crate::config::raw::{RawAdaptive, RawMs, RawTier};
-use crate::config::types::{Adaptive, Hedge, HedgeAfter, Limit, Quantile};
+use crate::config::raw::{RawAdaptive, RawMs, RawTelemetry, RawTier};
+use crate::config::types::{Adaptive, Env, Hedge, HedgeAfter, Limit, Quantile, Telemetry};
 
 /// A timeout: milliseconds, or `"auto"`; `default` when unset.
 pub(super) fn limit(c: &mut Checker, key: &str, raw: Option<&RawMs>, default: Duration) -> Limit {
@@ -94,5 +94,46 @@ pub(super) fn adaptive(c: &mut Checker, a: &RawAdaptive) -> Adaptive {
         },
         min,
         max: max.max(min),
+    }
+}
+
+/// `[telemetry]`: the endpoint from the file, else `OTEL_EXPORTER_OTLP_ENDPOINT`;
+/// `/v1/traces` appended to it.
+pub(super) fn telemetry(c: &mut Checker, t: &RawTelemetry, env: &Env) -> Telemetry {
+    let from_env = || {
+        env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let endpoint = t
+        .otlp_endpoint
+        .clone()
+        .filter(|v| !v.is_empty())
+        .or_else(from_env);
+    let traces_url = endpoint.and_then(|e| {
+        let base = e.trim_end_matches('/');
+        match url::Url::parse(&format!("{base}/v1/traces")) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
+            _ => {
+                c.err(
+                    "telemetry.otlp_endpoint",
+                    format!("{e:?} is not an http(s) URL like http://127.0.0.1:4318"),
+                );
+                None
+            }
+        }
+    });
+    if !(0.0..=1.0).contains(&t.sample_ratio) {
+        c.err("telemetry.sample_ratio", "must be between 0 and 1");
+    }
+    Telemetry {
+        traces_url,
+        sample_ratio: t.sample_ratio.clamp(0.0, 1.0),
+        capture_content: t.capture_content,
+        service_name: env
+            .get("OTEL_SERVICE_NAME")
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "cascade".into()),
     }
 }

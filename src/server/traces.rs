@@ -1,0 +1,255 @@
+//! A settled request as spans (OpenTelemetry GenAI conventions): one server
+//! span for the request, a child of the client's span when it sent a
+//! `traceparent`, and one client span per attempt, in order, each with the
+//! span id its `traceparent` carried upstream. What the request path does
+//! is copy a few numbers; names and attributes are built by the export task.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::settle::Settlement;
+use crate::config::{Config, ProviderKind};
+use crate::cost::{Usage, Usd};
+use crate::outcome::AttemptOutcome;
+use crate::runtime::Runtime;
+use crate::telemetry::{Attr, Job, SpanOut, TraceCtx};
+
+/// One attempt, as copied at settle time.
+struct Attempt {
+    target: usize,
+    model: usize,
+    number: u32,
+    /// From the request's start.
+    offset: Duration,
+    elapsed: Duration,
+    status: Option<u16>,
+    outcome: AttemptOutcome,
+    hedge: bool,
+}
+
+/// Everything the spans need, owned.
+struct Copied {
+    ctx: TraceCtx,
+    config: Arc<Config>,
+    start: SystemTime,
+    elapsed: Duration,
+    request_id: String,
+    endpoint: &'static str,
+    task: Option<usize>,
+    first_target: Option<usize>,
+    served: Option<(usize, usize)>,
+    attempts: Vec<Attempt>,
+    usage: Option<Usage>,
+    cost: Usd,
+    status: u16,
+    outcome: &'static str,
+    stream: bool,
+    prompt: Option<Box<str>>,
+}
+
+/// Hand the request's spans to the exporter, when it is traced and sampled.
+pub fn export(rt: &Runtime, s: &Settlement, elapsed: Duration) {
+    let (Some(exporter), Some(ctx)) = (&rt.traces, s.ticket.trace) else {
+        return;
+    };
+    if !ctx.sampled {
+        return;
+    }
+    let started = s.ticket.started;
+    let copied = Copied {
+        ctx,
+        config: Arc::clone(&rt.config),
+        start: SystemTime::now() - elapsed,
+        elapsed,
+        request_id: s.ticket.request_id.clone(),
+        endpoint: s.ticket.endpoint.as_str(),
+        task: s.route.as_ref().and_then(|r| r.task),
+        first_target: s
+            .route
+            .as_ref()
+            .and_then(|r| r.steps.first().map(|s| s.target)),
+        served: s.served.map(|b| (b.target, b.model)),
+        attempts: s
+            .run
+            .attempts
+            .iter()
+            .map(|a| Attempt {
+                target: a.target,
+                model: a.model,
+                number: a.attempt,
+                offset: a.started.saturating_duration_since(started),
+                elapsed: a.elapsed,
+                status: a.status,
+                outcome: a.outcome,
+                hedge: a.hedge,
+            })
+            .collect(),
+        usage: s.usage,
+        cost: s.cost + s.wasted,
+        status: s.status,
+        outcome: s.outcome.as_str(),
+        stream: s.stream,
+        prompt: s.ticket.prompt.clone(),
+    };
+    let count = 1 + copied.attempts.len();
+    let job: Job = Box::new(move || spans(copied));
+    exporter.submit(count, job);
+}
+
+fn target_label(cfg: &Config, target: usize) -> String {
+    match cfg.tiers.get(target) {
+        Some(t) => t.name.clone(),
+        None => format!("model:{}", cfg.models[target - cfg.tiers.len()].name),
+    }
+}
+
+/// `gen_ai.provider.name`: the well-known names where they apply.
+fn provider_name(kind: &ProviderKind) -> &'static str {
+    match kind {
+        ProviderKind::OpenAi => "openai",
+        ProviderKind::Anthropic => "anthropic",
+        ProviderKind::Mock(_) => "cascade.mock",
+    }
+}
+
+/// `gen_ai.operation.name` by client API.
+fn operation(endpoint: &str) -> &'static str {
+    match endpoint {
+        "embeddings" => "embeddings",
+        _ => "chat",
+    }
+}
+
+fn str_attr(v: impl Into<String>) -> Attr {
+    Attr::Str(v.into())
+}
+
+fn spans(c: Copied) -> Vec<SpanOut> {
+    let cfg = &c.config;
+    let op = operation(c.endpoint);
+    // what the client asked for: its task, else the chain's first step
+    let requested = match c.task {
+        Some(t) => cfg.tasks[t].name.clone(),
+        None => c
+            .first_target
+            .map_or_else(String::new, |t| target_label(cfg, t)),
+    };
+    let mut out = Vec::with_capacity(1 + c.attempts.len());
+    let mut attrs = vec![
+        ("gen_ai.operation.name", str_attr(op)),
+        ("gen_ai.request.model", str_attr(requested.clone())),
+        ("http.response.status_code", Attr::Int(i64::from(c.status))),
+        ("cascade.request_id", str_attr(c.request_id.clone())),
+        ("cascade.endpoint", str_attr(c.endpoint)),
+        ("cascade.attempts", Attr::Int(c.attempts.len() as i64)),
+        ("cascade.cost_usd", Attr::Float(c.cost.as_f64())),
+        ("cascade.outcome", str_attr(c.outcome)),
+        ("cascade.stream", Attr::Bool(c.stream)),
+    ];
+    if let Some(t) = c.task {
+        attrs.push(("cascade.task", str_attr(cfg.tasks[t].name.clone())));
+    }
+    if let Some(first) = c.first_target {
+        attrs.push(("cascade.route", str_attr(target_label(cfg, first))));
+    }
+    if let Some((target, model)) = c.served {
+        let m = &cfg.models[model];
+        attrs.push(("gen_ai.response.model", str_attr(m.upstream.clone())));
+        attrs.push((
+            "gen_ai.provider.name",
+            str_attr(provider_name(&cfg.providers[m.provider].kind)),
+        ));
+        attrs.push(("cascade.tier", str_attr(target_label(cfg, target))));
+        attrs.push(("cascade.model", str_attr(m.name.clone())));
+    }
+    if let Some(u) = c.usage {
+        attrs.push(("gen_ai.usage.input_tokens", Attr::Int(u.prompt as i64)));
+        attrs.push(("gen_ai.usage.output_tokens", Attr::Int(u.completion as i64)));
+    }
+    if let Some(p) = &c.prompt {
+        attrs.push(("gen_ai.input.messages", str_attr(p.to_string())));
+    }
+    let failed = c.status >= 400;
+    if failed {
+        attrs.push(("error.type", str_attr(c.outcome)));
+    }
+    out.push(SpanOut {
+        trace_id: c.ctx.trace_id,
+        span_id: c.ctx.span,
+        parent: c.ctx.parent,
+        name: format!("{op} {requested}"),
+        server: true,
+        start: c.start,
+        end: c.start + c.elapsed,
+        error: failed.then(|| format!("HTTP {}", c.status)),
+        attributes: attrs,
+    });
+    let mut previous: Option<usize> = None;
+    let mut by_number: Vec<&Attempt> = c.attempts.iter().collect();
+    by_number.sort_by_key(|a| a.number);
+    for a in by_number {
+        let m = &cfg.models[a.model];
+        let provider = &cfg.providers[m.provider];
+        let why = if a.hedge {
+            "hedge"
+        } else {
+            match previous {
+                None => "first",
+                Some(p) if p == a.target => "retry",
+                Some(_) => "fallback",
+            }
+        };
+        if !a.hedge {
+            previous = Some(a.target);
+        }
+        let ok = a.outcome == AttemptOutcome::Success;
+        let mut attrs = vec![
+            ("gen_ai.operation.name", str_attr(op)),
+            ("gen_ai.request.model", str_attr(m.upstream.clone())),
+            (
+                "gen_ai.provider.name",
+                str_attr(provider_name(&provider.kind)),
+            ),
+            ("cascade.tier", str_attr(target_label(cfg, a.target))),
+            ("cascade.model", str_attr(m.name.clone())),
+            ("cascade.provider", str_attr(provider.name.clone())),
+            ("cascade.attempt", Attr::Int(i64::from(a.number))),
+            ("cascade.attempt.reason", str_attr(why)),
+            ("cascade.outcome", str_attr(a.outcome.as_str())),
+        ];
+        if let Some(host) = url::Url::parse(&provider.base_url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_string))
+        {
+            attrs.push(("server.address", str_attr(host)));
+        }
+        if let Some(status) = a.status {
+            attrs.push(("http.response.status_code", Attr::Int(i64::from(status))));
+        }
+        if ok {
+            attrs.push(("gen_ai.response.model", str_attr(m.upstream.clone())));
+            if c.stream {
+                attrs.push((
+                    "cascade.time_to_first_token_ms",
+                    Attr::Float(a.elapsed.as_secs_f64() * 1000.0),
+                ));
+            }
+        } else {
+            attrs.push(("error.type", str_attr(a.outcome.as_str())));
+        }
+        let start = c.start + a.offset;
+        out.push(SpanOut {
+            trace_id: c.ctx.trace_id,
+            span_id: c.ctx.attempt_span(a.number),
+            parent: Some(c.ctx.span),
+            name: format!("{op} {}", m.upstream),
+            server: false,
+            start,
+            end: start + a.elapsed,
+            error: (!ok && a.outcome != AttemptOutcome::Cancelled)
+                .then(|| a.outcome.as_str().to_string()),
+            attributes: attrs,
+        });
+    }
+    out
+}
