@@ -146,7 +146,7 @@ info "CASCADE_CONFIG defaults to /etc/cascade/demo.toml"
 SERVICES=$(compose_clean config --services | sort | tr '\n' ' ')
 if [ "$COMPOSE_MAJOR" -ge 2 ]; then
     info "services (default): $SERVICES"
-    case " $SERVICES " in *" ollama "*) fail "ollama should start only with --profile ollama" ;; esac
+    case " $SERVICES " in *" ollama "*|*" jaeger "*) fail "ollama and jaeger should start only with their profiles" ;; esac
 else
     info "services: $SERVICES(v1's config --services lists every profile's services)"
 fi
@@ -157,6 +157,9 @@ if [ "$PROFILES_OK" = 1 ]; then
     PSERVICES=$(compose_clean --profile ollama config --services | sort | tr '\n' ' ')
     info "services (--profile ollama): $PSERVICES"
     case " $PSERVICES " in *" ollama "*) ;; *) fail "--profile ollama does not enable the ollama service" ;; esac
+    TSERVICES=$(OTEL_EXPORTER_OTLP_ENDPOINT=http://jaeger:4318 compose_clean --profile tracing config --services | sort | tr '\n' ' ')
+    info "services (--profile tracing): $TSERVICES"
+    case " $TSERVICES " in *" jaeger "*) ;; *) fail "--profile tracing does not enable the jaeger service" ;; esac
 fi
 # The Grafana provisioning files are plain YAML: check they parse and point at
 # what compose provides (PyYAML comes with Debian's python docker-compose).

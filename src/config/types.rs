@@ -271,6 +271,8 @@ pub struct Provider {
     pub name: String,
     pub kind: ProviderKind,
     pub base_url: String,
+    /// `base_url`'s host (a span's `server.address`).
+    pub host: Option<String>,
     pub key: Option<Secret>,
     pub auth: Auth,
     pub query: Vec<(String, String)>,

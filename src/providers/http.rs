@@ -363,6 +363,7 @@ mod tests {
             name: "up".into(),
             kind: crate::config::ProviderKind::OpenAi,
             base_url: String::new(),
+            host: None,
             key: None,
             auth: Auth::None,
             query: Vec::new(),

@@ -15,7 +15,6 @@ mod settle;
 mod splice;
 mod state;
 mod stream;
-mod traces;
 mod wire;
 
 pub use state::AppState;

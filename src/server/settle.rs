@@ -343,7 +343,7 @@ pub fn settle(state: &AppState, rt: &Runtime, s: &Settlement) -> Option<Usd> {
         ledger.record(ledger_row(rt, s, route, now, elapsed));
     }
     log_request(rt, s, elapsed);
-    super::traces::export(rt, s, elapsed);
+    export_spans(rt, s, elapsed);
     state.recent().push(super::recent::Entry {
         config: std::sync::Arc::clone(&rt.config),
         at_ms: now,
@@ -363,6 +363,56 @@ pub fn settle(state: &AppState, rt: &Runtime, s: &Settlement) -> Option<Usd> {
     });
     let key = key.map(|i| &cfg.keys[i]);
     state.budgets().remaining(cfg, key, session, now)
+}
+
+/// Hand the request's spans to the exporter, when it is traced and sampled.
+fn export_spans(rt: &Runtime, s: &Settlement, elapsed: Duration) {
+    let (Some(exporter), Some(ctx)) = (&rt.traces, s.ticket.trace) else {
+        return;
+    };
+    if !ctx.sampled {
+        return;
+    }
+    let started = s.ticket.started;
+    let copied = crate::telemetry::spans::Finished {
+        ctx,
+        config: std::sync::Arc::clone(&rt.config),
+        start: std::time::SystemTime::now() - elapsed,
+        elapsed,
+        request_id: s.ticket.request_id.clone(),
+        endpoint: s.ticket.endpoint.as_str(),
+        task: s.route.as_ref().and_then(|r| r.task),
+        first_target: s
+            .route
+            .as_ref()
+            .and_then(|r| r.steps.first().map(|s| s.target)),
+        served: s.served.map(|b| (b.target, b.model)),
+        attempts: s
+            .run
+            .attempts
+            .iter()
+            .map(|a| crate::telemetry::spans::Attempt {
+                target: a.target,
+                model: a.model,
+                number: a.attempt,
+                offset: a.started.saturating_duration_since(started),
+                elapsed: a.elapsed,
+                status: a.status,
+                outcome: a.outcome,
+                hedge: a.hedge,
+            })
+            .collect(),
+        usage: s.usage,
+        cost: s.cost + s.wasted,
+        status: s.status,
+        outcome: s.outcome.as_str(),
+        stream: s.stream,
+        prompt: s.ticket.prompt.clone(),
+    };
+    exporter.submit(crate::telemetry::Job {
+        count: 1 + copied.attempts.len(),
+        build: Box::new(move || crate::telemetry::spans::spans(copied)),
+    });
 }
 
 fn ledger_row(

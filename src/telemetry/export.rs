@@ -50,9 +50,15 @@ pub enum Attr {
     Bool(bool),
 }
 
-/// What the export task turns into spans: built by the caller's closure
-/// off the request path.
-pub type Job = Box<dyn FnOnce() -> Vec<SpanOut> + Send>;
+/// What the export task turns into spans: `build`, run off the request
+/// path, makes `count` of them.
+pub struct Job {
+    pub count: usize,
+    pub build: Box<dyn FnOnce() -> Vec<SpanOut> + Send>,
+}
+
+/// After a failed export, how long batches are dropped without being built.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 type Https = hyper_rustls::HttpsConnector<HttpConnector>;
 
@@ -111,17 +117,20 @@ impl Exporter {
         })
     }
 
-    /// Hand a request's spans (`count` of them, built later by `job`) to the
-    /// export task; when its queue is full they are dropped and counted.
-    pub fn submit(&self, count: usize, job: Job) {
+    /// Hand a request's spans (built later by `job`) to the export task;
+    /// when its queue is full they are dropped and counted.
+    pub fn submit(&self, job: Job) {
         self.started.call_once(|| {
             let taken = self.pending.lock().ok().and_then(|mut p| p.take());
             if let Some((rx, up)) = taken {
                 tokio::spawn(up.run(rx));
             }
         });
-        if self.tx.try_send(job).is_err() {
-            self.dropped.inc_by(count as u64);
+        if let Err(e) = self.tx.try_send(job) {
+            let job = match e {
+                mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
+            };
+            self.dropped.inc_by(job.count as u64);
         }
     }
 }
@@ -129,6 +138,8 @@ impl Exporter {
 impl Uploader {
     async fn run(self, mut rx: mpsc::Receiver<Job>) {
         let mut failing = false;
+        // after a failed export, batches are dropped unbuilt until then
+        let mut resume_at = tokio::time::Instant::now();
         let mut jobs: Vec<Job> = Vec::with_capacity(BATCH);
         while let Some(first) = rx.recv().await {
             jobs.push(first);
@@ -139,7 +150,13 @@ impl Uploader {
                     _ => break,
                 }
             }
-            let spans: Vec<SpanOut> = jobs.drain(..).flat_map(|j| j()).collect();
+            if failing && tokio::time::Instant::now() < resume_at {
+                let n: usize = jobs.iter().map(|j| j.count).sum();
+                jobs.clear();
+                self.dropped.inc_by(n as u64);
+                continue;
+            }
+            let spans: Vec<SpanOut> = jobs.drain(..).flat_map(|j| (j.build)()).collect();
             let n = spans.len() as u64;
             match self.post(spans).await {
                 Ok(()) => {
@@ -150,6 +167,7 @@ impl Uploader {
                 }
                 Err(e) => {
                     self.dropped.inc_by(n);
+                    resume_at = tokio::time::Instant::now() + RETRY_AFTER;
                     if !failing {
                         tracing::warn!(error = %e, endpoint = %self.url, "telemetry: spans could not be exported; dropping them until the collector answers");
                     }

@@ -150,6 +150,9 @@ pub(super) fn provider(c: &mut Checker, name: &str, p: &RawProvider, env: &Env) 
     Provider {
         name: name.to_string(),
         kind,
+        host: url::Url::parse(&base_url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_string)),
         base_url,
         key: secret,
         auth,

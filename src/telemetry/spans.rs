@@ -1,99 +1,50 @@
-//! A settled request as spans (OpenTelemetry GenAI conventions): one server
-//! span for the request, a child of the client's span when it sent a
+//! A finished request as spans (OpenTelemetry GenAI conventions): one
+//! server span for the request, a child of the client's span when it sent a
 //! `traceparent`, and one client span per attempt, in order, each with the
-//! span id its `traceparent` carried upstream. What the request path does
-//! is copy a few numbers; names and attributes are built by the export task.
+//! span id its `traceparent` carried upstream. The request path copies a few
+//! numbers into a `Finished`; names and attributes are built here, by the
+//! export task.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::settle::Settlement;
+use super::export::{Attr, SpanOut};
+use super::TraceCtx;
 use crate::config::{Config, ProviderKind};
 use crate::cost::{Usage, Usd};
 use crate::outcome::AttemptOutcome;
-use crate::runtime::Runtime;
-use crate::telemetry::{Attr, Job, SpanOut, TraceCtx};
 
-/// One attempt, as copied at settle time.
-struct Attempt {
-    target: usize,
-    model: usize,
-    number: u32,
+/// One attempt, as copied when the request was settled.
+pub struct Attempt {
+    pub target: usize,
+    pub model: usize,
+    pub number: u32,
     /// From the request's start.
-    offset: Duration,
-    elapsed: Duration,
-    status: Option<u16>,
-    outcome: AttemptOutcome,
-    hedge: bool,
+    pub offset: Duration,
+    pub elapsed: Duration,
+    pub status: Option<u16>,
+    pub outcome: AttemptOutcome,
+    pub hedge: bool,
 }
 
 /// Everything the spans need, owned.
-struct Copied {
-    ctx: TraceCtx,
-    config: Arc<Config>,
-    start: SystemTime,
-    elapsed: Duration,
-    request_id: String,
-    endpoint: &'static str,
-    task: Option<usize>,
-    first_target: Option<usize>,
-    served: Option<(usize, usize)>,
-    attempts: Vec<Attempt>,
-    usage: Option<Usage>,
-    cost: Usd,
-    status: u16,
-    outcome: &'static str,
-    stream: bool,
-    prompt: Option<Box<str>>,
-}
-
-/// Hand the request's spans to the exporter, when it is traced and sampled.
-pub fn export(rt: &Runtime, s: &Settlement, elapsed: Duration) {
-    let (Some(exporter), Some(ctx)) = (&rt.traces, s.ticket.trace) else {
-        return;
-    };
-    if !ctx.sampled {
-        return;
-    }
-    let started = s.ticket.started;
-    let copied = Copied {
-        ctx,
-        config: Arc::clone(&rt.config),
-        start: SystemTime::now() - elapsed,
-        elapsed,
-        request_id: s.ticket.request_id.clone(),
-        endpoint: s.ticket.endpoint.as_str(),
-        task: s.route.as_ref().and_then(|r| r.task),
-        first_target: s
-            .route
-            .as_ref()
-            .and_then(|r| r.steps.first().map(|s| s.target)),
-        served: s.served.map(|b| (b.target, b.model)),
-        attempts: s
-            .run
-            .attempts
-            .iter()
-            .map(|a| Attempt {
-                target: a.target,
-                model: a.model,
-                number: a.attempt,
-                offset: a.started.saturating_duration_since(started),
-                elapsed: a.elapsed,
-                status: a.status,
-                outcome: a.outcome,
-                hedge: a.hedge,
-            })
-            .collect(),
-        usage: s.usage,
-        cost: s.cost + s.wasted,
-        status: s.status,
-        outcome: s.outcome.as_str(),
-        stream: s.stream,
-        prompt: s.ticket.prompt.clone(),
-    };
-    let count = 1 + copied.attempts.len();
-    let job: Job = Box::new(move || spans(copied));
-    exporter.submit(count, job);
+pub struct Finished {
+    pub ctx: TraceCtx,
+    pub config: Arc<Config>,
+    pub start: SystemTime,
+    pub elapsed: Duration,
+    pub request_id: String,
+    pub endpoint: &'static str,
+    pub task: Option<usize>,
+    pub first_target: Option<usize>,
+    pub served: Option<(usize, usize)>,
+    pub attempts: Vec<Attempt>,
+    pub usage: Option<Usage>,
+    pub cost: Usd,
+    pub status: u16,
+    pub outcome: &'static str,
+    pub stream: bool,
+    pub prompt: Option<Box<str>>,
 }
 
 fn target_label(cfg: &Config, target: usize) -> String {
@@ -124,7 +75,8 @@ fn str_attr(v: impl Into<String>) -> Attr {
     Attr::Str(v.into())
 }
 
-fn spans(c: Copied) -> Vec<SpanOut> {
+/// The request's spans, the request's first.
+pub fn spans(c: Finished) -> Vec<SpanOut> {
     let cfg = &c.config;
     let op = operation(c.endpoint);
     // what the client asked for: its task, else the chain's first step
@@ -217,11 +169,8 @@ fn spans(c: Copied) -> Vec<SpanOut> {
             ("cascade.attempt.reason", str_attr(why)),
             ("cascade.outcome", str_attr(a.outcome.as_str())),
         ];
-        if let Some(host) = url::Url::parse(&provider.base_url)
-            .ok()
-            .and_then(|u| u.host_str().map(str::to_string))
-        {
-            attrs.push(("server.address", str_attr(host)));
+        if let Some(host) = &provider.host {
+            attrs.push(("server.address", str_attr(host.clone())));
         }
         if let Some(status) = a.status {
             attrs.push(("http.response.status_code", Attr::Int(i64::from(status))));
