@@ -90,7 +90,7 @@ impl Runtime {
             }) {
                 Some(kept) => Some(kept),
                 None => Some(Arc::new(crate::telemetry::Exporter::new(
-                    url,
+                    (url, &t.headers),
                     &t.service_name,
                     crate::providers::egress::default_tls()?,
                     metrics.spans_dropped.clone(),

@@ -104,6 +104,9 @@ pub struct Telemetry {
     pub capture_content: bool,
     /// `service.name` (`OTEL_SERVICE_NAME`, else `cascade`).
     pub service_name: String,
+    /// Headers sent with every export (`OTEL_EXPORTER_OTLP_HEADERS`,
+    /// `k1=v1,k2=v2`): their values are credentials.
+    pub headers: Vec<(String, crate::secret::Secret)>,
 }
 
 /// `[policy] adaptive_timeout`: an `"auto"` timeout is the model's recent
@@ -520,6 +523,7 @@ impl Config {
             .chain(self.gateway_keys.iter())
             .chain(self.keys.iter().map(|k| &k.key))
             .chain(self.admin_key.iter())
+            .chain(self.telemetry.headers.iter().map(|(_, v)| v))
     }
 }
 

@@ -199,6 +199,11 @@ impl HttpUpstream {
         }
         if let Some((trace, number)) = forward.trace {
             headers.insert(names::TRACEPARENT, trace.traceparent(number));
+            // a new trace (the client sent none, or an invalid one): the
+            // client's tracestate belongs to no trace of ours
+            if trace.parent.is_none() {
+                headers.remove(names::TRACESTATE);
+            }
         }
         for (k, v) in &self.headers {
             headers.insert(k.clone(), v.clone());

@@ -89,7 +89,14 @@ pub async fn run(
     let mut ticket = ticket;
     // the messages in the request's span: only when asked for (sensitive)
     if cfg.telemetry.capture_content && ticket.trace.is_some_and(|t| t.sampled) {
-        ticket.prompt = body.raw("messages").map(Into::into);
+        ticket.prompt = body.raw("messages").map(|m| {
+            // at most 16 KiB, cut at a character boundary
+            let mut end = m.len().min(16 * 1024);
+            while !m.is_char_boundary(end) {
+                end -= 1;
+            }
+            m[..end].into()
+        });
     }
 
     // execute

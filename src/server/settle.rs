@@ -343,6 +343,11 @@ pub fn settle(state: &AppState, rt: &Runtime, s: &Settlement) -> Option<Usd> {
         ledger.record(ledger_row(rt, s, route, now, elapsed));
     }
     log_request(rt, s, elapsed);
+    // an unauthenticated caller leaves no trace and takes no place on the page
+    if s.status == 401 {
+        let key = key.map(|i| &cfg.keys[i]);
+        return state.budgets().remaining(cfg, key, session, now);
+    }
     export_spans(rt, s, elapsed);
     state.recent().push(super::recent::Entry {
         config: std::sync::Arc::clone(&rt.config),
@@ -377,7 +382,9 @@ fn export_spans(rt: &Runtime, s: &Settlement, elapsed: Duration) {
     let copied = crate::telemetry::spans::Finished {
         ctx,
         config: std::sync::Arc::clone(&rt.config),
-        start: std::time::SystemTime::now() - elapsed,
+        start: std::time::SystemTime::now()
+            .checked_sub(elapsed)
+            .unwrap_or(std::time::UNIX_EPOCH),
         elapsed,
         request_id: s.ticket.request_id.clone(),
         endpoint: s.ticket.endpoint.as_str(),

@@ -52,7 +52,8 @@ pub fn parse_traceparent(v: &str) -> Option<([u8; 16], [u8; 8], bool)> {
     let trace = parts.next()?;
     let span = parts.next()?;
     let flags = parts.next()?;
-    if version.len() != 2 || version == "ff" || (version == "00" && parts.next().is_some()) {
+    let _: [u8; 1] = hex_bytes(version)?;
+    if version == "ff" || (version == "00" && parts.next().is_some()) {
         return None;
     }
     let trace: [u8; 16] = hex_bytes(trace)?;

@@ -72,6 +72,7 @@ pub struct Exporter {
 
 struct Uploader {
     url: http::Uri,
+    headers: http::HeaderMap,
     client: Client<Https, Full<Bytes>>,
     service: String,
     dropped: IntCounter,
@@ -79,11 +80,21 @@ struct Uploader {
 
 impl Exporter {
     pub fn new(
-        url: &url::Url,
+        (url, headers): (&url::Url, &[(String, crate::secret::Secret)]),
         service: &str,
         tls: rustls::ClientConfig,
         dropped: IntCounter,
     ) -> Result<Exporter, String> {
+        let mut map = http::HeaderMap::new();
+        for (k, v) in headers {
+            let name = http::HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| format!("OTEL_EXPORTER_OTLP_HEADERS: {k:?} is not a header name"))?;
+            let mut value = http::HeaderValue::from_str(v.expose()).map_err(|_| {
+                format!("OTEL_EXPORTER_OTLP_HEADERS: the value of {k:?} is not valid")
+            })?;
+            value.set_sensitive(true);
+            map.insert(name, value);
+        }
         let uri: http::Uri = url
             .as_str()
             .parse()
@@ -101,10 +112,14 @@ impl Exporter {
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(30))
+            // a silently dead HTTP/2 connection is found and replaced
+            .http2_keep_alive_interval(Some(Duration::from_secs(20)))
+            .http2_keep_alive_timeout(Duration::from_secs(5))
             .build(https);
         let (tx, rx) = mpsc::channel(QUEUE);
         let up = Uploader {
             url: uri,
+            headers: map,
             client,
             service: service.to_string(),
             dropped: dropped.clone(),
@@ -156,7 +171,19 @@ impl Uploader {
                 self.dropped.inc_by(n as u64);
                 continue;
             }
-            let spans: Vec<SpanOut> = jobs.drain(..).flat_map(|j| (j.build)()).collect();
+            // a panic building one request's spans loses them, not the task
+            let spans: Vec<SpanOut> =
+                jobs.drain(..)
+                    .flat_map(|j| {
+                        let count = j.count as u64;
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(j.build))
+                            .unwrap_or_else(|_| {
+                                self.dropped.inc_by(count);
+                                tracing::error!("telemetry: building a request's spans panicked");
+                                Vec::new()
+                            })
+                    })
+                    .collect();
             let n = spans.len() as u64;
             match self.post(spans).await {
                 Ok(()) => {
@@ -179,10 +206,13 @@ impl Uploader {
 
     async fn post(&self, spans: Vec<SpanOut>) -> Result<(), String> {
         let body = encode(&self.service, spans);
-        let req = http::Request::post(self.url.clone())
+        let mut req = http::Request::post(self.url.clone())
             .header(http::header::CONTENT_TYPE, "application/x-protobuf")
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| e.to_string())?;
+        for (k, v) in &self.headers {
+            req.headers_mut().insert(k.clone(), v.clone());
+        }
         let resp = tokio::time::timeout(POST_TIMEOUT, self.client.request(req))
             .await
             .map_err(|_| "timed out".to_string())?

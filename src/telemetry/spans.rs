@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use super::export::{Attr, SpanOut};
 use super::TraceCtx;
-use crate::config::{Config, ProviderKind};
+use crate::config::{Config, MidStream, Provider, ProviderKind};
 use crate::cost::{Usage, Usd};
 use crate::outcome::AttemptOutcome;
 
@@ -54,13 +54,20 @@ fn target_label(cfg: &Config, target: usize) -> String {
     }
 }
 
-/// `gen_ai.provider.name`: the well-known names where they apply.
-fn provider_name(kind: &ProviderKind) -> &'static str {
-    match kind {
-        ProviderKind::OpenAi => "openai",
-        ProviderKind::Anthropic => "anthropic",
-        ProviderKind::Mock(_) => "cascade.mock",
+/// `gen_ai.provider.name`: the well-known name for OpenAI's and
+/// Anthropic's own APIs, else the provider's name in the config (an
+/// OpenAI-compatible server is not OpenAI).
+fn provider_name(p: &Provider) -> String {
+    match (&p.kind, p.host.as_deref()) {
+        (ProviderKind::OpenAi, Some("api.openai.com")) => "openai".into(),
+        (ProviderKind::Anthropic, Some("api.anthropic.com")) => "anthropic".into(),
+        _ => p.name.clone(),
     }
+}
+
+/// `t + d`, or `t` where that would overflow.
+fn later(t: SystemTime, d: Duration) -> SystemTime {
+    t.checked_add(d).unwrap_or(t)
 }
 
 /// `gen_ai.operation.name` by client API.
@@ -109,7 +116,7 @@ pub fn spans(c: Finished) -> Vec<SpanOut> {
         attrs.push(("gen_ai.response.model", str_attr(m.upstream.clone())));
         attrs.push((
             "gen_ai.provider.name",
-            str_attr(provider_name(&cfg.providers[m.provider].kind)),
+            str_attr(provider_name(&cfg.providers[m.provider])),
         ));
         attrs.push(("cascade.tier", str_attr(target_label(cfg, target))));
         attrs.push(("cascade.model", str_attr(m.name.clone())));
@@ -132,7 +139,7 @@ pub fn spans(c: Finished) -> Vec<SpanOut> {
         name: format!("{op} {requested}"),
         server: true,
         start: c.start,
-        end: c.start + c.elapsed,
+        end: later(c.start, c.elapsed),
         error: failed.then(|| format!("HTTP {}", c.status)),
         attributes: attrs,
     });
@@ -158,10 +165,7 @@ pub fn spans(c: Finished) -> Vec<SpanOut> {
         let mut attrs = vec![
             ("gen_ai.operation.name", str_attr(op)),
             ("gen_ai.request.model", str_attr(m.upstream.clone())),
-            (
-                "gen_ai.provider.name",
-                str_attr(provider_name(&provider.kind)),
-            ),
+            ("gen_ai.provider.name", str_attr(provider_name(provider))),
             ("cascade.tier", str_attr(target_label(cfg, a.target))),
             ("cascade.model", str_attr(m.name.clone())),
             ("cascade.provider", str_attr(provider.name.clone())),
@@ -175,9 +179,16 @@ pub fn spans(c: Finished) -> Vec<SpanOut> {
         if let Some(status) = a.status {
             attrs.push(("http.response.status_code", Attr::Int(i64::from(status))));
         }
+        // a stream's serving attempt answered at its first content and ran
+        // until the request ended; a held (buffered) one answered at its end
+        let held = cfg
+            .tiers
+            .get(a.target)
+            .is_some_and(|t| matches!(t.mid_stream, MidStream::Buffer { .. }));
+        let streamed = ok && c.stream && Some((a.target, a.model)) == c.served;
         if ok {
             attrs.push(("gen_ai.response.model", str_attr(m.upstream.clone())));
-            if c.stream {
+            if streamed && !held {
                 attrs.push((
                     "cascade.time_to_first_token_ms",
                     Attr::Float(a.elapsed.as_secs_f64() * 1000.0),
@@ -186,7 +197,12 @@ pub fn spans(c: Finished) -> Vec<SpanOut> {
         } else {
             attrs.push(("error.type", str_attr(a.outcome.as_str())));
         }
-        let start = c.start + a.offset;
+        let start = later(c.start, a.offset);
+        let end = if streamed {
+            later(c.start, c.elapsed).max(later(start, a.elapsed))
+        } else {
+            later(start, a.elapsed)
+        };
         out.push(SpanOut {
             trace_id: c.ctx.trace_id,
             span_id: c.ctx.attempt_span(a.number),
@@ -194,7 +210,7 @@ pub fn spans(c: Finished) -> Vec<SpanOut> {
             name: format!("{op} {}", m.upstream),
             server: false,
             start,
-            end: start + a.elapsed,
+            end,
             error: (!ok && a.outcome != AttemptOutcome::Cancelled)
                 .then(|| a.outcome.as_str().to_string()),
             attributes: attrs,

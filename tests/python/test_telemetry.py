@@ -73,7 +73,7 @@ class Receiver:
             time.sleep(0.05)  # bounded polling for the batch
 
 
-def _config(upstream_port: int, endpoint: str) -> str:
+def _config(upstream_port: int, endpoint: str, sample_ratio: float = 1.0) -> str:
     return f"""
 [ledger]
 path = ""
@@ -81,6 +81,7 @@ path = ""
 failure_threshold = 0
 [telemetry]
 otlp_endpoint = "{endpoint}"
+sample_ratio = {sample_ratio}
 [providers.scripted]
 kind = "openai"
 base_url = "http://127.0.0.1:{upstream_port}/v1"
@@ -108,8 +109,8 @@ tier = "first"
 """
 
 
-def _ask(url: str, headers: dict[str, str]) -> tuple[int, dict[str, str], dict]:
-    body = json.dumps({"model": "plan", "messages": [{"role": "user", "content": SECRET}]}).encode()
+def _ask(url: str, headers: dict[str, str], model: str = "plan") -> tuple[int, dict[str, str], dict]:
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": SECRET}]}).encode()
     req = urllib.request.Request(
         url + "/v1/chat/completions", data=body, headers={"content-type": "application/json", **headers}
     )
@@ -118,11 +119,7 @@ def _ask(url: str, headers: dict[str, str]) -> tuple[int, dict[str, str], dict]:
 
 
 def _attrs(span) -> dict:
-    out = {}
-    for a in span.attributes:
-        v = a.value
-        out[a.key] = v.string_value or v.int_value or v.double_value or v.bool_value
-    return out
+    return {a.key: getattr(a.value, a.value.WhichOneof("value")) for a in span.attributes}
 
 
 def test_a_request_that_falls_back_twice_is_one_trace(upstream, tmp_path) -> None:
@@ -147,12 +144,13 @@ def test_a_request_that_falls_back_twice_is_one_trace(upstream, tmp_path) -> Non
     assert [x["cascade.attempt.reason"] for x in a] == ["first", "fallback", "fallback"]
     assert [x["cascade.outcome"] for x in a] == ["upstream_error", "upstream_error", "success"]
     assert a[0]["error.type"] == "upstream_error" and a[0]["http.response.status_code"] == 500
-    assert all(x["gen_ai.operation.name"] == "chat" and x["gen_ai.provider.name"] == "openai" for x in a)
+    # an OpenAI-compatible server that is not OpenAI: the provider's own name
+    assert all(x["gen_ai.operation.name"] == "chat" and x["gen_ai.provider.name"] == "scripted" for x in a)
     assert [x["gen_ai.request.model"] for x in a] == ["always-500", "always-500", "traced-ok"]
     assert a[2]["gen_ai.response.model"] == "traced-ok" and a[2]["server.address"] == "127.0.0.1"
     r = _attrs(request)
     assert r["gen_ai.operation.name"] == "chat" and r["gen_ai.request.model"] == "plan"
-    assert r["gen_ai.response.model"] == "traced-ok" and r["gen_ai.provider.name"] == "openai"
+    assert r["gen_ai.response.model"] == "traced-ok" and r["gen_ai.provider.name"] == "scripted"
     assert r["gen_ai.usage.input_tokens"] > 0 and r["gen_ai.usage.output_tokens"] > 0
     assert r["cascade.request_id"] == "trace-me-1" and r["cascade.tier"] == "third"
     assert r["cascade.attempts"] == 3 and r["http.response.status_code"] == 200
@@ -187,3 +185,24 @@ def test_a_dead_collector_changes_nothing_for_requests(upstream, tmp_path) -> No
                 break
             assert time.monotonic() < deadline, text[-2000:]
             time.sleep(0.1)  # bounded polling: the export task batches for 0.5 s
+
+
+def test_sampling_and_propagation(upstream, gateway, tmp_path) -> None:
+    # telemetry off (the session's gateway): the client's traceparent passes through
+    client_tp = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
+    _ask(gateway.url, {"traceparent": client_tp, "x-request-id": "untraced-1"}, model="scripted")
+    (sent,) = upstream.find("untraced-1")
+    assert sent.headers["traceparent"] == client_tp
+    # sample_ratio 0: a new trace is not kept, yet the upstream gets its own
+    # traceparent (not sampled); a client's sampled trace is kept all the same
+    receiver = Receiver()
+    with spawn_gateway(tmp_path, _config(upstream.port, receiver.url, sample_ratio=0.0)) as url:
+        _ask(url, {"x-request-id": "unsampled-1"})
+        _ask(url, {"traceparent": client_tp, "x-request-id": "sampled-1"})
+        spans = receiver.wait_for(4)
+    unsampled = [r.headers["traceparent"] for r in upstream.find("unsampled-1")]
+    assert len(unsampled) == 3 and all(tp.endswith("-00") for tp in unsampled)
+    assert unsampled[0].split("-")[1] != CLIENT_TRACE
+    # batches go in order: had the first request been exported, it would be here
+    assert {s.trace_id.hex() for _, s in spans} == {CLIENT_TRACE}
+    assert {_attrs(s).get("cascade.request_id") for _, s in spans} >= {"sampled-1"}

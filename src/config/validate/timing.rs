@@ -113,11 +113,19 @@ pub(super) fn telemetry(c: &mut Checker, t: &RawTelemetry, env: &Env) -> Telemet
     let traces_url = endpoint.and_then(|e| {
         let base = e.trim_end_matches('/');
         match url::Url::parse(&format!("{base}/v1/traces")) {
+            Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+                // never echoed: it holds a credential
+                c.err(
+                    "telemetry.otlp_endpoint",
+                    "must not hold a user or password: send credentials as OTEL_EXPORTER_OTLP_HEADERS",
+                );
+                None
+            }
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
             _ => {
                 c.err(
                     "telemetry.otlp_endpoint",
-                    format!("{e:?} is not an http(s) URL like http://127.0.0.1:4318"),
+                    "not an http(s) URL like http://127.0.0.1:4318",
                 );
                 None
             }
@@ -126,7 +134,30 @@ pub(super) fn telemetry(c: &mut Checker, t: &RawTelemetry, env: &Env) -> Telemet
     if !(0.0..=1.0).contains(&t.sample_ratio) {
         c.err("telemetry.sample_ratio", "must be between 0 and 1");
     }
+    // `k1=v1,k2=v2`, values percent-encoded (the OpenTelemetry convention)
+    let headers = env
+        .get("OTEL_EXPORTER_OTLP_HEADERS")
+        .map(|v| {
+            v.split(',')
+                .filter_map(|kv| {
+                    let (k, v) = kv.split_once('=')?;
+                    let v = percent_encoding::percent_decode_str(v.trim()).decode_utf8_lossy();
+                    let k = k.trim().to_ascii_lowercase();
+                    let ok = http::HeaderName::from_bytes(k.as_bytes()).is_ok()
+                        && http::HeaderValue::from_str(&v).is_ok();
+                    if !ok {
+                        c.err(
+                            "OTEL_EXPORTER_OTLP_HEADERS",
+                            format!("header {k:?} is not valid"),
+                        );
+                    }
+                    ok.then(|| (k, crate::secret::Secret::new(&v)))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     Telemetry {
+        headers,
         traces_url,
         sample_ratio: t.sample_ratio.clamp(0.0, 1.0),
         capture_content: t.capture_content,
