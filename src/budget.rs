@@ -217,6 +217,21 @@ impl Budgets {
         }
     }
 
+    /// Spent today and this month (UTC), every key together; and a named
+    /// key's today.
+    pub fn spent(&self, key: Option<&str>, now_ms: i64) -> (Usd, Usd, Usd) {
+        let usd = |n: i64| Usd::from_femto(i128::from(n.max(0)) * 1_000_000);
+        let day = time::day(now_ms);
+        let by_key = key
+            .and_then(|k| self.keys.load().get(k).map(|p| p.spent(day)))
+            .unwrap_or(0);
+        (
+            usd(self.day.spent(day)),
+            usd(self.month.spent(time::month_start_ms(now_ms))),
+            usd(by_key),
+        )
+    }
+
     /// What is left of the tightest budget that applies; None when none does.
     pub fn remaining(
         &self,

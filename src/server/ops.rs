@@ -181,7 +181,13 @@ pub async fn status(State(state): State<AppState>, headers: HeaderMap) -> Respon
     let now = crate::ledger::time::now_ms();
     let budgets = state.budgets();
     let limit = |u: Option<crate::cost::Usd>| u.map(|u| u.to_json());
+    let (today, month, _) = budgets.spent(None, now);
     let budget = json!({
+        "spent_today_usd": today.to_json(),
+        "spent_month_usd": month.to_json(),
+        "key_spent_today_usd": cfg.keys.iter().filter(|k| k.daily.is_some())
+            .map(|k| (k.name.clone(), budgets.spent(Some(&k.name), now).2.to_json()))
+            .collect::<serde_json::Map<String, Value>>(),
         "daily_usd": limit(cfg.budget.as_ref().and_then(|b| b.daily)),
         "monthly_usd": limit(cfg.budget.as_ref().and_then(|b| b.monthly)),
         "key_daily_usd": cfg.keys.iter().filter_map(|k| Some((k.name.clone(), k.daily?.to_json())))

@@ -35,9 +35,10 @@ try {
   await page.waitForSelector('[data-model="premium-large"][data-circuit="open"]', { timeout: 15000 });
   await page.waitForSelector("#request-table tr:nth-child(5)", { timeout: 15000 });
   const requests = await page.$$eval("#request-table tr", (rows) => rows.length - 1);
+  const budgets = await page.textContent("#budgets");
   const text = await page.textContent("body");
   await page.screenshot({ path: shot, fullPage: true });
-  console.log(JSON.stringify({ status: resp.status(), tiers, before, requests, errors,
+  console.log(JSON.stringify({ status: resp.status(), tiers, before, requests, errors, budgets,
     promptShown: text.includes("hello from the browser test") }));
 } finally {
   await browser.close();

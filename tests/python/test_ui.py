@@ -79,6 +79,8 @@ def test_the_page_draws_the_demo_and_shows_a_circuit_open(demo, tmp_path) -> Non
     assert {"premium", "cheap", "local"} <= set(seen["tiers"]), seen
     assert seen["before"] == "closed"
     assert seen["requests"] >= 4
+    # today's spend against the daily budget the test config sets
+    assert "daily" in seen["budgets"] and "$0.000200" in seen["budgets"], seen["budgets"]
     assert not seen["promptShown"], "the page must not show prompt text"
     assert seen["errors"] == []
     assert shot.stat().st_size > 10_000
