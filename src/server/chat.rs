@@ -89,14 +89,7 @@ pub async fn run(
     let mut ticket = ticket;
     // the messages in the request's span: only when asked for (sensitive)
     if cfg.telemetry.capture_content && ticket.trace.is_some_and(|t| t.sampled) {
-        ticket.prompt = body.raw("messages").map(|m| {
-            // at most 16 KiB, cut at a character boundary
-            let mut end = m.len().min(16 * 1024);
-            while !m.is_char_boundary(end) {
-                end -= 1;
-            }
-            m[..end].into()
-        });
+        ticket.prompt = body.raw("messages").map(captured);
     }
 
     // execute
@@ -208,6 +201,12 @@ pub async fn run(
     let by = ServedBy::from(&served);
     let completion = served.value;
     let mut s = Settlement::served(ticket, route, run, by, false);
+    if s.ticket.prompt.is_some() {
+        // the answer's choices, for its span (capture_content)
+        s.ticket.completion = serde_json::from_slice::<serde_json::Value>(&completion.body)
+            .ok()
+            .and_then(|v| v.get("choices").map(|c| captured(&c.to_string())));
+    }
     s.wasted = billed.cost(rt);
     s.price(rt, completion.usage, || {
         crate::cost::estimate(
@@ -247,6 +246,16 @@ fn dropped(rt: &Runtime, (body, codec): (&ChatBody, &Codec), model: usize) -> Ve
         }
     }
     dropped
+}
+
+/// Text for a span (`capture_content`): at most 16 KiB, cut at a character
+/// boundary.
+fn captured(text: &str) -> Box<str> {
+    let mut end = text.len().min(16 * 1024);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].into()
 }
 
 #[cfg(test)]

@@ -232,6 +232,12 @@ pub async fn ui(State(state): State<AppState>, headers: HeaderMap) -> Response {
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
+            // nothing from elsewhere, and no framing by another site
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+            ),
+            (header::X_FRAME_OPTIONS, "DENY"),
         ],
         include_str!("ui.html"),
     )

@@ -91,6 +91,7 @@ pub fn admit<'a>(
         started,
         trace: crate::telemetry::TraceCtx::start(headers, &rt.config.telemetry),
         prompt: None,
+        completion: None,
     };
     let caller = match auth::client(&rt.config, headers) {
         Ok(c) => c,

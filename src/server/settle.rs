@@ -53,6 +53,8 @@ pub struct Ticket {
     pub trace: Option<crate::telemetry::TraceCtx>,
     /// The request's messages, for its span (`[telemetry] capture_content`).
     pub prompt: Option<Box<str>>,
+    /// The answer's choices (non-streaming), likewise.
+    pub completion: Option<Box<str>>,
 }
 
 /// The attempt that served: (target, model, the model's index in the target).
@@ -415,6 +417,7 @@ fn export_spans(rt: &Runtime, s: &Settlement, elapsed: Duration) {
         outcome: s.outcome.as_str(),
         stream: s.stream,
         prompt: s.ticket.prompt.clone(),
+        completion: s.ticket.completion.clone(),
     };
     exporter.submit(crate::telemetry::Job {
         count: 1 + copied.attempts.len(),

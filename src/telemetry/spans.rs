@@ -45,6 +45,7 @@ pub struct Finished {
     pub outcome: &'static str,
     pub stream: bool,
     pub prompt: Option<Box<str>>,
+    pub completion: Option<Box<str>>,
 }
 
 fn target_label(cfg: &Config, target: usize) -> String {
@@ -127,6 +128,9 @@ pub fn spans(c: Finished) -> Vec<SpanOut> {
     }
     if let Some(p) = &c.prompt {
         attrs.push(("gen_ai.input.messages", str_attr(p.to_string())));
+    }
+    if let Some(o) = &c.completion {
+        attrs.push(("gen_ai.output.messages", str_attr(o.to_string())));
     }
     let failed = c.status >= 400;
     if failed {

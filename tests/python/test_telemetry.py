@@ -206,3 +206,17 @@ def test_sampling_and_propagation(upstream, gateway, tmp_path) -> None:
     # batches go in order: had the first request been exported, it would be here
     assert {s.trace_id.hex() for _, s in spans} == {CLIENT_TRACE}
     assert {_attrs(s).get("cascade.request_id") for _, s in spans} >= {"sampled-1"}
+
+
+def test_capture_content_is_opt_in(upstream, tmp_path) -> None:
+    receiver = Receiver()
+    config = _config(upstream.port, receiver.url).replace(
+        "sample_ratio = 1.0", "sample_ratio = 1.0\ncapture_content = true"
+    )
+    with spawn_gateway(tmp_path, config) as url:
+        _, _, body = _ask(url, {"x-request-id": "captured-1"})
+        spans = receiver.wait_for(4)
+    (request,) = [s for _, s in spans if _attrs(s).get("cascade.request_id") == "captured-1"]
+    a = _attrs(request)
+    assert SECRET in a["gen_ai.input.messages"]
+    assert body["choices"][0]["message"]["content"] in a["gen_ai.output.messages"]
