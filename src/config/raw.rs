@@ -330,6 +330,8 @@ pub struct RawLedger {
     pub path: String,
     pub flush_interval_ms: i64,
     pub url: Option<String>,
+    /// 0: keep rows forever.
+    pub retention_days: i64,
 }
 
 impl Default for RawLedger {
@@ -338,6 +340,7 @@ impl Default for RawLedger {
             path: "data/cascade.db".into(),
             flush_interval_ms: 100,
             url: None,
+            retention_days: 90,
         }
     }
 }

@@ -458,6 +458,8 @@ pub struct Ledger {
     /// None: disabled.
     pub path: Option<PathBuf>,
     pub flush_interval: Duration,
+    /// `retention_days`: rows older than this are deleted; None: kept.
+    pub retention: Option<Duration>,
 }
 
 #[derive(Clone, Copy, Debug)]

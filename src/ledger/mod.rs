@@ -6,6 +6,7 @@
 //! corrupts the file (WAL).
 
 mod report;
+mod rollup;
 mod schema;
 pub mod time;
 
@@ -91,9 +92,11 @@ pub struct Ledger {
 
 impl Ledger {
     /// Open (creating and migrating) the database and start the writer.
+    /// `retention`: rows older than that are deleted (their hours stay in
+    /// the rollups); None keeps them forever.
     pub fn open(
         path: &Path,
-        flush_interval: Duration,
+        (flush_interval, retention): (Duration, Option<Duration>),
         dropped: IntCounter,
     ) -> Result<Ledger, LedgerError> {
         let conn = open_rw(path)?;
@@ -107,7 +110,9 @@ impl Ledger {
             let p = path_s.clone();
             std::thread::Builder::new()
                 .name("cascade-ledger".into())
-                .spawn(move || write_loop(conn, rx, flush_interval, flushed, closing, p))
+                .spawn(move || {
+                    write_loop(conn, rx, (flush_interval, retention), flushed, closing, p)
+                })
                 .map_err(|e| LedgerError::Io {
                     path: path_s,
                     message: format!("cannot start the writer: {e}"),
@@ -194,24 +199,33 @@ pub struct Spend {
 }
 
 fn spend_since(conn: &Connection, since_ms: i64) -> rusqlite::Result<Spend> {
+    // rollups for folded whole hours, rows for the rest (sessions: rows only,
+    // within retention)
+    let src = rollup::Sources::new(conn, since_ms)?;
+    let p = src.params;
     let total: i64 = conn.query_row(
-        "SELECT CAST(TOTAL(cost_nanos + wasted_nanos) AS INTEGER) FROM requests WHERE ts_ms >= ?1",
-        params![since_ms],
+        &src.query("SELECT CAST(TOTAL(cost + wasted) AS INTEGER) FROM r"),
+        params![p[0], p[1], p[2]],
         |r| r.get(0),
     )?;
-    let grouped = |column: &str| -> rusqlite::Result<Vec<(String, i64)>> {
-        let sql = format!(
-            "SELECT {column}, CAST(TOTAL(cost_nanos + wasted_nanos) AS INTEGER) FROM requests \
-             WHERE ts_ms >= ?1 AND {column} IS NOT NULL GROUP BY {column}"
-        );
-        let mut stmt = conn.prepare(&sql)?;
-        let rows = stmt.query_map(params![since_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        rows.collect()
-    };
+    let mut stmt = conn.prepare(&src.query(
+        "SELECT key, CAST(TOTAL(cost + wasted) AS INTEGER) FROM r \
+         WHERE key IS NOT NULL GROUP BY key",
+    ))?;
+    let by_key = stmt
+        .query_map(params![p[0], p[1], p[2]], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut stmt = conn.prepare(
+        "SELECT session, CAST(TOTAL(cost_nanos + wasted_nanos) AS INTEGER) FROM requests \
+         WHERE ts_ms >= ?1 AND session IS NOT NULL GROUP BY session",
+    )?;
+    let by_session = stmt
+        .query_map(params![since_ms], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
     Ok(Spend {
         total,
-        by_key: grouped("key")?,
-        by_session: grouped("session")?,
+        by_key,
+        by_session,
     })
 }
 
@@ -260,10 +274,13 @@ fn open_ro(path: &Path) -> Result<Connection, LedgerError> {
     Ok(conn)
 }
 
+/// How often the writer folds ended hours and deletes rows past retention.
+const MAINTAIN_EVERY: Duration = Duration::from_secs(30);
+
 fn write_loop(
     mut conn: Connection,
     mut rx: mpsc::Receiver<Msg>,
-    period: Duration,
+    (period, retention): (Duration, Option<Duration>),
     flushed: Arc<AtomicU64>,
     closing: Arc<AtomicBool>,
     path: String,
@@ -271,7 +288,12 @@ fn write_loop(
     let period = period.max(Duration::from_millis(1));
     let mut batch = Vec::new();
     let mut waiting = Vec::new();
+    let mut maintained: Option<std::time::Instant> = None;
     loop {
+        if maintained.is_none_or(|t| t.elapsed() >= MAINTAIN_EVERY) {
+            maintained = Some(std::time::Instant::now());
+            maintain(&mut conn, time::now_ms(), retention, &path);
+        }
         let stop = closing.load(Ordering::SeqCst);
         while let Ok(msg) = rx.try_recv() {
             match msg {
@@ -302,8 +324,30 @@ fn write_loop(
     }
 }
 
+/// Fold the hours that ended; delete rows past retention.
+fn maintain(conn: &mut Connection, now_ms: i64, retention: Option<Duration>, path: &str) {
+    match rollup::fold(conn, now_ms) {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(rollup_rows = n, "ledger hours folded"),
+        Err(e) => tracing::error!(ledger = %path, "ledger rollup failed: {e}"),
+    }
+    if let Some(keep) = retention {
+        let before = now_ms - i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
+        match rollup::prune(conn, before) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "ledger rows past retention deleted"),
+            Err(e) => tracing::error!(ledger = %path, "ledger retention failed: {e}"),
+        }
+    }
+}
+
 fn write_batch(conn: &mut Connection, rows: &[RequestRow]) -> rusqlite::Result<()> {
+    let folded = rollup::folded_until(conn)?.unwrap_or(i64::MIN);
     let tx = conn.transaction()?;
+    // rows for hours already folded count in the rollups too
+    if rows.iter().any(|r| r.ts_ms < folded) {
+        rollup::late(&tx, rows, folded)?;
+    }
     {
         let mut req = tx.prepare_cached(
             "INSERT INTO requests (id, ts_ms, task, key, session, chain, first_tier, tier, model, free, fallback, \

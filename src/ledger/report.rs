@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use super::rollup::Sources;
 use rusqlite::{params, Connection};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -176,11 +177,16 @@ pub fn build(conn: &Connection, window: Window, now_ms: i64) -> rusqlite::Result
         since: window.label.to_string(),
         ..Report::default()
     };
+    // rows for the window's edges, rollups for its folded whole hours
+    let src = Sources::new(conn, since)?;
+    let p = src.params;
     conn.query_row(
-        "SELECT COUNT(*), CAST(TOTAL(cost_nanos) AS INTEGER), CAST(TOTAL(wasted_nanos) AS INTEGER), \
-         CAST(TOTAL(savings_nanos) AS INTEGER), CAST(TOTAL(free AND tier IS NOT NULL) AS INTEGER), \
-         CAST(TOTAL(fallback) AS INTEGER) FROM requests WHERE ts_ms >= ?1",
-        params![since],
+        &src.query(
+            "SELECT CAST(TOTAL(requests) AS INTEGER), CAST(TOTAL(cost) AS INTEGER), \
+             CAST(TOTAL(wasted) AS INTEGER), CAST(TOTAL(savings) AS INTEGER), \
+             CAST(TOTAL(free_served) AS INTEGER), CAST(TOTAL(fallbacks) AS INTEGER) FROM r",
+        ),
+        params![p[0], p[1], p[2]],
         |row| {
             r.requests = count(row.get::<_, i64>(0)?);
             r.cost_nanos = row.get(1)?;
@@ -192,11 +198,12 @@ pub fn build(conn: &Connection, window: Window, now_ms: i64) -> rusqlite::Result
         },
     )?;
     // served requests by tier and model
-    let mut stmt = conn.prepare(
-        "SELECT tier, model, COUNT(*), CAST(TOTAL(prompt_tokens) AS INTEGER), CAST(TOTAL(completion_tokens) AS INTEGER), CAST(TOTAL(cost_nanos) AS INTEGER) \
-         FROM requests WHERE ts_ms >= ?1 AND tier IS NOT NULL GROUP BY tier, model",
-    )?;
-    let rows = stmt.query_map(params![since], |row| {
+    let mut stmt = conn.prepare(&src.query(
+        "SELECT tier, model, CAST(TOTAL(requests) AS INTEGER), CAST(TOTAL(prompt) AS INTEGER), \
+         CAST(TOTAL(completion) AS INTEGER), CAST(TOTAL(cost) AS INTEGER) \
+         FROM r WHERE tier IS NOT NULL GROUP BY tier, model",
+    ))?;
+    let rows = stmt.query_map(params![p[0], p[1], p[2]], |row| {
         Ok((
             row.get::<_, String>(0)?,
             row.get::<_, String>(1)?,
@@ -218,11 +225,11 @@ pub fn build(conn: &Connection, window: Window, now_ms: i64) -> rusqlite::Result
         m.cost_nanos = m.cost_nanos.saturating_add(cost);
     }
     // attempts and failures by tier and model
-    let mut stmt = conn.prepare(
-        "SELECT tier, model, COUNT(*), CAST(TOTAL(outcome != 'success') AS INTEGER) FROM attempts \
-         WHERE ts_ms >= ?1 GROUP BY tier, model",
-    )?;
-    let rows = stmt.query_map(params![since], |row| {
+    let mut stmt = conn.prepare(&src.query(
+        "SELECT tier, model, CAST(TOTAL(attempts) AS INTEGER), CAST(TOTAL(failures) AS INTEGER) \
+         FROM a GROUP BY tier, model",
+    ))?;
+    let rows = stmt.query_map(params![p[0], p[1], p[2]], |row| {
         Ok((
             row.get::<_, String>(0)?,
             row.get::<_, String>(1)?,
@@ -239,11 +246,11 @@ pub fn build(conn: &Connection, window: Window, now_ms: i64) -> rusqlite::Result
         m.failures = m.failures.saturating_add(failures);
     }
     // wasted spend belongs to the model that burned it
-    let mut stmt = conn.prepare(
-        "SELECT model, CAST(TOTAL(wasted_nanos) AS INTEGER) FROM requests WHERE ts_ms >= ?1 AND wasted_nanos != 0 \
+    let mut stmt = conn.prepare(&src.query(
+        "SELECT model, CAST(TOTAL(wasted) AS INTEGER) FROM r WHERE wasted != 0 \
          AND model IS NOT NULL GROUP BY model",
-    )?;
-    let rows = stmt.query_map(params![since], |row| {
+    ))?;
+    let rows = stmt.query_map(params![p[0], p[1], p[2]], |row| {
         Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
     })?;
     for row in rows {
@@ -251,12 +258,13 @@ pub fn build(conn: &Connection, window: Window, now_ms: i64) -> rusqlite::Result
         let m = r.by_model.entry(model).or_default();
         m.cost_nanos = m.cost_nanos.saturating_add(wasted);
     }
-    r.by_key = spend_by(conn, since, "key")?;
-    let mut stmt = conn.prepare(
-        "SELECT (ts_ms / 3600000) * 3600000 AS h, tier, CAST(TOTAL(cost_nanos + wasted_nanos) AS INTEGER) \
-         FROM requests WHERE ts_ms >= ?1 AND tier IS NOT NULL GROUP BY h, tier",
-    )?;
-    let hours = stmt.query_map(params![since], |row| {
+    r.by_key = spend_by(conn, &src, "key")?;
+    r.by_endpoint = spend_by(conn, &src, "endpoint")?;
+    let mut stmt = conn.prepare(&src.query(
+        "SELECT hour, tier, CAST(TOTAL(cost + wasted) AS INTEGER) \
+         FROM r WHERE tier IS NOT NULL GROUP BY hour, tier",
+    ))?;
+    let hours = stmt.query_map(params![p[0], p[1], p[2]], |row| {
         Ok((
             row.get::<_, i64>(0)?,
             row.get::<_, String>(1)?,
@@ -267,32 +275,21 @@ pub fn build(conn: &Connection, window: Window, now_ms: i64) -> rusqlite::Result
         let (hour, tier, nanos) = h?;
         r.by_hour.entry(hour).or_default().insert(tier, nanos);
     }
-    // a ledger the gateway has not migrated yet (read by `cascade report`)
-    // has no endpoint column: its rows were all chat
-    let has_endpoint: bool = conn.query_row(
-        "SELECT COUNT(*) > 0 FROM pragma_table_info('requests') WHERE name = 'endpoint'",
-        [],
-        |row| row.get(0),
-    )?;
-    r.by_endpoint = spend_by(
-        conn,
-        since,
-        if has_endpoint { "endpoint" } else { "'chat'" },
-    )?;
     Ok(r)
 }
 
-/// Requests and spend (cost and wasted) grouped by a column of `requests`.
+/// Requests and spend (cost and wasted) grouped by a column of `r`.
 fn spend_by(
     conn: &Connection,
-    since: i64,
+    src: &Sources,
     column: &'static str,
 ) -> rusqlite::Result<BTreeMap<String, KeyLine>> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {column}, COUNT(*), CAST(TOTAL(cost_nanos + wasted_nanos) AS INTEGER) FROM requests \
-         WHERE ts_ms >= ?1 AND {column} IS NOT NULL GROUP BY {column}"
-    ))?;
-    let rows = stmt.query_map(params![since], |row| {
+    let p = src.params;
+    let mut stmt = conn.prepare(&src.query(&format!(
+        "SELECT {column}, CAST(TOTAL(requests) AS INTEGER), CAST(TOTAL(cost + wasted) AS INTEGER) \
+         FROM r WHERE {column} IS NOT NULL GROUP BY {column}"
+    )))?;
+    let rows = stmt.query_map(params![p[0], p[1], p[2]], |row| {
         Ok((
             row.get::<_, String>(0)?,
             KeyLine {

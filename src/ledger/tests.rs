@@ -38,7 +38,7 @@ fn writes_reports_and_reopens() {
     let path = temp_db();
     let ledger = Ledger::open(
         &path,
-        Duration::from_millis(5),
+        (Duration::from_millis(5), None),
         IntCounter::new("d", "d").unwrap(),
     )
     .unwrap();
@@ -60,7 +60,7 @@ fn writes_reports_and_reopens() {
     // reopening migrates nothing twice and keeps the rows
     let again = Ledger::open(
         &path,
-        Duration::from_millis(5),
+        (Duration::from_millis(5), None),
         IntCounter::new("d", "d").unwrap(),
     )
     .unwrap();
@@ -75,4 +75,107 @@ fn windows_parse() {
     assert_eq!(Window::parse("7d").unwrap().ms, 7 * 86_400_000);
     assert!(Window::parse("soon").is_err());
     assert!(Window::parse("0d").is_err());
+}
+
+/// Rows over several hours, some in each tier, key, endpoint and outcome.
+fn spread(hour: i64) -> Vec<RequestRow> {
+    let mut rows = Vec::new();
+    for i in 0..200i64 {
+        // from five hours before `hour` to 40 minutes after it
+        let ts = hour - 5 * rollup::HOUR_MS + i * (340 * 60_000 / 200);
+        let paid = i % 3 != 0;
+        let tier = if paid { "paid" } else { "free" };
+        let mut r = row(
+            &format!("r{i}"),
+            tier,
+            if paid { 1_000 + i } else { 0 },
+            !paid,
+            i % 4 == 0,
+        );
+        r.ts_ms = ts;
+        r.key = (i % 5 != 0).then(|| format!("k{}", i % 2));
+        r.endpoint = if i % 7 == 0 { "embeddings" } else { "chat" };
+        r.wasted_nanos = if i % 11 == 0 { 77 } else { 0 };
+        r.savings_nanos = i;
+        if i % 13 == 0 {
+            // a failure: no tier served it
+            r.tier = None;
+            r.model = None;
+            r.status = 502;
+            r.attempts[0].outcome = "upstream_error";
+        }
+        rows.push(r);
+    }
+    rows
+}
+
+#[test]
+fn rollups_keep_every_report_exact_and_retention_keeps_the_days() {
+    let path = temp_db();
+    let mut conn = open_rw(&path).unwrap();
+    let hour = 1_764_684_000_000; // an hour boundary
+    let now = hour + 40 * 60_000;
+    write_batch(&mut conn, &spread(hour)).unwrap();
+    let report = |conn: &Connection, since: i64| {
+        let w = Window {
+            ms: now - since,
+            label: "custom",
+        };
+        report::build(conn, w, now).unwrap().to_json()
+    };
+    // windows starting mid-hour, on an hour, before everything
+    let windows = [
+        hour - 3 * rollup::HOUR_MS - 17 * 60_000,
+        hour - 2 * rollup::HOUR_MS,
+        hour - 9 * rollup::HOUR_MS,
+    ];
+    let before: Vec<_> = windows.iter().map(|&s| report(&conn, s)).collect();
+    let spend_before = spend_since(&conn, windows[0]).unwrap();
+
+    // the hours before `hour` are folded; the one in progress is not
+    assert!(rollup::fold(&mut conn, now).unwrap() > 0);
+    assert_eq!(rollup::folded_until(&conn).unwrap(), Some(hour));
+    for (i, &s) in windows.iter().enumerate() {
+        assert_eq!(report(&conn, s), before[i], "window {i}");
+    }
+    let spend_after = spend_since(&conn, windows[0]).unwrap();
+    assert_eq!(spend_after.total, spend_before.total);
+    assert_eq!(spend_after.by_key, spend_before.by_key);
+
+    // a row for a folded hour still counts
+    let mut late = row("late", "paid", 5_000, false, false);
+    late.ts_ms = hour - 30 * 60_000;
+    write_batch(&mut conn, &[late]).unwrap();
+    let with_late = report(&conn, windows[0]);
+    assert_eq!(
+        with_late["requests"],
+        before[0]["requests"].as_u64().unwrap() + 1
+    );
+    assert_eq!(
+        with_late["by_tier"]["paid"]["attempts"],
+        before[0]["by_tier"]["paid"]["attempts"].as_u64().unwrap() + 1
+    );
+
+    // retention: rows before `hour - 2h` go, their hours' figures stay
+    let all = report(&conn, windows[2]);
+    let count = |conn: &Connection| -> i64 {
+        conn.query_row("SELECT COUNT(*) FROM requests", [], |r| r.get(0))
+            .unwrap()
+    };
+    let rows_before = count(&conn);
+    assert!(rollup::prune(&conn, hour - 2 * rollup::HOUR_MS).unwrap() > 0);
+    assert!(count(&conn) < rows_before);
+    assert_eq!(report(&conn, windows[2]), all);
+    // never from an hour not folded yet
+    rollup::prune(&conn, now + rollup::HOUR_MS).unwrap();
+    let left: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM requests WHERE ts_ms >= ?1",
+            [hour],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(left > 0);
+    assert_eq!(report(&conn, windows[2]), all);
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
 }

@@ -36,7 +36,7 @@ impl AppState {
             Some(path) => Some(Arc::new(
                 Ledger::open(
                     path,
-                    cfg.ledger.flush_interval,
+                    (cfg.ledger.flush_interval, cfg.ledger.retention),
                     metrics.ledger_dropped.clone(),
                 )
                 .map_err(|e| e.to_string())?,

@@ -15,6 +15,7 @@ mod embeddings;
 mod faster;
 mod hardening;
 mod http;
+mod ledger;
 mod lifecycle;
 mod messages;
 mod protection;

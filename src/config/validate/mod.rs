@@ -350,6 +350,10 @@ pub(super) fn validate(path: &Path, raw: RawConfig, env: &Env) -> Result<Config,
     let ledger = Ledger {
         path: (!ledger_path.is_empty()).then(|| PathBuf::from(ledger_path)),
         flush_interval: c.ms("ledger.flush_interval_ms", raw.ledger.flush_interval_ms),
+        retention: match c.count("ledger.retention_days", raw.ledger.retention_days) {
+            0 => None,
+            days => Some(std::time::Duration::from_secs(u64::from(days) * 86_400)),
+        },
     };
     if raw.ledger.url.is_some() {
         c.err(
