@@ -341,12 +341,51 @@ fn maintain(conn: &mut Connection, now_ms: i64, retention: Option<Duration>, pat
     }
 }
 
+/// Rows written for hours already folded go into the rollups too (one
+/// rollup row each: reports sum them).
+fn late_rows(
+    tx: &rusqlite::Transaction<'_>,
+    rows: &[RequestRow],
+    folded_until: i64,
+) -> rusqlite::Result<()> {
+    for r in rows.iter().filter(|r| r.ts_ms < folded_until) {
+        let hour = r.ts_ms.div_euclid(rollup::HOUR_MS) * rollup::HOUR_MS;
+        tx.prepare_cached(
+            "INSERT INTO rollups (hour_ms, endpoint, tier, model, key, requests, free_served, fallbacks, \
+             prompt_tokens, completion_tokens, cost_nanos, wasted_nanos, savings_nanos) \
+             VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        )?
+        .execute(params![
+            hour,
+            r.endpoint,
+            r.tier,
+            r.model,
+            r.key,
+            r.free && r.tier.is_some(),
+            r.fallback,
+            clamp_i64(r.prompt_tokens),
+            clamp_i64(r.completion_tokens),
+            r.cost_nanos,
+            r.wasted_nanos,
+            r.savings_nanos,
+        ])?;
+        for a in &r.attempts {
+            tx.prepare_cached(
+                "INSERT INTO attempt_rollups (hour_ms, tier, model, attempts, failures) \
+                 VALUES (?1, ?2, ?3, 1, ?4)",
+            )?
+            .execute(params![hour, a.tier, a.model, a.outcome != "success"])?;
+        }
+    }
+    Ok(())
+}
+
 fn write_batch(conn: &mut Connection, rows: &[RequestRow]) -> rusqlite::Result<()> {
     let folded = rollup::folded_until(conn)?.unwrap_or(i64::MIN);
     let tx = conn.transaction()?;
     // rows for hours already folded count in the rollups too
     if rows.iter().any(|r| r.ts_ms < folded) {
-        rollup::late(&tx, rows, folded)?;
+        late_rows(&tx, rows, folded)?;
     }
     {
         let mut req = tx.prepare_cached(

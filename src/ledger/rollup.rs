@@ -2,15 +2,14 @@
 //! more, for rows still in the writer's queue), is folded into `rollups`
 //! (per endpoint, tier, model and key) and `attempt_rollups` (per tier and
 //! model); `rollup_state` says up to where. A row that arrives for an hour
-//! already folded is added to the rollups as it is written. Reports read the
+//! already folded is added to the rollups as it is written (the writer does
+//! that, `late_rows`). Reports read the
 //! rollups for the whole folded hours of their window and rows for the rest
 //! (`Sources`), so every figure stays exact however old the rows are. Rows
 //! older than `retention_days` are deleted in small batches, only from
 //! folded hours: their hours live on in the rollups.
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
-
-use super::RequestRow;
+use rusqlite::{params, Connection, OptionalExtension};
 
 pub const HOUR_MS: i64 = 3_600_000;
 /// An hour is folded this long after it ended (rows may still be queued).
@@ -70,41 +69,6 @@ pub fn fold(conn: &mut Connection, now_ms: i64) -> rusqlite::Result<usize> {
     )?;
     tx.commit()?;
     Ok(n)
-}
-
-/// Rows written for hours already folded go into the rollups too (one
-/// rollup row each: reports sum them).
-pub fn late(tx: &Transaction<'_>, rows: &[RequestRow], folded_until: i64) -> rusqlite::Result<()> {
-    for r in rows.iter().filter(|r| r.ts_ms < folded_until) {
-        let hour = r.ts_ms.div_euclid(HOUR_MS) * HOUR_MS;
-        tx.prepare_cached(
-            "INSERT INTO rollups (hour_ms, endpoint, tier, model, key, requests, free_served, fallbacks, \
-             prompt_tokens, completion_tokens, cost_nanos, wasted_nanos, savings_nanos) \
-             VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-        )?
-        .execute(params![
-            hour,
-            r.endpoint,
-            r.tier,
-            r.model,
-            r.key,
-            r.free && r.tier.is_some(),
-            r.fallback,
-            super::clamp_i64(r.prompt_tokens),
-            super::clamp_i64(r.completion_tokens),
-            r.cost_nanos,
-            r.wasted_nanos,
-            r.savings_nanos,
-        ])?;
-        for a in &r.attempts {
-            tx.prepare_cached(
-                "INSERT INTO attempt_rollups (hour_ms, tier, model, attempts, failures) \
-                 VALUES (?1, ?2, ?3, 1, ?4)",
-            )?
-            .execute(params![hour, a.tier, a.model, a.outcome != "success"])?;
-        }
-    }
-    Ok(())
 }
 
 /// Delete rows older than `before_ms` (never from hours not folded yet), a
