@@ -185,6 +185,30 @@ impl Ledger {
     }
 }
 
+/// Fold every ended hour and delete every row past `retention` now, in
+/// one go (what the writer does a little at a time): for a ledger filled
+/// in bulk (bench/ledger_fill.rs). Returns (rollup rows made, rows deleted).
+pub fn compact(
+    path: &Path,
+    now_ms: i64,
+    retention: Option<Duration>,
+) -> Result<(usize, usize), LedgerError> {
+    let mut conn = open_rw(path)?;
+    let folded = rollup::fold(&mut conn, now_ms).map_err(|e| sqlite(path, e))?;
+    let mut deleted = 0;
+    if let Some(keep) = retention {
+        let before = now_ms - i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
+        loop {
+            let n = rollup::prune(&conn, before).map_err(|e| sqlite(path, e))?;
+            deleted += n;
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    Ok((folded, deleted))
+}
+
 /// The cost report from a ledger file (used by `cascade report` too).
 pub fn report_at(path: &Path, window: Window, now_ms: i64) -> Result<Report, LedgerError> {
     let conn = open_ro(path)?;

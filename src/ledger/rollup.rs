@@ -78,6 +78,10 @@ pub fn prune(conn: &Connection, before_ms: i64) -> rusqlite::Result<usize> {
         return Ok(0);
     };
     let before = before_ms.min(folded);
+    conn.execute(
+        "UPDATE rollup_state SET pruned_until_ms = MAX(pruned_until_ms, ?1)",
+        params![before],
+    )?;
     let mut deleted = 0;
     for table in ["requests", "attempts"] {
         for _ in 0..PRUNE_ROUNDS {
@@ -116,12 +120,19 @@ impl Sources {
         )?;
         let endpoint = if has_endpoint { "endpoint" } else { "'chat'" };
         let folded = folded_until(conn)?;
-        let first_whole = since.div_euclid(HOUR_MS) * HOUR_MS
-            + if since.rem_euclid(HOUR_MS) == 0 {
-                0
-            } else {
-                HOUR_MS
-            };
+        let pruned: i64 = if folded.is_some() {
+            conn.query_row("SELECT pruned_until_ms FROM rollup_state", [], |r| r.get(0))?
+        } else {
+            0
+        };
+        // a window starting where rows were deleted reads its first hour whole
+        // from the rollups (its rows are gone)
+        let hour = since.div_euclid(HOUR_MS) * HOUR_MS;
+        let first_whole = if since < pruned || since == hour {
+            hour
+        } else {
+            hour + HOUR_MS
+        };
         let (lo, hi) = match folded {
             Some(f) if f > first_whole => (first_whole, f),
             _ => (since, since),
@@ -139,16 +150,21 @@ impl Sources {
         } else {
             ""
         };
+        // two index ranges of rows (an OR would scan the table)
+        let row = format!(
+            "SELECT (ts_ms / 3600000) * 3600000, {endpoint}, tier, model, key, 1, \
+             (free AND tier IS NOT NULL), fallback, prompt_tokens, completion_tokens, cost_nanos, \
+             wasted_nanos, savings_nanos FROM requests"
+        );
+        let attempt = "SELECT tier, model, 1, outcome != 'success' FROM attempts";
         let sql = format!(
             "WITH r (hour, endpoint, tier, model, key, requests, free_served, fallbacks, prompt, \
              completion, cost, wasted, savings) AS ( \
-             SELECT (ts_ms / 3600000) * 3600000, {endpoint}, tier, model, key, 1, \
-             (free AND tier IS NOT NULL), fallback, prompt_tokens, completion_tokens, cost_nanos, \
-             wasted_nanos, savings_nanos FROM requests \
-             WHERE ts_ms >= ?1 AND (ts_ms < ?2 OR ts_ms >= ?3) {rolled}), \
+             {row} WHERE ts_ms >= ?1 AND ts_ms < ?2 UNION ALL {row} WHERE ts_ms >= ?3 AND ts_ms >= ?1 \
+             {rolled}), \
              a (tier, model, attempts, failures) AS ( \
-             SELECT tier, model, 1, outcome != 'success' FROM attempts \
-             WHERE ts_ms >= ?1 AND (ts_ms < ?2 OR ts_ms >= ?3) {rolled_attempts}) "
+             {attempt} WHERE ts_ms >= ?1 AND ts_ms < ?2 UNION ALL {attempt} WHERE ts_ms >= ?3 AND ts_ms >= ?1 \
+             {rolled_attempts}) "
         );
         Ok(Sources {
             sql,

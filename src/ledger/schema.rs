@@ -65,8 +65,8 @@ const MIGRATIONS: &[&str] = &[
         failures INTEGER NOT NULL
     );
     CREATE INDEX attempt_rollups_hour ON attempt_rollups (hour_ms);
-    CREATE TABLE rollup_state (folded_until_ms INTEGER NOT NULL);
-    INSERT INTO rollup_state SELECT COALESCE(MIN(ts_ms) / 3600000 * 3600000, 0) FROM requests",
+    CREATE TABLE rollup_state (folded_until_ms INTEGER NOT NULL, pruned_until_ms INTEGER NOT NULL);
+    INSERT INTO rollup_state SELECT COALESCE(MIN(ts_ms) / 3600000 * 3600000, 0), 0 FROM requests",
 ];
 
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
