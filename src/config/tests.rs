@@ -220,3 +220,23 @@ fn yaml_is_accepted_by_extension() {
     assert_eq!(cfg.tiers[0].name, "t");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn ledger_retention() {
+    let cfg = load(BASE, &[("OR_KEY", "k")]).unwrap();
+    assert_eq!(cfg.ledger.retention, Some(Duration::from_secs(90 * 86_400)));
+    let cfg = load(
+        BASE,
+        &[("OR_KEY", "k"), ("CASCADE__LEDGER__RETENTION_DAYS", "0")],
+    )
+    .unwrap();
+    assert_eq!(cfg.ledger.retention, None);
+    let e = problems(
+        load(
+            BASE,
+            &[("OR_KEY", "k"), ("CASCADE__LEDGER__RETENTION_DAYS", "-1")],
+        )
+        .unwrap_err(),
+    );
+    assert!(e.contains("ledger.retention_days"), "{e}");
+}
