@@ -217,7 +217,7 @@ impl Chain {
         }
         let p = &config.policy;
         for (i, m) in config.models.iter().enumerate() {
-            let label = format!("model:{}", m.name);
+            let label = config.target_label(config.tiers.len() + i);
             targets.push(Target {
                 metrics: vec![AttemptMetrics::new(metrics, &label, &m.name)],
                 request_duration: metrics.request_duration.with_label_values(&[&label]),

@@ -506,6 +506,15 @@ impl Config {
         &self.providers[self.models[model].provider]
     }
 
+    /// The label of a chain target: the tiers first (by `TierId`), then one
+    /// per model for requests naming a model directly (`model:NAME`).
+    pub fn target_label(&self, target: usize) -> String {
+        match self.tiers.get(target) {
+            Some(t) => t.name.clone(),
+            None => format!("model:{}", self.models[target - self.tiers.len()].name),
+        }
+    }
+
     /// Whether any gateway key (named or not) is configured.
     pub fn auth_required(&self) -> bool {
         !self.gateway_keys.is_empty() || !self.keys.is_empty()

@@ -196,8 +196,7 @@ pub fn compact(
     let mut conn = open_rw(path)?;
     let folded = rollup::fold(&mut conn, now_ms).map_err(|e| sqlite(path, e))?;
     let mut deleted = 0;
-    if let Some(keep) = retention {
-        let before = now_ms - i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
+    if let Some(before) = rollup::cutoff(now_ms, retention) {
         loop {
             let n = rollup::prune(&conn, before).map_err(|e| sqlite(path, e))?;
             deleted += n;
@@ -229,7 +228,7 @@ fn spend_since(conn: &Connection, since_ms: i64) -> rusqlite::Result<Spend> {
     let p = src.params;
     let total: i64 = conn.query_row(
         &src.query("SELECT CAST(TOTAL(cost + wasted) AS INTEGER) FROM r"),
-        params![p[0], p[1], p[2]],
+        p,
         |r| r.get(0),
     )?;
     let mut stmt = conn.prepare(&src.query(
@@ -237,7 +236,7 @@ fn spend_since(conn: &Connection, since_ms: i64) -> rusqlite::Result<Spend> {
          WHERE key IS NOT NULL GROUP BY key",
     ))?;
     let by_key = stmt
-        .query_map(params![p[0], p[1], p[2]], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map(p, |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
     let mut stmt = conn.prepare(
         "SELECT session, CAST(TOTAL(cost_nanos + wasted_nanos) AS INTEGER) FROM requests \
@@ -355,8 +354,7 @@ fn maintain(conn: &mut Connection, now_ms: i64, retention: Option<Duration>, pat
         Ok(n) => tracing::debug!(rollup_rows = n, "ledger hours folded"),
         Err(e) => tracing::error!(ledger = %path, "ledger rollup failed: {e}"),
     }
-    if let Some(keep) = retention {
-        let before = now_ms - i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
+    if let Some(before) = rollup::cutoff(now_ms, retention) {
         match rollup::prune(conn, before) {
             Ok(0) => {}
             Ok(n) => tracing::info!(rows = n, "ledger rows past retention deleted"),

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::rollup::Sources;
-use rusqlite::{params, Connection};
+use rusqlite::Connection;
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -186,7 +186,7 @@ pub fn build(conn: &Connection, window: Window, now_ms: i64) -> rusqlite::Result
              CAST(TOTAL(wasted) AS INTEGER), CAST(TOTAL(savings) AS INTEGER), \
              CAST(TOTAL(free_served) AS INTEGER), CAST(TOTAL(fallbacks) AS INTEGER) FROM r",
         ),
-        params![p[0], p[1], p[2]],
+        p,
         |row| {
             r.requests = count(row.get::<_, i64>(0)?);
             r.cost_nanos = row.get(1)?;
@@ -203,7 +203,7 @@ pub fn build(conn: &Connection, window: Window, now_ms: i64) -> rusqlite::Result
          CAST(TOTAL(completion) AS INTEGER), CAST(TOTAL(cost) AS INTEGER) \
          FROM r WHERE tier IS NOT NULL GROUP BY tier, model",
     ))?;
-    let rows = stmt.query_map(params![p[0], p[1], p[2]], |row| {
+    let rows = stmt.query_map(p, |row| {
         Ok((
             row.get::<_, String>(0)?,
             row.get::<_, String>(1)?,
@@ -229,7 +229,7 @@ pub fn build(conn: &Connection, window: Window, now_ms: i64) -> rusqlite::Result
         "SELECT tier, model, CAST(TOTAL(attempts) AS INTEGER), CAST(TOTAL(failures) AS INTEGER) \
          FROM a GROUP BY tier, model",
     ))?;
-    let rows = stmt.query_map(params![p[0], p[1], p[2]], |row| {
+    let rows = stmt.query_map(p, |row| {
         Ok((
             row.get::<_, String>(0)?,
             row.get::<_, String>(1)?,
@@ -250,7 +250,7 @@ pub fn build(conn: &Connection, window: Window, now_ms: i64) -> rusqlite::Result
         "SELECT model, CAST(TOTAL(wasted) AS INTEGER) FROM r WHERE wasted != 0 \
          AND model IS NOT NULL GROUP BY model",
     ))?;
-    let rows = stmt.query_map(params![p[0], p[1], p[2]], |row| {
+    let rows = stmt.query_map(p, |row| {
         Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
     })?;
     for row in rows {
@@ -264,7 +264,7 @@ pub fn build(conn: &Connection, window: Window, now_ms: i64) -> rusqlite::Result
         "SELECT hour, tier, CAST(TOTAL(cost + wasted) AS INTEGER) \
          FROM r WHERE tier IS NOT NULL GROUP BY hour, tier",
     ))?;
-    let hours = stmt.query_map(params![p[0], p[1], p[2]], |row| {
+    let hours = stmt.query_map(p, |row| {
         Ok((
             row.get::<_, i64>(0)?,
             row.get::<_, String>(1)?,
@@ -289,7 +289,7 @@ fn spend_by(
         "SELECT {column}, CAST(TOTAL(requests) AS INTEGER), CAST(TOTAL(cost + wasted) AS INTEGER) \
          FROM r WHERE {column} IS NOT NULL GROUP BY {column}"
     )))?;
-    let rows = stmt.query_map(params![p[0], p[1], p[2]], |row| {
+    let rows = stmt.query_map(p, |row| {
         Ok((
             row.get::<_, String>(0)?,
             KeyLine {

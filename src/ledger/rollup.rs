@@ -71,6 +71,11 @@ pub fn fold(conn: &mut Connection, now_ms: i64) -> rusqlite::Result<usize> {
     Ok(n)
 }
 
+/// Where retention cuts: rows before this are past it (None: kept forever).
+pub fn cutoff(now_ms: i64, retention: Option<std::time::Duration>) -> Option<i64> {
+    retention.map(|keep| now_ms - i64::try_from(keep.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// Delete rows older than `before_ms` (never from hours not folded yet), a
 /// batch at a time. Returns the rows deleted.
 pub fn prune(conn: &Connection, before_ms: i64) -> rusqlite::Result<usize> {

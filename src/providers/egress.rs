@@ -186,23 +186,30 @@ fn system_roots() -> &'static [CertificateDer<'static>] {
     })
 }
 
-/// TLS with the built-in (webpki) roots and the system's (the OTLP exporter's).
-pub fn default_tls() -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let _ = roots.add_parsable_certificates(system_roots().iter().cloned());
-    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))
-        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
-}
-
-/// TLS for `p`: the built-in (webpki) roots, the system's, and its `ca_file`.
-pub fn tls_config(p: &Provider) -> Result<rustls::ClientConfig, String> {
+/// The built-in (webpki) roots and the system's.
+fn default_roots() -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     // a system certificate rustls cannot use is skipped, as browsers do
     let _ = roots.add_parsable_certificates(system_roots().iter().cloned());
+    roots
+}
+
+fn client_config(roots: rustls::RootCertStore, who: &str) -> Result<rustls::ClientConfig, String> {
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("{who}TLS: {e}"))
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// TLS with the default roots (the OTLP exporter's).
+pub fn default_tls() -> Result<rustls::ClientConfig, String> {
+    client_config(default_roots(), "")
+}
+
+/// TLS for `p`: the default roots and its `ca_file`.
+pub fn tls_config(p: &Provider) -> Result<rustls::ClientConfig, String> {
+    let mut roots = default_roots();
     if let Some(file) = &p.ca_file {
         let certs = CertificateDer::pem_file_iter(file)
             .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
@@ -213,8 +220,5 @@ pub fn tls_config(p: &Provider) -> Result<rustls::ClientConfig, String> {
                 .map_err(|e| format!("providers.{}.ca_file: {}: {e}", p.name, file.display()))?;
         }
     }
-    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("providers.{}: TLS: {e}", p.name))
-        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+    client_config(roots, &format!("providers.{}: ", p.name))
 }

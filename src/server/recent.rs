@@ -71,10 +71,7 @@ impl Recent {
                     "request_id": e.request_id,
                     "endpoint": e.endpoint,
                     "task": e.task.map(|t| cfg.tasks[t].name.as_str()),
-                    "tier": e.target.map(|t| match cfg.tiers.get(t) {
-                        Some(tier) => tier.name.clone(),
-                        None => format!("model:{}", cfg.models[t - cfg.tiers.len()].name),
-                    }),
+                    "tier": e.target.map(|t| cfg.target_label(t)),
                     "model": e.model.map(|m| cfg.models[m].name.as_str()),
                     "attempts": e.attempts,
                     "fallback": e.fallback,

@@ -154,6 +154,12 @@ impl Settlement {
             .map_or(Usd::ZERO, |r| savings(rt, r, by.model, &usage, self.cost));
     }
 
+    /// Served by a tier other than the chain's first.
+    fn fallback(&self) -> bool {
+        self.served
+            .is_some_and(|b| Some(b.target) != self.first_target())
+    }
+
     fn first_target(&self) -> Option<usize> {
         self.route
             .as_ref()
@@ -346,11 +352,21 @@ pub fn settle(state: &AppState, rt: &Runtime, s: &Settlement) -> Option<Usd> {
     }
     log_request(rt, s, elapsed);
     // an unauthenticated caller leaves no trace and takes no place on the page
-    if s.status == 401 {
-        let key = key.map(|i| &cfg.keys[i]);
-        return state.budgets().remaining(cfg, key, session, now);
+    if s.status != 401 {
+        export_spans(rt, s, elapsed);
+        remember(state, rt, s, (now, spent, elapsed));
     }
-    export_spans(rt, s, elapsed);
+    let key = key.map(|i| &cfg.keys[i]);
+    state.budgets().remaining(cfg, key, session, now)
+}
+
+/// The request in the ring of the last ones (the page's list).
+fn remember(
+    state: &AppState,
+    rt: &Runtime,
+    s: &Settlement,
+    (now, spent, elapsed): (i64, Usd, Duration),
+) {
     state.recent().push(super::recent::Entry {
         config: std::sync::Arc::clone(&rt.config),
         at_ms: now,
@@ -361,15 +377,13 @@ pub fn settle(state: &AppState, rt: &Runtime, s: &Settlement) -> Option<Usd> {
         model: s.served.map(|b| b.model),
         attempts: s.run.attempts.len(),
         hedged: s.run.hedges > 0,
-        fallback: s.served.is_some_and(|b| Some(b.target) != s.first_target()),
+        fallback: s.fallback(),
         status: s.status,
         outcome: s.outcome.as_str(),
         stream: s.stream,
         cost: spent,
         latency_ms: elapsed.as_secs_f64() * 1000.0,
     });
-    let key = key.map(|i| &cfg.keys[i]);
-    state.budgets().remaining(cfg, key, session, now)
 }
 
 /// Hand the request's spans to the exporter, when it is traced and sampled.
@@ -449,7 +463,7 @@ fn ledger_row(
         tier: s.served.map(|b| label(b.target)),
         model: s.served.map(|b| cfg.models[b.model].name.clone()),
         free: s.served.is_some_and(|b| rt.chain.targets[b.target].free),
-        fallback: s.served.is_some_and(|b| Some(b.target) != first),
+        fallback: s.fallback(),
         escalated: route.escalated,
         status: s.status,
         stream: s.stream,

@@ -48,13 +48,6 @@ pub struct Finished {
     pub completion: Option<Box<str>>,
 }
 
-fn target_label(cfg: &Config, target: usize) -> String {
-    match cfg.tiers.get(target) {
-        Some(t) => t.name.clone(),
-        None => format!("model:{}", cfg.models[target - cfg.tiers.len()].name),
-    }
-}
-
 /// `gen_ai.provider.name`: the well-known name for OpenAI's and
 /// Anthropic's own APIs, else the provider's name in the config (an
 /// OpenAI-compatible server is not OpenAI).
@@ -92,7 +85,7 @@ pub fn spans(c: Finished) -> Vec<SpanOut> {
         Some(t) => cfg.tasks[t].name.clone(),
         None => c
             .first_target
-            .map_or_else(String::new, |t| target_label(cfg, t)),
+            .map_or_else(String::new, |t| cfg.target_label(t)),
     };
     let mut out = Vec::with_capacity(1 + c.attempts.len());
     let mut attrs = vec![
@@ -110,7 +103,7 @@ pub fn spans(c: Finished) -> Vec<SpanOut> {
         attrs.push(("cascade.task", str_attr(cfg.tasks[t].name.clone())));
     }
     if let Some(first) = c.first_target {
-        attrs.push(("cascade.route", str_attr(target_label(cfg, first))));
+        attrs.push(("cascade.route", str_attr(cfg.target_label(first))));
     }
     if let Some((target, model)) = c.served {
         let m = &cfg.models[model];
@@ -119,7 +112,7 @@ pub fn spans(c: Finished) -> Vec<SpanOut> {
             "gen_ai.provider.name",
             str_attr(provider_name(&cfg.providers[m.provider])),
         ));
-        attrs.push(("cascade.tier", str_attr(target_label(cfg, target))));
+        attrs.push(("cascade.tier", str_attr(cfg.target_label(target))));
         attrs.push(("cascade.model", str_attr(m.name.clone())));
     }
     if let Some(u) = c.usage {
@@ -170,7 +163,7 @@ pub fn spans(c: Finished) -> Vec<SpanOut> {
             ("gen_ai.operation.name", str_attr(op)),
             ("gen_ai.request.model", str_attr(m.upstream.clone())),
             ("gen_ai.provider.name", str_attr(provider_name(provider))),
-            ("cascade.tier", str_attr(target_label(cfg, a.target))),
+            ("cascade.tier", str_attr(cfg.target_label(a.target))),
             ("cascade.model", str_attr(m.name.clone())),
             ("cascade.provider", str_attr(provider.name.clone())),
             ("cascade.attempt", Attr::Int(i64::from(a.number))),

@@ -5,17 +5,17 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::gateway::{body, header, named, temp_dir, TempDir};
+use crate::common::gateway::{body, db_value, header, named, rows_flushed, temp_dir, TempDir};
 use crate::common::process::{free_port, spawn, wait_ready};
 use crate::common::{Gateway, Step, Upstream};
-use crate::{model, prelude_with, tier, ENV};
+use crate::{model, prelude_with, tier, with_ledger, ENV};
 
 /// The strategic planner's shape: kimi (paid) -> llama -> ollama; llama
 /// escalates to kimi after 3 consecutive failures. Ledger at `ledger`.
 fn planner(up: &Upstream, ledger: &str, extra: &str) -> String {
     format!(
         "{}{}{}{}{}{}{}{}",
-        prelude_with(up, "", 0).replace("path = \"\"", &format!("path = \"{ledger}\"\nflush_interval_ms = 10")),
+        with_ledger(prelude_with(up, "", 0), ledger, ""),
         model("kimi-k2", "input_usd_per_mtok = 0.6\noutput_usd_per_mtok = 2.5"),
         model("llama-8b", ""),
         model("ollama-7b", ""),
@@ -142,26 +142,6 @@ async fn status(gw: &Gateway) -> Value {
     gw.get_json("/v1/cascade/status").await
 }
 
-/// Bounded poll until the writer reports `n` rows flushed.
-async fn flushed(gw: &Gateway, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if status(gw).await["ledger"]["rows_flushed"].as_u64().unwrap() >= n {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the ledger never flushed {n} rows"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-fn db_rows(path: &str, sql: &str) -> i64 {
-    let conn = rusqlite::Connection::open(path).unwrap();
-    conn.query_row(sql, [], |r| r.get(0)).unwrap()
-}
-
 #[tokio::test]
 async fn the_ledger_records_success_fallback_and_failure() {
     let up = Upstream::start().await;
@@ -174,32 +154,32 @@ async fn the_ledger_records_success_fallback_and_failure() {
     up.script("llama-8b", vec![Step::Status(503, "down")]);
     up.script("ollama-7b", vec![Step::Status(503, "down")]);
     assert_eq!(gw.ask("kimi").await.status(), 502); // total failure
-    flushed(&gw, 3).await;
-    assert_eq!(db_rows(&db, "SELECT COUNT(*) FROM requests"), 3);
+    rows_flushed(&gw.http, &gw.url, 3).await;
+    assert_eq!(db_value(&db, "SELECT COUNT(*) FROM requests"), 3);
     assert_eq!(
-        db_rows(
+        db_value(
             &db,
             "SELECT COUNT(*) FROM requests WHERE status = 200 AND fallback = 0"
         ),
         1
     );
     assert_eq!(
-        db_rows(
+        db_value(
             &db,
             "SELECT COUNT(*) FROM requests WHERE fallback = 1 AND tier = 'llama'"
         ),
         1
     );
     assert_eq!(
-        db_rows(
+        db_value(
             &db,
             "SELECT COUNT(*) FROM requests WHERE status = 502 AND tier IS NULL"
         ),
         1
     );
-    assert_eq!(db_rows(&db, "SELECT COUNT(*) FROM attempts"), 1 + 2 + 3);
+    assert_eq!(db_value(&db, "SELECT COUNT(*) FROM attempts"), 1 + 2 + 3);
     assert_eq!(
-        db_rows(
+        db_value(
             &db,
             "SELECT COUNT(*) FROM attempts WHERE outcome = 'upstream_error'"
         ),
@@ -220,7 +200,7 @@ async fn budgets_survive_restarts_and_skip_or_reject() {
         let resp = gw.ask("kimi").await;
         assert_eq!(header(&resp, "x-cascade-tier"), "kimi");
         assert_eq!(header(&resp, "x-cascade-budget-remaining-usd"), "0.0000115");
-        flushed(&gw, 1).await;
+        rows_flushed(&gw.http, &gw.url, 1).await;
         gw.state.close();
     }
     // restart: the spend is still there
@@ -484,20 +464,20 @@ async fn a_stream_cut_midway_is_a_failed_attempt_in_the_ledger_and_for_escalatio
     let s = status(&gw).await;
     let llama = named(&s["tiers"], "llama");
     assert_eq!(llama["escalate"]["consecutive_failures"], 1);
-    flushed(&gw, 1).await;
+    rows_flushed(&gw.http, &gw.url, 1).await;
     assert_eq!(
-        db_rows(
+        db_value(
             &db,
             "SELECT COUNT(*) FROM attempts WHERE outcome = 'upstream_error'"
         ),
         1
     );
     assert_eq!(
-        db_rows(
+        db_value(
             &db,
             "SELECT COUNT(*) FROM attempts WHERE outcome = 'success'"
         ),
         0
     );
-    assert!(db_rows(&db, "SELECT wasted_nanos FROM requests") >= 0);
+    assert!(db_value(&db, "SELECT wasted_nanos FROM requests") >= 0);
 }

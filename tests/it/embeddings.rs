@@ -18,10 +18,7 @@ fn config(up: &Upstream, ledger: &str, extra: &str) -> String {
         format!("kind = \"embedding\"\ndimensions = {EMBEDDING_DIMS}\nembedding_space = \"te\"\n{price}")
     };
     [
-        prelude(up, "default_max_retries = 0").replace(
-            "path = \"\"",
-            &format!("path = \"{ledger}\"\nflush_interval_ms = 10"),
-        ),
+        crate::with_ledger(prelude(up, "default_max_retries = 0"), ledger, ""),
         model("te", &embedding("input_usd_per_mtok = 1.0")),
         model("te-backup", &embedding("")),
         model("chat-m", ""),

@@ -5,11 +5,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::gateway::{header, named, temp_dir};
+use crate::common::gateway::{db_value, header, named, rows_flushed, temp_dir};
 use crate::common::process::{free_port, wait_ready};
 use crate::common::{Gateway, Step, StreamScript, Upstream};
 use crate::streaming::{content, read_all, stream_body};
-use crate::{model, prelude, tier, ENV};
+use crate::{model, prelude, tier, with_ledger, ENV};
 
 fn after(ms: u64, step: Step) -> Step {
     Step::Delay(ms, Box::new(step))
@@ -99,10 +99,7 @@ async fn least_latency_does_not_prefer_a_model_that_fails_fast() {
 /// attempt is wasted spend). Ledger at `db`.
 fn hedged(up: &Upstream, db: &str, hedge: &str, models: &str) -> String {
     [
-        prelude(up, "").replace(
-            "path = \"\"",
-            &format!("path = \"{db}\"\nflush_interval_ms = 10"),
-        ),
+        with_ledger(prelude(up, ""), db, ""),
         model("m1", "input_usd_per_mtok = 1.0\noutput_usd_per_mtok = 1.0"),
         model("m2", ""),
         models.to_string(),
@@ -111,36 +108,12 @@ fn hedged(up: &Upstream, db: &str, hedge: &str, models: &str) -> String {
     .concat()
 }
 
-async fn rows_flushed(http: &reqwest::Client, url: &str, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let s: Value = http
-            .get(format!("{url}/v1/cascade/status"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if s["ledger"]["rows_flushed"].as_u64().unwrap() >= n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the ledger never flushed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 async fn until(what: &str, cond: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while !cond() {
         assert!(Instant::now() < deadline, "{what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-fn db_value(path: &str, sql: &str) -> i64 {
-    let conn = rusqlite::Connection::open(path).unwrap();
-    conn.query_row(sql, [], |r| r.get(0)).unwrap()
 }
 
 /// The real binary: m1 answers after 2 s, m2 after 50 ms, hedge after 100 ms.
@@ -310,10 +283,7 @@ async fn no_hedge_to_a_paid_tier_on_a_spent_budget() {
     let dir = temp_dir();
     let db = dir.0.join("ledger.db").display().to_string();
     let cfg = [
-        prelude(&up, "").replace(
-            "path = \"\"",
-            &format!("path = \"{db}\"\nflush_interval_ms = 10"),
-        ),
+        with_ledger(prelude(&up, ""), &db, ""),
         "\n[budget]\ndaily_usd = 0.00001\n".to_string(),
         model("free1", ""),
         model(

@@ -323,10 +323,7 @@ async fn absurd_usage_is_estimated_and_never_breaks_budgets_or_the_ledger() {
     let dir = temp_dir();
     let db = dir.0.join("ledger.db").display().to_string();
     let cfg = [
-        prelude(&up, "").replace(
-            "path = \"\"",
-            &format!("path = \"{db}\"\nflush_interval_ms = 10"),
-        ),
+        crate::with_ledger(prelude(&up, ""), &db, ""),
         model(
             "m-paid",
             "input_usd_per_mtok = 1.0\noutput_usd_per_mtok = 1.0",

@@ -13,9 +13,10 @@ const DAY_MS: i64 = 86_400_000;
 
 fn config(up: &Upstream, db: &str, retention_days: u32) -> String {
     [
-        prelude(up, "").replace(
-            "path = \"\"",
-            &format!("path = \"{db}\"\nflush_interval_ms = 10\nretention_days = {retention_days}"),
+        crate::with_ledger(
+            prelude(up, ""),
+            db,
+            &format!("retention_days = {retention_days}"),
         ),
         model("m", "input_usd_per_mtok = 1.0\noutput_usd_per_mtok = 1.0"),
         tier("t", &["m"], ""),

@@ -80,6 +80,15 @@ auth = "none"
     )
 }
 
+/// A prelude with its ledger at `db`, flushed every 10 ms, and `extra`
+/// lines in [ledger].
+pub fn with_ledger(prelude: String, db: &str, extra: &str) -> String {
+    prelude.replace(
+        "path = \"\"",
+        &format!("path = \"{db}\"\nflush_interval_ms = 10\n{extra}"),
+    )
+}
+
 /// `[models.NAME]` on the scripted upstream, upstream name = NAME.
 pub fn model(name: &str, extra: &str) -> String {
     format!("\n[models.{name}]\nprovider = \"up\"\nmodel = \"{name}\"\n{extra}\n")

@@ -154,3 +154,32 @@ pub fn named(list: &Value, name: &str) -> Value {
         .unwrap_or_else(|| panic!("no {name:?} in {list}"))
         .clone()
 }
+
+/// Bounded poll until the gateway at `url` reports `n` ledger rows flushed.
+pub async fn rows_flushed(http: &reqwest::Client, url: &str, n: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let s: Value = http
+            .get(format!("{url}/v1/cascade/status"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if s["ledger"]["rows_flushed"].as_u64().unwrap() >= n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ledger never flushed {n} rows"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// One value from a ledger file.
+pub fn db_value(path: &str, sql: &str) -> i64 {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.query_row(sql, [], |r| r.get(0)).unwrap()
+}
