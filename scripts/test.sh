@@ -27,6 +27,14 @@ if ! command -v tinyproxy >/dev/null 2>&1 && [ ! -x /usr/bin/tinyproxy ]; then
         || { apt-get update -q >/dev/null && apt-get install -y -q tinyproxy >/dev/null; }
 fi
 
+# the shared-ledger tests start their own PostgreSQL clusters (initdb into a
+# temporary directory, on a free loopback port)
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    step "apt-get install postgresql (for the shared-ledger tests)"
+    apt-get install -y -q postgresql >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null && apt-get install -y -q postgresql >/dev/null; }
+fi
+
 step "cargo build --locked"
 cargo build --locked
 

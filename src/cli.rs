@@ -27,7 +27,7 @@ pub fn report(path: &Path, since: &str) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let Some(ledger) = &cfg.ledger.path else {
+    let Some(ledger) = &cfg.ledger.store else {
         eprintln!(
             "{}: ledger.path is empty: there is no ledger to report from",
             path.display()
@@ -234,11 +234,11 @@ pub fn describe(cfg: &Config) -> String {
         s,
         "ledger: {}",
         cfg.ledger
-            .path
+            .store
             .as_ref()
-            .map_or("off".to_string(), |p| format!(
+            .map_or("off".to_string(), |store| format!(
                 "{} (flush every {}ms)",
-                p.display(),
+                crate::ledger::label(store),
                 cfg.ledger.flush_interval.as_millis()
             ))
     );

@@ -3,6 +3,10 @@
 use std::sync::Arc;
 
 use proptest::prelude::*;
+
+#[allow(dead_code)] // the integration tests use all of it
+#[path = "../tests/it/common/pg_cluster.rs"]
+pub mod pg_cluster;
 use serde_json::{Map, Value};
 
 use crate::chain::Chain;

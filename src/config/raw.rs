@@ -327,9 +327,13 @@ pub struct RawCost {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawLedger {
+    /// `sqlite` (default) or `postgres`.
+    pub backend: Option<String>,
     pub path: String,
     pub flush_interval_ms: i64,
     pub url: Option<String>,
+    pub url_env: Option<String>,
+    pub pool_size: i64,
     /// 0: keep rows forever.
     pub retention_days: i64,
 }
@@ -337,9 +341,12 @@ pub struct RawLedger {
 impl Default for RawLedger {
     fn default() -> Self {
         Self {
+            backend: None,
             path: "data/cascade.db".into(),
             flush_interval_ms: 100,
             url: None,
+            url_env: None,
+            pool_size: 4,
             retention_days: 90,
         }
     }

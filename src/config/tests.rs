@@ -240,3 +240,50 @@ fn ledger_retention() {
     );
     assert!(e.contains("ledger.retention_days"), "{e}");
 }
+
+#[test]
+fn ledger_backends() {
+    let cfg = load(BASE, &[("OR_KEY", "k")]).unwrap();
+    assert!(matches!(cfg.ledger.store, Some(LedgerStore::Sqlite(_))));
+    let pg = format!(
+        "{BASE}\n[ledger]\nbackend = \"postgres\"\nurl_env = \"LEDGER_URL\"\npool_size = 8\n"
+    );
+    let cfg = load(
+        &pg,
+        &[
+            ("OR_KEY", "k"),
+            ("LEDGER_URL", "postgres://c:pw-77@db:5433/l"),
+        ],
+    )
+    .unwrap();
+    match &cfg.ledger.store {
+        Some(LedgerStore::Postgres { url, pool_size }) => {
+            assert_eq!(url.expose(), "postgres://c:pw-77@db:5433/l");
+            assert_eq!(*pool_size, 8);
+        }
+        other => panic!("{other:?}"),
+    }
+    // unset variable, a malformed URL (never echoed), an unknown backend,
+    // a URL on a SQLite ledger
+    let e = problems(load(&pg, &[("OR_KEY", "k")]).unwrap_err());
+    assert!(e.contains("LEDGER_URL"), "{e}");
+    let e =
+        problems(load(&pg, &[("OR_KEY", "k"), ("LEDGER_URL", "mysql://x:pw-77@[")]).unwrap_err());
+    assert!(e.contains("ledger.url") && !e.contains("pw-77"), "{e}");
+    let e = problems(
+        load(
+            &format!("{BASE}\n[ledger]\nbackend = \"mongo\"\n"),
+            &[("OR_KEY", "k")],
+        )
+        .unwrap_err(),
+    );
+    assert!(e.contains("ledger.backend"), "{e}");
+    let e = problems(
+        load(
+            &format!("{BASE}\n[ledger]\nurl = \"postgres://h/l\"\n"),
+            &[("OR_KEY", "k")],
+        )
+        .unwrap_err(),
+    );
+    assert!(e.contains("ledger.url"), "{e}");
+}

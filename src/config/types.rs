@@ -453,10 +453,20 @@ pub struct Budget {
     pub on_exhausted: OnExhausted,
 }
 
+/// Where the ledger lives.
+#[derive(Clone, Debug)]
+pub enum LedgerStore {
+    /// A SQLite file: one process.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database shared by replicas; `pool_size` connections
+    /// for reads (the writer has its own).
+    Postgres { url: Secret, pool_size: usize },
+}
+
 #[derive(Debug)]
 pub struct Ledger {
     /// None: disabled.
-    pub path: Option<PathBuf>,
+    pub store: Option<LedgerStore>,
     pub flush_interval: Duration,
     /// `retention_days`: rows older than this are deleted; None: kept.
     pub retention: Option<Duration>,

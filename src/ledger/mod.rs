@@ -1,29 +1,39 @@
-//! The durable ledger: every finished request, with its attempts, in SQLite.
-//! Rows go through a bounded channel to a batching writer thread, so a
-//! request never waits on disk; a full channel drops the row, counts it in
-//! cascade_ledger_dropped_total and logs. Each batch is one transaction, so
-//! a kill -9 loses at most the rows of the last flush interval and never
-//! corrupts the file (WAL).
+//! The durable ledger: every finished request, with its attempts, in
+//! SQLite (one process) or PostgreSQL (replicas sharing one ledger). Rows go
+//! through a bounded channel to a batching writer thread, so a request never
+//! waits on the store; a full channel drops the row, counts it in
+//! cascade_ledger_dropped_total and logs. Each batch is one transaction of
+//! multi-row inserts, so a kill -9 loses at most the rows of the last flush
+//! interval. A store that is away (PostgreSQL restarting, a full disk) keeps
+//! the rows waiting, up to the bound, and the writer retries.
 
+mod db;
 mod report;
 mod rollup;
 mod schema;
 pub mod time;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus::IntCounter;
-use rusqlite::{params, Connection};
+use r2d2_postgres::{postgres::NoTls, r2d2, PostgresConnectionManager};
 use tokio::sync::mpsc;
 
+pub use crate::config::LedgerStore;
+use db::{off_runtime, sum, transaction, Db, DbError, Dialect, Postgres, Sqlite, Val};
 pub use report::{render_table, Report, Window};
 
-/// How many rows may wait for the writer.
+/// How many rows may wait in the channel, and again in the writer's hand
+/// while the store is away.
 const QUEUE: usize = 16_384;
+/// Rows per INSERT statement.
+const ROWS_PER_INSERT: usize = 100;
+/// Between attempts to reach a store that is away.
+const RECONNECT_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug, Default)]
 pub struct RequestRow {
@@ -65,13 +75,10 @@ pub struct AttemptRow {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
-    #[error("ledger {path}: {source}")]
-    Sqlite {
-        path: String,
-        source: rusqlite::Error,
-    },
-    #[error("ledger {path}: {message}")]
-    Io { path: String, message: String },
+    #[error("ledger {at}: {source}")]
+    Store { at: String, source: DbError },
+    #[error("ledger {at}: {message}")]
+    Io { at: String, message: String },
 }
 
 /// What the writer receives: rows, or a request to write what it has now.
@@ -80,9 +87,78 @@ enum Msg {
     Flush(tokio::sync::oneshot::Sender<()>),
 }
 
+/// Where reads go: a SQLite file opened per read, or a pool.
+enum Reader {
+    Sqlite(PathBuf),
+    Postgres(r2d2::Pool<PostgresConnectionManager<NoTls>>),
+}
+
+impl Reader {
+    fn new(store: &LedgerStore) -> Result<Reader, DbError> {
+        Ok(match store {
+            LedgerStore::Sqlite(path) => Reader::Sqlite(path.clone()),
+            LedgerStore::Postgres { url, pool_size } => {
+                let manager = PostgresConnectionManager::new(db::pg_config(url)?, NoTls);
+                Reader::Postgres(
+                    r2d2::Pool::builder()
+                        .max_size(u32::try_from(*pool_size).unwrap_or(u32::MAX))
+                        .min_idle(Some(0))
+                        .connection_timeout(Duration::from_secs(10))
+                        .build_unchecked(manager),
+                )
+            }
+        })
+    }
+
+    /// Run `f` on a connection (never on an async runtime thread).
+    fn read<T: Send>(
+        &self,
+        f: impl FnOnce(&mut dyn Db) -> Result<T, DbError> + Send,
+    ) -> Result<T, DbError> {
+        off_runtime(|| match self {
+            Reader::Sqlite(path) => {
+                if !path.exists() {
+                    return Err(DbError::Missing);
+                }
+                f(&mut Sqlite::open(path, true)?)
+            }
+            Reader::Postgres(pool) => f(&mut Postgres::new(pool.get()?)),
+        })
+    }
+}
+
+/// What logs and errors call a store (never with credentials).
+pub fn label(store: &LedgerStore) -> String {
+    match store {
+        LedgerStore::Sqlite(path) => path.display().to_string(),
+        LedgerStore::Postgres { url, .. } => db::pg_label(url),
+    }
+}
+
+/// Open a store for writing, creating or migrating its schema.
+fn open_rw(store: &LedgerStore) -> Result<Box<dyn Db>, DbError> {
+    let mut db: Box<dyn Db> = match store {
+        LedgerStore::Sqlite(path) => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| DbError::Other(format!("cannot create {}: {e}", dir.display())))?;
+            }
+            Box::new(Sqlite::open(path, false)?)
+        }
+        LedgerStore::Postgres { url, .. } => {
+            let client = off_runtime(|| db::pg_config(url)?.connect(NoTls).map_err(DbError::from))?;
+            Box::new(Postgres::new(Box::new(client)))
+        }
+    };
+    off_runtime(|| schema::migrate(db.as_mut()))?;
+    Ok(db)
+}
+
 /// The handle requests use. Cheap to share; `record` never blocks.
 pub struct Ledger {
-    path: PathBuf,
+    at: String,
+    backend: &'static str,
+    reader: Reader,
     tx: mpsc::Sender<Msg>,
     dropped: IntCounter,
     flushed: Arc<AtomicU64>,
@@ -91,35 +167,50 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    /// Open (creating and migrating) the database and start the writer.
+    /// Open (creating and migrating) the store and start the writer.
     /// `retention`: rows older than that are deleted (their hours stay in
-    /// the rollups); None keeps them forever.
+    /// the rollups); None keeps them forever. A PostgreSQL server that
+    /// cannot be reached now is an error (budgets start from its rows).
     pub fn open(
-        path: &Path,
+        store: &LedgerStore,
         (flush_interval, retention): (Duration, Option<Duration>),
         dropped: IntCounter,
     ) -> Result<Ledger, LedgerError> {
-        let conn = open_rw(path)?;
+        let at = label(store);
+        let fail = |source| LedgerError::Store {
+            at: at.clone(),
+            source,
+        };
+        let conn = open_rw(store).map_err(fail)?;
+        let reader = Reader::new(store).map_err(fail)?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let flushed = Arc::new(AtomicU64::new(0));
         let closing = Arc::new(AtomicBool::new(false));
-        let path_s = path.display().to_string();
+        let writer = Writer {
+            store: store.clone(),
+            db: Some(conn),
+            at: at.clone(),
+            retention,
+            away: None,
+        };
         let writer = {
             let flushed = Arc::clone(&flushed);
             let closing = Arc::clone(&closing);
-            let p = path_s.clone();
             std::thread::Builder::new()
                 .name("cascade-ledger".into())
-                .spawn(move || {
-                    write_loop(conn, rx, (flush_interval, retention), flushed, closing, p)
-                })
+                .spawn(move || writer.run(rx, flush_interval, flushed, closing))
                 .map_err(|e| LedgerError::Io {
-                    path: path_s,
+                    at: at.clone(),
                     message: format!("cannot start the writer: {e}"),
                 })?
         };
         Ok(Ledger {
-            path: path.to_path_buf(),
+            at,
+            backend: match store {
+                LedgerStore::Sqlite(_) => "sqlite",
+                LedgerStore::Postgres { .. } => "postgres",
+            },
+            reader,
             tx,
             dropped,
             flushed,
@@ -128,8 +219,15 @@ impl Ledger {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where the ledger is: a file path, or a PostgreSQL URL without
+    /// credentials.
+    pub fn location(&self) -> &str {
+        &self.at
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn backend(&self) -> &'static str {
+        self.backend
     }
 
     /// Queue a row. Never blocks: a full queue drops it.
@@ -172,16 +270,26 @@ impl Ledger {
         }
     }
 
+    fn error(&self, source: DbError) -> LedgerError {
+        LedgerError::Store {
+            at: self.at.clone(),
+            source,
+        }
+    }
+
     /// Spend since `since_ms` (cost plus wasted), in nano-dollars, in total
     /// and by key and by session: what budgets start from.
     pub fn spend_since(&self, since_ms: i64) -> Result<Spend, LedgerError> {
-        let conn = open_ro(&self.path)?;
-        spend_since(&conn, since_ms).map_err(|e| sqlite(&self.path, e))
+        self.reader
+            .read(|db| spend_since(db, since_ms))
+            .map_err(|e| self.error(e))
     }
 
     /// The cost report for a window.
     pub fn report(&self, window: Window, now_ms: i64) -> Result<Report, LedgerError> {
-        report_at(&self.path, window, now_ms)
+        self.reader
+            .read(|db| report::build(db, window, now_ms))
+            .map_err(|e| self.error(e))
     }
 }
 
@@ -189,29 +297,42 @@ impl Ledger {
 /// one go (what the writer does a little at a time): for a ledger filled
 /// in bulk (bench/ledger_fill.rs). Returns (rollup rows made, rows deleted).
 pub fn compact(
-    path: &Path,
+    store: &LedgerStore,
     now_ms: i64,
     retention: Option<Duration>,
 ) -> Result<(usize, usize), LedgerError> {
-    let mut conn = open_rw(path)?;
-    let folded = rollup::fold(&mut conn, now_ms).map_err(|e| sqlite(path, e))?;
-    let mut deleted = 0;
-    if let Some(before) = rollup::cutoff(now_ms, retention) {
-        loop {
-            let n = rollup::prune(&conn, before).map_err(|e| sqlite(path, e))?;
-            deleted += n;
-            if n == 0 {
-                break;
+    let fail = |source| LedgerError::Store {
+        at: label(store),
+        source,
+    };
+    let mut db = open_rw(store).map_err(fail)?;
+    off_runtime(|| {
+        let folded = rollup::fold(db.as_mut(), now_ms)?;
+        let mut deleted = 0;
+        if let Some(before) = rollup::cutoff(now_ms, retention) {
+            loop {
+                let n = rollup::prune(db.as_mut(), before)?;
+                deleted += n;
+                if n == 0 {
+                    break;
+                }
             }
         }
-    }
-    Ok((folded, deleted))
+        Ok((folded, deleted))
+    })
+    .map_err(fail)
 }
 
-/// The cost report from a ledger file (used by `cascade report` too).
-pub fn report_at(path: &Path, window: Window, now_ms: i64) -> Result<Report, LedgerError> {
-    let conn = open_ro(path)?;
-    report::build(&conn, window, now_ms).map_err(|e| sqlite(path, e))
+/// The cost report from a ledger (used by `cascade report` too).
+pub fn report_at(store: &LedgerStore, window: Window, now_ms: i64) -> Result<Report, LedgerError> {
+    let fail = |source| LedgerError::Store {
+        at: label(store),
+        source,
+    };
+    let reader = Reader::new(store).map_err(fail)?;
+    reader
+        .read(|db| report::build(db, window, now_ms))
+        .map_err(fail)
 }
 
 #[derive(Debug, Default)]
@@ -221,30 +342,35 @@ pub struct Spend {
     pub by_session: Vec<(String, i64)>,
 }
 
-fn spend_since(conn: &Connection, since_ms: i64) -> rusqlite::Result<Spend> {
+fn spend_since(db: &mut dyn Db, since_ms: i64) -> Result<Spend, DbError> {
     // rollups for folded whole hours, rows for the rest (sessions: rows only,
     // within retention)
-    let src = rollup::Sources::new(conn, since_ms)?;
-    let p = src.params;
-    let total: i64 = conn.query_row(
-        &src.query("SELECT CAST(TOTAL(cost + wasted) AS INTEGER) FROM r"),
-        p,
-        |r| r.get(0),
-    )?;
-    let mut stmt = conn.prepare(&src.query(
-        "SELECT key, CAST(TOTAL(cost + wasted) AS INTEGER) FROM r \
-         WHERE key IS NOT NULL GROUP BY key",
-    ))?;
-    let by_key = stmt
-        .query_map(p, |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut stmt = conn.prepare(
-        "SELECT session, CAST(TOTAL(cost_nanos + wasted_nanos) AS INTEGER) FROM requests \
-         WHERE ts_ms >= ?1 AND session IS NOT NULL GROUP BY session",
-    )?;
-    let by_session = stmt
-        .query_map(params![since_ms], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+    let src = rollup::Sources::new(db, since_ms)?;
+    let spent = sum("cost + wasted");
+    let total = src
+        .rows(db, &format!("SELECT {spent} FROM r"))?
+        .first()
+        .map_or(0, |row| row[0].int());
+    let by_key = src
+        .rows(
+            db,
+            &format!("SELECT key, {spent} FROM r WHERE key IS NOT NULL GROUP BY key"),
+        )?
+        .into_iter()
+        .map(|row| (row[0].string(), row[1].int()))
+        .collect();
+    let by_session = db
+        .rows(
+            &format!(
+                "SELECT session, {} FROM requests WHERE ts_ms >= ?1 AND session IS NOT NULL \
+                 GROUP BY session",
+                sum("cost_nanos + wasted_nanos")
+            ),
+            &[Val::Int(since_ms)],
+        )?
+        .into_iter()
+        .map(|row| (row[0].string(), row[1].int()))
+        .collect();
     Ok(Spend {
         total,
         by_key,
@@ -257,207 +383,317 @@ fn clamp_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn sqlite(path: &Path, source: rusqlite::Error) -> LedgerError {
-    LedgerError::Sqlite {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
-fn open_rw(path: &Path) -> Result<Connection, LedgerError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| LedgerError::Io {
-            path: path.display().to_string(),
-            message: format!("cannot create {}: {e}", dir.display()),
-        })?;
-    }
-    let conn = Connection::open(path).map_err(|e| sqlite(path, e))?;
-    conn.pragma_update(None, "journal_mode", "WAL")
-        .and_then(|_| conn.pragma_update(None, "synchronous", "NORMAL"))
-        .and_then(|_| conn.busy_timeout(Duration::from_secs(5)))
-        .map_err(|e| sqlite(path, e))?;
-    schema::migrate(&conn).map_err(|e| sqlite(path, e))?;
-    Ok(conn)
-}
-
-fn open_ro(path: &Path) -> Result<Connection, LedgerError> {
-    if !path.exists() {
-        return Err(LedgerError::Io {
-            path: path.display().to_string(),
-            message: "no ledger file (has the gateway run with this config?)".into(),
-        });
-    }
-    let conn = Connection::open_with_flags(
-        path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| sqlite(path, e))?;
-    conn.busy_timeout(Duration::from_secs(5))
-        .map_err(|e| sqlite(path, e))?;
-    Ok(conn)
-}
-
 /// How often the writer folds ended hours and deletes rows past retention.
 const MAINTAIN_EVERY: Duration = Duration::from_secs(30);
 
-fn write_loop(
-    mut conn: Connection,
-    mut rx: mpsc::Receiver<Msg>,
-    (period, retention): (Duration, Option<Duration>),
-    flushed: Arc<AtomicU64>,
-    closing: Arc<AtomicBool>,
-    path: String,
-) {
-    let period = period.max(Duration::from_millis(1));
-    let mut batch = Vec::new();
-    let mut waiting = Vec::new();
-    let mut maintained: Option<std::time::Instant> = None;
-    loop {
-        if maintained.is_none_or(|t| t.elapsed() >= MAINTAIN_EVERY) {
-            maintained = Some(std::time::Instant::now());
-            maintain(&mut conn, time::now_ms(), retention, &path);
-        }
-        let stop = closing.load(Ordering::SeqCst);
-        while let Ok(msg) = rx.try_recv() {
-            match msg {
-                Msg::Row(row) => batch.push(*row),
-                Msg::Flush(ack) => waiting.push(ack),
-            }
-        }
-        if !batch.is_empty() {
-            match write_batch(&mut conn, &batch) {
-                Ok(()) => {
-                    let total = flushed.fetch_add(batch.len() as u64, Ordering::SeqCst)
-                        + batch.len() as u64;
-                    tracing::debug!(rows = batch.len(), total, "ledger flushed");
+/// The writer thread's side: its own connection, re-made when the store
+/// comes back.
+struct Writer {
+    store: LedgerStore,
+    /// None while the store is away.
+    db: Option<Box<dyn Db>>,
+    at: String,
+    retention: Option<Duration>,
+    /// Since when the store is away, and when to try it again.
+    away: Option<(Instant, Instant)>,
+}
+
+impl Writer {
+    fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Msg>,
+        period: Duration,
+        flushed: Arc<AtomicU64>,
+        closing: Arc<AtomicBool>,
+    ) {
+        let period = period.max(Duration::from_millis(1));
+        let mut batch = Vec::new();
+        let mut waiting = Vec::new();
+        let mut maintained: Option<Instant> = None;
+        loop {
+            let stop = closing.load(Ordering::SeqCst);
+            // rows wait here, up to the bound, while the store is away;
+            // beyond it the channel fills and `record` drops (and counts)
+            while batch.len() < QUEUE {
+                match rx.try_recv() {
+                    Ok(Msg::Row(row)) => batch.push(*row),
+                    Ok(Msg::Flush(ack)) => waiting.push(ack),
+                    Err(_) => break,
                 }
-                Err(e) => {
-                    tracing::error!(ledger = %path, rows = batch.len(), "ledger write failed, rows lost: {e}")
+            }
+            self.reconnect(stop);
+            if self.db.is_some() && maintained.is_none_or(|t| t.elapsed() >= MAINTAIN_EVERY) {
+                maintained = Some(Instant::now());
+                self.maintain(time::now_ms());
+            }
+            if !batch.is_empty() {
+                if let Some(n) = self.write(&batch) {
+                    let total = flushed.fetch_add(n, Ordering::SeqCst) + n;
+                    tracing::debug!(rows = n, total, "ledger flushed");
+                    batch.clear();
                 }
             }
-            batch.clear();
+            for ack in waiting.drain(..) {
+                let _ = ack.send(());
+            }
+            if stop {
+                if !batch.is_empty() {
+                    tracing::error!(ledger = %self.at, rows = batch.len(), "ledger unreachable at shutdown: rows lost");
+                }
+                return;
+            }
+            std::thread::sleep(period);
         }
-        for ack in waiting.drain(..) {
-            let _ = ack.send(());
-        }
-        if stop {
+    }
+
+    /// Try the store again when it is away and it is time (or now, when
+    /// stopping).
+    fn reconnect(&mut self, now_anyway: bool) {
+        let Some((since, next)) = self.away else {
+            return;
+        };
+        if self.db.is_some() || (!now_anyway && Instant::now() < next) {
             return;
         }
-        std::thread::sleep(period);
+        match open_rw(&self.store) {
+            Ok(db) => {
+                self.db = Some(db);
+                tracing::info!(ledger = %self.at, away_s = since.elapsed().as_secs(), "ledger reachable again");
+            }
+            Err(e) => {
+                tracing::debug!(ledger = %self.at, "ledger still unreachable: {e}");
+                self.away = Some((since, Instant::now() + RECONNECT_EVERY));
+            }
+        }
     }
-}
 
-/// Fold the hours that ended; delete rows past retention.
-fn maintain(conn: &mut Connection, now_ms: i64, retention: Option<Duration>, path: &str) {
-    match rollup::fold(conn, now_ms) {
-        Ok(0) => {}
-        Ok(n) => tracing::debug!(rollup_rows = n, "ledger hours folded"),
-        Err(e) => tracing::error!(ledger = %path, "ledger rollup failed: {e}"),
+    /// Write a batch; the rows written, or None when they must wait.
+    fn write(&mut self, batch: &[RequestRow]) -> Option<u64> {
+        let db = self.db.as_mut()?;
+        match write_batch(db.as_mut(), batch) {
+            Ok(()) => {
+                self.away = None;
+                Some(batch.len() as u64)
+            }
+            Err(e) if e.transient() => {
+                self.went_away(&e, batch.len());
+                None
+            }
+            Err(e) => {
+                tracing::error!(ledger = %self.at, rows = batch.len(), "ledger write failed, rows lost: {e}");
+                Some(0)
+            }
+        }
     }
-    if let Some(before) = rollup::cutoff(now_ms, retention) {
-        match rollup::prune(conn, before) {
+
+    /// The store stopped answering: log once per outage; a PostgreSQL
+    /// connection is made anew (a SQLite file is kept and retried).
+    fn went_away(&mut self, e: &DbError, rows: usize) {
+        if self.away.is_none() {
+            tracing::warn!(ledger = %self.at, rows, bound = 2 * QUEUE, "ledger unreachable, rows wait and are retried: {e}");
+            let now = Instant::now();
+            self.away = Some((now, now + RECONNECT_EVERY));
+        }
+        if self
+            .db
+            .as_ref()
+            .is_some_and(|db| db.dialect() == Dialect::Postgres)
+        {
+            self.db = None;
+        }
+    }
+
+    /// Fold the hours that ended; delete rows past retention.
+    fn maintain(&mut self, now_ms: i64) {
+        let Some(db) = self.db.as_mut() else {
+            return;
+        };
+        match rollup::fold(db.as_mut(), now_ms) {
             Ok(0) => {}
-            Ok(n) => tracing::info!(rows = n, "ledger rows past retention deleted"),
-            Err(e) => tracing::error!(ledger = %path, "ledger retention failed: {e}"),
+            Ok(n) => tracing::debug!(rollup_rows = n, "ledger hours folded"),
+            Err(e) => tracing::error!(ledger = %self.at, "ledger rollup failed: {e}"),
+        }
+        if let Some(before) = rollup::cutoff(now_ms, self.retention) {
+            match rollup::prune(db.as_mut(), before) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(rows = n, "ledger rows past retention deleted"),
+                Err(e) => tracing::error!(ledger = %self.at, "ledger retention failed: {e}"),
+            }
         }
     }
 }
 
-/// Rows written for hours already folded go into the rollups too (one
-/// rollup row each: reports sum them).
-fn late_rows(
-    tx: &rusqlite::Transaction<'_>,
-    rows: &[RequestRow],
-    folded_until: i64,
-) -> rusqlite::Result<()> {
-    for r in rows.iter().filter(|r| r.ts_ms < folded_until) {
-        let hour = r.ts_ms.div_euclid(rollup::HOUR_MS) * rollup::HOUR_MS;
-        tx.prepare_cached(
-            "INSERT INTO rollups (hour_ms, endpoint, tier, model, key, requests, free_served, fallbacks, \
-             prompt_tokens, completion_tokens, cost_nanos, wasted_nanos, savings_nanos) \
-             VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-        )?
-        .execute(params![
-            hour,
-            r.endpoint,
-            r.tier,
-            r.model,
-            r.key,
-            r.free && r.tier.is_some(),
-            r.fallback,
-            clamp_i64(r.prompt_tokens),
-            clamp_i64(r.completion_tokens),
-            r.cost_nanos,
-            r.wasted_nanos,
-            r.savings_nanos,
-        ])?;
-        for a in &r.attempts {
-            tx.prepare_cached(
-                "INSERT INTO attempt_rollups (hour_ms, tier, model, attempts, failures) \
-                 VALUES (?1, ?2, ?3, 1, ?4)",
-            )?
-            .execute(params![hour, a.tier, a.model, a.outcome != "success"])?;
+/// `INSERT INTO table (columns) VALUES (?1, ...), (...)` for `rows` rows.
+fn insert_sql(table: &str, columns: &[&str], rows: usize) -> String {
+    let mut sql = format!("INSERT INTO {table} ({}) VALUES ", columns.join(", "));
+    let mut n = 0;
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..columns.len() {
+            n += 1;
+            sql.push_str(&format!("{}?{n}", if c == 0 { "" } else { ", " }));
         }
+        sql.push(')');
+    }
+    sql
+}
+
+/// Insert `items`, many per statement, each as the values `values` makes.
+fn insert_all<T>(
+    db: &mut dyn Db,
+    (table, columns): (&str, &[&str]),
+    items: &[T],
+    values: impl for<'a> Fn(&'a T, &mut Vec<Val<'a>>),
+) -> Result<(), DbError> {
+    for chunk in items.chunks(ROWS_PER_INSERT) {
+        let mut params = Vec::with_capacity(chunk.len() * columns.len());
+        for item in chunk {
+            values(item, &mut params);
+        }
+        db.run(&insert_sql(table, columns, chunk.len()), &params)?;
     }
     Ok(())
 }
 
-fn write_batch(conn: &mut Connection, rows: &[RequestRow]) -> rusqlite::Result<()> {
-    let folded = rollup::folded_until(conn)?.unwrap_or(i64::MIN);
-    let tx = conn.transaction()?;
-    // rows for hours already folded count in the rollups too
-    if rows.iter().any(|r| r.ts_ms < folded) {
-        late_rows(&tx, rows, folded)?;
-    }
-    {
-        let mut req = tx.prepare_cached(
-            "INSERT INTO requests (id, ts_ms, task, key, session, chain, first_tier, tier, model, free, fallback, \
-             escalated, status, stream, prompt_tokens, completion_tokens, cost_nanos, savings_nanos, wasted_nanos, latency_ms, endpoint) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+const REQUEST_COLUMNS: &[&str] = &[
+    "id",
+    "ts_ms",
+    "task",
+    "key",
+    "session",
+    "chain",
+    "first_tier",
+    "tier",
+    "model",
+    "free",
+    "fallback",
+    "escalated",
+    "status",
+    "stream",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_nanos",
+    "savings_nanos",
+    "wasted_nanos",
+    "latency_ms",
+    "endpoint",
+];
+const ATTEMPT_COLUMNS: &[&str] = &[
+    "request_id",
+    "ts_ms",
+    "tier",
+    "model",
+    "attempt",
+    "outcome",
+    "status",
+    "elapsed_ms",
+];
+const ROLLUP_COLUMNS: &[&str] = &[
+    "hour_ms",
+    "endpoint",
+    "tier",
+    "model",
+    "key",
+    "requests",
+    "free_served",
+    "fallbacks",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_nanos",
+    "wasted_nanos",
+    "savings_nanos",
+];
+const ATTEMPT_ROLLUP_COLUMNS: &[&str] = &["hour_ms", "tier", "model", "attempts", "failures"];
+
+fn text(s: &Option<String>) -> Val<'_> {
+    Val::Text(s.as_deref())
+}
+
+fn write_batch(db: &mut dyn Db, rows: &[RequestRow]) -> Result<(), DbError> {
+    let attempts: Vec<(&RequestRow, &AttemptRow)> = rows
+        .iter()
+        .flat_map(|r| r.attempts.iter().map(move |a| (r, a)))
+        .collect();
+    transaction(db, |db| {
+        // rows for hours already folded count in the rollups too (under a
+        // shared lock: a fold by another replica waits for this batch)
+        let folded = rollup::folded_until(db, Some(false))?.unwrap_or(i64::MIN);
+        let late: Vec<&RequestRow> = rows.iter().filter(|r| r.ts_ms < folded).collect();
+        let hour = |ts: i64| ts.div_euclid(rollup::HOUR_MS) * rollup::HOUR_MS;
+        insert_all(db, ("rollups", ROLLUP_COLUMNS), &late, |r, p| {
+            p.extend([
+                Val::Int(hour(r.ts_ms)),
+                Val::Text(Some(r.endpoint)),
+                text(&r.tier),
+                text(&r.model),
+                text(&r.key),
+                Val::Int(1),
+                Val::Int(i64::from(r.free && r.tier.is_some())),
+                Val::Int(i64::from(r.fallback)),
+                Val::Int(clamp_i64(r.prompt_tokens)),
+                Val::Int(clamp_i64(r.completion_tokens)),
+                Val::Int(r.cost_nanos),
+                Val::Int(r.wasted_nanos),
+                Val::Int(r.savings_nanos),
+            ])
+        })?;
+        let late_attempts: Vec<&(&RequestRow, &AttemptRow)> =
+            attempts.iter().filter(|(r, _)| r.ts_ms < folded).collect();
+        insert_all(
+            db,
+            ("attempt_rollups", ATTEMPT_ROLLUP_COLUMNS),
+            &late_attempts,
+            |(r, a), p| {
+                p.extend([
+                    Val::Int(hour(r.ts_ms)),
+                    Val::Text(Some(&a.tier)),
+                    Val::Text(Some(&a.model)),
+                    Val::Int(1),
+                    Val::Int(i64::from(a.outcome != "success")),
+                ])
+            },
         )?;
-        let mut att = tx.prepare_cached(
-            "INSERT INTO attempts (request_id, ts_ms, tier, model, attempt, outcome, status, elapsed_ms) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?;
-        for r in rows {
-            req.execute(params![
-                r.id,
-                r.ts_ms,
-                r.task,
-                r.key,
-                r.session,
-                r.chain,
-                r.first_tier,
-                r.tier,
-                r.model,
-                r.free,
-                r.fallback,
-                r.escalated,
-                r.status,
-                r.stream,
-                clamp_i64(r.prompt_tokens),
-                clamp_i64(r.completion_tokens),
-                r.cost_nanos,
-                r.savings_nanos,
-                r.wasted_nanos,
-                clamp_i64(r.latency_ms),
-                r.endpoint,
-            ])?;
-            for a in &r.attempts {
-                att.execute(params![
-                    r.id,
-                    r.ts_ms,
-                    a.tier,
-                    a.model,
-                    a.attempt,
-                    a.outcome,
-                    a.status,
-                    clamp_i64(a.elapsed_ms)
-                ])?;
-            }
-        }
-    }
-    tx.commit()
+        insert_all(db, ("requests", REQUEST_COLUMNS), rows, |r, p| {
+            p.extend([
+                Val::Text(Some(&r.id)),
+                Val::Int(r.ts_ms),
+                text(&r.task),
+                text(&r.key),
+                text(&r.session),
+                Val::Text(Some(&r.chain)),
+                text(&r.first_tier),
+                text(&r.tier),
+                text(&r.model),
+                Val::Bool(r.free),
+                Val::Bool(r.fallback),
+                Val::Bool(r.escalated),
+                Val::Int(r.status.into()),
+                Val::Bool(r.stream),
+                Val::Int(clamp_i64(r.prompt_tokens)),
+                Val::Int(clamp_i64(r.completion_tokens)),
+                Val::Int(r.cost_nanos),
+                Val::Int(r.savings_nanos),
+                Val::Int(r.wasted_nanos),
+                Val::Int(clamp_i64(r.latency_ms)),
+                Val::Text(Some(r.endpoint)),
+            ])
+        })?;
+        insert_all(db, ("attempts", ATTEMPT_COLUMNS), &attempts, |(r, a), p| {
+            p.extend([
+                Val::Text(Some(&r.id)),
+                Val::Int(r.ts_ms),
+                Val::Text(Some(&a.tier)),
+                Val::Text(Some(&a.model)),
+                Val::Int(a.attempt.into()),
+                Val::Text(Some(a.outcome)),
+                match a.status {
+                    Some(s) => Val::Int(s.into()),
+                    None => Val::Null,
+                },
+                Val::Int(clamp_i64(a.elapsed_ms)),
+            ])
+        })
+    })
 }
 
 #[cfg(test)]

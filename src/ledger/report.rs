@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use super::db::{sum, Db, DbError};
 use super::rollup::Sources;
-use rusqlite::Connection;
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -171,134 +171,134 @@ impl Report {
     }
 }
 
-pub fn build(conn: &Connection, window: Window, now_ms: i64) -> rusqlite::Result<Report> {
+pub fn build(db: &mut dyn Db, window: Window, now_ms: i64) -> Result<Report, DbError> {
     let since = now_ms - window.ms;
     let mut r = Report {
         since: window.label.to_string(),
         ..Report::default()
     };
     // rows for the window's edges, rollups for its folded whole hours
-    let src = Sources::new(conn, since)?;
-    let p = src.params;
-    conn.query_row(
-        &src.query(
-            "SELECT CAST(TOTAL(requests) AS INTEGER), CAST(TOTAL(cost) AS INTEGER), \
-             CAST(TOTAL(wasted) AS INTEGER), CAST(TOTAL(savings) AS INTEGER), \
-             CAST(TOTAL(free_served) AS INTEGER), CAST(TOTAL(fallbacks) AS INTEGER) FROM r",
+    let src = Sources::new(db, since)?;
+    let totals = src.rows(
+        db,
+        &format!(
+            "SELECT {}, {}, {}, {}, {}, {} FROM r",
+            sum("requests"),
+            sum("cost"),
+            sum("wasted"),
+            sum("savings"),
+            sum("free_served"),
+            sum("fallbacks")
         ),
-        p,
-        |row| {
-            r.requests = count(row.get::<_, i64>(0)?);
-            r.cost_nanos = row.get(1)?;
-            r.wasted_nanos = row.get(2)?;
-            r.savings_nanos = row.get(3)?;
-            r.free_requests = count(row.get::<_, i64>(4)?);
-            r.fallback_requests = count(row.get::<_, i64>(5)?);
-            Ok(())
-        },
     )?;
+    if let Some(row) = totals.first() {
+        r.requests = count(row[0].int());
+        r.cost_nanos = row[1].int();
+        r.wasted_nanos = row[2].int();
+        r.savings_nanos = row[3].int();
+        r.free_requests = count(row[4].int());
+        r.fallback_requests = count(row[5].int());
+    }
     // served requests by tier and model
-    let mut stmt = conn.prepare(&src.query(
-        "SELECT tier, model, CAST(TOTAL(requests) AS INTEGER), CAST(TOTAL(prompt) AS INTEGER), \
-         CAST(TOTAL(completion) AS INTEGER), CAST(TOTAL(cost) AS INTEGER) \
-         FROM r WHERE tier IS NOT NULL GROUP BY tier, model",
-    ))?;
-    let rows = stmt.query_map(p, |row| {
-        Ok((
-            row.get::<_, String>(0)?,
-            row.get::<_, String>(1)?,
-            count(row.get::<_, i64>(2)?),
-            count(row.get::<_, i64>(3)?),
-            count(row.get::<_, i64>(4)?),
-            row.get::<_, i64>(5)?,
-        ))
-    })?;
-    for row in rows {
-        let (tier, model, calls, prompt, completion, cost) = row?;
-        let t = r.by_tier.entry(tier).or_default();
+    let served = src.rows(
+        db,
+        &format!(
+            "SELECT tier, model, {}, {}, {}, {} FROM r WHERE tier IS NOT NULL GROUP BY tier, model",
+            sum("requests"),
+            sum("prompt"),
+            sum("completion"),
+            sum("cost")
+        ),
+    )?;
+    for row in served {
+        let (calls, prompt, completion) = (
+            count(row[2].int()),
+            count(row[3].int()),
+            count(row[4].int()),
+        );
+        let cost = row[5].int();
+        let t = r.by_tier.entry(row[0].string()).or_default();
         t.calls = t.calls.saturating_add(calls);
         t.prompt_tokens = t.prompt_tokens.saturating_add(prompt);
         t.completion_tokens = t.completion_tokens.saturating_add(completion);
         t.cost_nanos = t.cost_nanos.saturating_add(cost);
-        let m = r.by_model.entry(model).or_default();
+        let m = r.by_model.entry(row[1].string()).or_default();
         m.calls = m.calls.saturating_add(calls);
         m.cost_nanos = m.cost_nanos.saturating_add(cost);
     }
     // attempts and failures by tier and model
-    let mut stmt = conn.prepare(&src.query(
-        "SELECT tier, model, CAST(TOTAL(attempts) AS INTEGER), CAST(TOTAL(failures) AS INTEGER) \
-         FROM a GROUP BY tier, model",
-    ))?;
-    let rows = stmt.query_map(p, |row| {
-        Ok((
-            row.get::<_, String>(0)?,
-            row.get::<_, String>(1)?,
-            count(row.get::<_, i64>(2)?),
-            count(row.get::<_, i64>(3)?),
-        ))
-    })?;
-    for row in rows {
-        let (tier, model, attempts, failures) = row?;
-        let t = r.by_tier.entry(tier).or_default();
+    let tried = src.rows(
+        db,
+        &format!(
+            "SELECT tier, model, {}, {} FROM a GROUP BY tier, model",
+            sum("attempts"),
+            sum("failures")
+        ),
+    )?;
+    for row in tried {
+        let (attempts, failures) = (count(row[2].int()), count(row[3].int()));
+        let t = r.by_tier.entry(row[0].string()).or_default();
         t.attempts = t.attempts.saturating_add(attempts);
         t.failures = t.failures.saturating_add(failures);
-        let m = r.by_model.entry(model).or_default();
+        let m = r.by_model.entry(row[1].string()).or_default();
         m.failures = m.failures.saturating_add(failures);
     }
     // wasted spend belongs to the model that burned it
-    let mut stmt = conn.prepare(&src.query(
-        "SELECT model, CAST(TOTAL(wasted) AS INTEGER) FROM r WHERE wasted != 0 \
-         AND model IS NOT NULL GROUP BY model",
-    ))?;
-    let rows = stmt.query_map(p, |row| {
-        Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
-    })?;
-    for row in rows {
-        let (model, wasted) = row?;
-        let m = r.by_model.entry(model).or_default();
-        m.cost_nanos = m.cost_nanos.saturating_add(wasted);
+    let wasted = src.rows(
+        db,
+        &format!(
+            "SELECT model, {} FROM r WHERE wasted <> 0 AND model IS NOT NULL GROUP BY model",
+            sum("wasted")
+        ),
+    )?;
+    for row in wasted {
+        let m = r.by_model.entry(row[0].string()).or_default();
+        m.cost_nanos = m.cost_nanos.saturating_add(row[1].int());
     }
-    r.by_key = spend_by(conn, &src, "key")?;
-    r.by_endpoint = spend_by(conn, &src, "endpoint")?;
-    let mut stmt = conn.prepare(&src.query(
-        "SELECT hour, tier, CAST(TOTAL(cost + wasted) AS INTEGER) \
-         FROM r WHERE tier IS NOT NULL GROUP BY hour, tier",
-    ))?;
-    let hours = stmt.query_map(p, |row| {
-        Ok((
-            row.get::<_, i64>(0)?,
-            row.get::<_, String>(1)?,
-            row.get::<_, i64>(2)?,
-        ))
-    })?;
-    for h in hours {
-        let (hour, tier, nanos) = h?;
-        r.by_hour.entry(hour).or_default().insert(tier, nanos);
+    r.by_key = spend_by(db, &src, "key")?;
+    r.by_endpoint = spend_by(db, &src, "endpoint")?;
+    let hours = src.rows(
+        db,
+        &format!(
+            "SELECT hour, tier, {} FROM r WHERE tier IS NOT NULL GROUP BY hour, tier",
+            sum("cost + wasted")
+        ),
+    )?;
+    for row in hours {
+        r.by_hour
+            .entry(row[0].int())
+            .or_default()
+            .insert(row[1].string(), row[2].int());
     }
     Ok(r)
 }
 
 /// Requests and spend (cost and wasted) grouped by a column of `r`.
 fn spend_by(
-    conn: &Connection,
+    db: &mut dyn Db,
     src: &Sources,
     column: &'static str,
-) -> rusqlite::Result<BTreeMap<String, KeyLine>> {
-    let p = src.params;
-    let mut stmt = conn.prepare(&src.query(&format!(
-        "SELECT {column}, CAST(TOTAL(requests) AS INTEGER), CAST(TOTAL(cost + wasted) AS INTEGER) \
-         FROM r WHERE {column} IS NOT NULL GROUP BY {column}"
-    )))?;
-    let rows = stmt.query_map(p, |row| {
-        Ok((
-            row.get::<_, String>(0)?,
-            KeyLine {
-                requests: count(row.get::<_, i64>(1)?),
-                cost_nanos: row.get(2)?,
-            },
-        ))
-    })?;
-    rows.collect()
+) -> Result<BTreeMap<String, KeyLine>, DbError> {
+    let rows = src.rows(
+        db,
+        &format!(
+            "SELECT {column}, {}, {} FROM r WHERE {column} IS NOT NULL GROUP BY {column}",
+            sum("requests"),
+            sum("cost + wasted")
+        ),
+    )?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            (
+                row[0].string(),
+                KeyLine {
+                    requests: count(row[1].int()),
+                    cost_nanos: row[2].int(),
+                },
+            )
+        })
+        .collect())
 }
 
 /// The report as a readable table.

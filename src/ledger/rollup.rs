@@ -9,7 +9,7 @@
 //! older than `retention_days` are deleted in small batches, only from
 //! folded hours: their hours live on in the rollups.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use super::db::{ints, one_if, sum, transaction, Cell, Db, DbError, Dialect};
 
 pub const HOUR_MS: i64 = 3_600_000;
 /// An hour is folded this long after it ended (rows may still be queued).
@@ -19,56 +19,79 @@ const PRUNE_BATCH: i64 = 5_000;
 const PRUNE_ROUNDS: usize = 20;
 
 /// Up to where (exclusive, an hour boundary) rows are folded; None for a
-/// ledger written before rollups existed (read, not migrated, by `cascade
-/// report`).
-pub fn folded_until(conn: &Connection) -> rusqlite::Result<Option<i64>> {
-    let has: bool = conn.query_row(
-        "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'rollup_state'",
-        [],
-        |r| r.get(0),
-    )?;
-    if !has {
-        return Ok(None);
+/// SQLite ledger written before rollups existed (read, not migrated, by
+/// `cascade report`). `lock`: inside a transaction, the row lock to take
+/// (see `Dialect::lock`).
+pub fn folded_until(db: &mut dyn Db, lock: Option<bool>) -> Result<Option<i64>, DbError> {
+    if db.dialect() == Dialect::Sqlite {
+        let has = db
+            .one(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'rollup_state'",
+                &[],
+            )?
+            .int();
+        if has == 0 {
+            return Ok(None);
+        }
     }
-    conn.query_row("SELECT folded_until_ms FROM rollup_state", [], |r| r.get(0))
-        .optional()
+    let lock = lock.map_or("", |exclusive| db.dialect().lock(exclusive));
+    Ok(
+        match db.one(
+            &format!("SELECT folded_until_ms FROM rollup_state{lock}"),
+            &[],
+        )? {
+            Cell::Int(v) => Some(v),
+            _ => None,
+        },
+    )
 }
 
 /// Fold every hour that ended at least a minute before `now_ms` and is not
-/// folded yet. Returns the rows folded.
-pub fn fold(conn: &mut Connection, now_ms: i64) -> rusqlite::Result<usize> {
+/// folded yet. Returns the rows folded. Replicas sharing a store fold one
+/// at a time (the state row is locked), each hour once.
+pub fn fold(db: &mut dyn Db, now_ms: i64) -> Result<usize, DbError> {
     let upto = (now_ms - FOLD_DELAY_MS).div_euclid(HOUR_MS) * HOUR_MS;
-    let Some(from) = folded_until(conn)? else {
-        return Ok(0);
-    };
-    if from >= upto {
-        return Ok(0);
+    match folded_until(db, None)? {
+        Some(from) if from < upto => {}
+        _ => return Ok(0),
     }
-    let tx = conn.transaction()?;
-    let n = tx.execute(
-        "INSERT INTO rollups (hour_ms, endpoint, tier, model, key, requests, free_served, fallbacks, \
-         prompt_tokens, completion_tokens, cost_nanos, wasted_nanos, savings_nanos) \
-         SELECT (ts_ms / 3600000) * 3600000 AS h, endpoint, tier, model, key, COUNT(*), \
-         CAST(TOTAL(free AND tier IS NOT NULL) AS INTEGER), CAST(TOTAL(fallback) AS INTEGER), \
-         CAST(TOTAL(prompt_tokens) AS INTEGER), CAST(TOTAL(completion_tokens) AS INTEGER), \
-         CAST(TOTAL(cost_nanos) AS INTEGER), CAST(TOTAL(wasted_nanos) AS INTEGER), \
-         CAST(TOTAL(savings_nanos) AS INTEGER) \
-         FROM requests WHERE ts_ms >= ?1 AND ts_ms < ?2 GROUP BY h, endpoint, tier, model, key",
-        params![from, upto],
-    )?;
-    tx.execute(
-        "INSERT INTO attempt_rollups (hour_ms, tier, model, attempts, failures) \
-         SELECT (ts_ms / 3600000) * 3600000 AS h, tier, model, COUNT(*), \
-         CAST(TOTAL(outcome != 'success') AS INTEGER) \
-         FROM attempts WHERE ts_ms >= ?1 AND ts_ms < ?2 GROUP BY h, tier, model",
-        params![from, upto],
-    )?;
-    tx.execute(
-        "UPDATE rollup_state SET folded_until_ms = ?1",
-        params![upto],
-    )?;
-    tx.commit()?;
-    Ok(n)
+    transaction(db, |db| {
+        let Some(from) = folded_until(db, Some(true))?.filter(|f| *f < upto) else {
+            return Ok(0); // another replica folded meanwhile
+        };
+        let p = ints(&[from, upto]);
+        let n = db.run(
+            &format!(
+                "INSERT INTO rollups (hour_ms, endpoint, tier, model, key, requests, free_served, fallbacks, \
+                 prompt_tokens, completion_tokens, cost_nanos, wasted_nanos, savings_nanos) \
+                 SELECT (ts_ms / 3600000) * 3600000 AS h, endpoint, tier, model, key, COUNT(*), {}, {}, \
+                 {}, {}, {}, {}, {} \
+                 FROM requests WHERE ts_ms >= ?1 AND ts_ms < ?2 GROUP BY h, endpoint, tier, model, key",
+                sum(&one_if("free AND tier IS NOT NULL")),
+                sum(&one_if("fallback")),
+                sum("prompt_tokens"),
+                sum("completion_tokens"),
+                sum("cost_nanos"),
+                sum("wasted_nanos"),
+                sum("savings_nanos"),
+            ),
+            &p,
+        )?;
+        db.run(
+            &format!(
+                "INSERT INTO attempt_rollups (hour_ms, tier, model, attempts, failures) \
+                 SELECT (ts_ms / 3600000) * 3600000 AS h, tier, model, COUNT(*), {} \
+                 FROM attempts WHERE ts_ms >= ?1 AND ts_ms < ?2 GROUP BY h, tier, model",
+                sum(&one_if("outcome <> 'success'"))
+            ),
+            &p,
+        )?;
+        db.run(
+            "UPDATE rollup_state SET folded_until_ms = ?1",
+            &ints(&[upto]),
+        )?;
+        Ok(n as usize)
+    })
 }
 
 /// Where retention cuts: rows before this are past it (None: kept forever).
@@ -78,25 +101,26 @@ pub fn cutoff(now_ms: i64, retention: Option<std::time::Duration>) -> Option<i64
 
 /// Delete rows older than `before_ms` (never from hours not folded yet), a
 /// batch at a time. Returns the rows deleted.
-pub fn prune(conn: &Connection, before_ms: i64) -> rusqlite::Result<usize> {
-    let Some(folded) = folded_until(conn)? else {
+pub fn prune(db: &mut dyn Db, before_ms: i64) -> Result<usize, DbError> {
+    let Some(folded) = folded_until(db, None)? else {
         return Ok(0);
     };
     let before = before_ms.min(folded);
-    conn.execute(
-        "UPDATE rollup_state SET pruned_until_ms = MAX(pruned_until_ms, ?1)",
-        params![before],
+    db.run(
+        "UPDATE rollup_state SET pruned_until_ms = ?1 WHERE pruned_until_ms < ?1",
+        &ints(&[before]),
     )?;
+    let id = db.dialect().row_id();
     let mut deleted = 0;
     for table in ["requests", "attempts"] {
         for _ in 0..PRUNE_ROUNDS {
-            let n = conn.execute(
+            let n = db.run(
                 &format!(
-                    "DELETE FROM {table} WHERE rowid IN \
-                     (SELECT rowid FROM {table} WHERE ts_ms < ?1 LIMIT ?2)"
+                    "DELETE FROM {table} WHERE {id} IN \
+                     (SELECT {id} FROM {table} WHERE ts_ms < ?1 LIMIT ?2)"
                 ),
-                params![before, PRUNE_BATCH],
-            )?;
+                &ints(&[before, PRUNE_BATCH]),
+            )? as usize;
             deleted += n;
             if (n as i64) < PRUNE_BATCH {
                 break;
@@ -115,18 +139,22 @@ pub struct Sources {
 }
 
 impl Sources {
-    pub fn new(conn: &Connection, since: i64) -> rusqlite::Result<Sources> {
-        // a ledger the gateway has not migrated yet (read by `cascade report`)
-        // has no endpoint column: its rows were all chat
-        let has_endpoint: bool = conn.query_row(
-            "SELECT COUNT(*) > 0 FROM pragma_table_info('requests') WHERE name = 'endpoint'",
-            [],
-            |row| row.get(0),
-        )?;
+    pub fn new(db: &mut dyn Db, since: i64) -> Result<Sources, DbError> {
+        // a SQLite ledger the gateway has not migrated yet (read by `cascade
+        // report`) has no endpoint column: its rows were all chat
+        let has_endpoint = db.dialect() == Dialect::Postgres
+            || db
+                .one(
+                    "SELECT COUNT(*) FROM pragma_table_info('requests') WHERE name = 'endpoint'",
+                    &[],
+                )?
+                .int()
+                > 0;
         let endpoint = if has_endpoint { "endpoint" } else { "'chat'" };
-        let folded = folded_until(conn)?;
-        let pruned: i64 = if folded.is_some() {
-            conn.query_row("SELECT pruned_until_ms FROM rollup_state", [], |r| r.get(0))?
+        let folded = folded_until(db, None)?;
+        let pruned = if folded.is_some() {
+            db.one("SELECT pruned_until_ms FROM rollup_state", &[])?
+                .int()
         } else {
             0
         };
@@ -158,10 +186,15 @@ impl Sources {
         // two index ranges of rows (an OR would scan the table)
         let row = format!(
             "SELECT (ts_ms / 3600000) * 3600000, {endpoint}, tier, model, key, 1, \
-             (free AND tier IS NOT NULL), fallback, prompt_tokens, completion_tokens, cost_nanos, \
-             wasted_nanos, savings_nanos FROM requests"
+             {}, {}, prompt_tokens, completion_tokens, cost_nanos, \
+             wasted_nanos, savings_nanos FROM requests",
+            one_if("free AND tier IS NOT NULL"),
+            one_if("fallback"),
         );
-        let attempt = "SELECT tier, model, 1, outcome != 'success' FROM attempts";
+        let attempt = format!(
+            "SELECT tier, model, 1, {} FROM attempts",
+            one_if("outcome <> 'success'")
+        );
         let sql = format!(
             "WITH r (hour, endpoint, tier, model, key, requests, free_served, fallbacks, prompt, \
              completion, cost, wasted, savings) AS ( \
@@ -180,5 +213,10 @@ impl Sources {
     /// `sql` prefixed with the CTEs.
     pub fn query(&self, sql: &str) -> String {
         format!("{}{sql}", self.sql)
+    }
+
+    /// Run a query over the sources.
+    pub fn rows(&self, db: &mut dyn Db, sql: &str) -> Result<Vec<super::db::Row>, DbError> {
+        db.rows(&self.query(sql), &ints(&self.params))
     }
 }

@@ -1,9 +1,34 @@
 use super::*;
+use crate::secret::Secret;
+use crate::testing::pg_cluster::PgCluster;
 
 fn temp_db() -> PathBuf {
     std::env::temp_dir()
         .join(format!("cascade-ledger-{:x}", rand::random::<u64>()))
         .join("ledger.db")
+}
+
+fn sqlite_store() -> LedgerStore {
+    LedgerStore::Sqlite(temp_db())
+}
+
+/// A database of a new cluster (kept running while the cluster lives).
+fn postgres_store() -> (LedgerStore, PgCluster) {
+    let pg = PgCluster::start();
+    let url = pg.database("ledger_unit");
+    (
+        LedgerStore::Postgres {
+            url: Secret::new(&url),
+            pool_size: 2,
+        },
+        pg,
+    )
+}
+
+fn remove(store: &LedgerStore) {
+    if let LedgerStore::Sqlite(path) = store {
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
 }
 
 fn row(id: &str, tier: &str, cost: i64, free: bool, fallback: bool) -> RequestRow {
@@ -34,10 +59,19 @@ fn row(id: &str, tier: &str, cost: i64, free: bool, fallback: bool) -> RequestRo
 }
 
 #[test]
-fn writes_reports_and_reopens() {
-    let path = temp_db();
+fn writes_reports_and_reopens_sqlite() {
+    writes_reports_and_reopens(&sqlite_store());
+}
+
+#[test]
+fn writes_reports_and_reopens_postgres() {
+    let (store, _pg) = postgres_store();
+    writes_reports_and_reopens(&store);
+}
+
+fn writes_reports_and_reopens(path: &LedgerStore) {
     let ledger = Ledger::open(
-        &path,
+        path,
         (Duration::from_millis(5), None),
         IntCounter::new("d", "d").unwrap(),
     )
@@ -47,7 +81,7 @@ fn writes_reports_and_reopens() {
     ledger.close();
     assert_eq!(ledger.rows_flushed(), 2);
 
-    let report = report_at(&path, Window::parse("24h").unwrap(), time::now_ms() + 1).unwrap();
+    let report = report_at(path, Window::parse("24h").unwrap(), time::now_ms() + 1).unwrap();
     assert_eq!(report.requests, 2);
     assert_eq!(report.by_tier["paid"].calls, 1);
     assert_eq!(report.by_tier["paid"].attempts, 1);
@@ -59,14 +93,14 @@ fn writes_reports_and_reopens() {
 
     // reopening migrates nothing twice and keeps the rows
     let again = Ledger::open(
-        &path,
+        path,
         (Duration::from_millis(5), None),
         IntCounter::new("d", "d").unwrap(),
     )
     .unwrap();
     assert_eq!(again.spend_since(0).unwrap().total, 1_500);
     again.close();
-    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    remove(path);
 }
 
 #[test]
@@ -110,18 +144,28 @@ fn spread(hour: i64) -> Vec<RequestRow> {
 }
 
 #[test]
-fn rollups_keep_every_report_exact_and_retention_keeps_the_days() {
-    let path = temp_db();
-    let mut conn = open_rw(&path).unwrap();
+fn rollups_keep_every_report_exact_and_retention_keeps_the_days_sqlite() {
+    rollups_exact(&sqlite_store());
+}
+
+#[test]
+fn rollups_keep_every_report_exact_and_retention_keeps_the_days_postgres() {
+    let (store, _pg) = postgres_store();
+    rollups_exact(&store);
+}
+
+fn rollups_exact(store: &LedgerStore) {
+    let mut db = open_rw(store).unwrap();
+    let db = db.as_mut();
     let hour = 1_764_684_000_000; // an hour boundary
     let now = hour + 40 * 60_000;
-    write_batch(&mut conn, &spread(hour)).unwrap();
-    let report = |conn: &Connection, since: i64| {
+    write_batch(db, &spread(hour)).unwrap();
+    let report = |db: &mut dyn Db, since: i64| {
         let w = Window {
             ms: now - since,
             label: "custom",
         };
-        report::build(conn, w, now).unwrap().to_json()
+        report::build(db, w, now).unwrap().to_json()
     };
     // windows starting mid-hour, on an hour, before everything
     let windows = [
@@ -129,24 +173,25 @@ fn rollups_keep_every_report_exact_and_retention_keeps_the_days() {
         hour - 2 * rollup::HOUR_MS,
         hour - 9 * rollup::HOUR_MS,
     ];
-    let before: Vec<_> = windows.iter().map(|&s| report(&conn, s)).collect();
-    let spend_before = spend_since(&conn, windows[0]).unwrap();
+    let before: Vec<_> = windows.iter().map(|&s| report(db, s)).collect();
+    let spend_before = spend_since(db, windows[0]).unwrap();
+    assert!(before[0]["requests"].as_u64().unwrap() > 0);
 
     // the hours before `hour` are folded; the one in progress is not
-    assert!(rollup::fold(&mut conn, now).unwrap() > 0);
-    assert_eq!(rollup::folded_until(&conn).unwrap(), Some(hour));
+    assert!(rollup::fold(db, now).unwrap() > 0);
+    assert_eq!(rollup::folded_until(db, None).unwrap(), Some(hour));
     for (i, &s) in windows.iter().enumerate() {
-        assert_eq!(report(&conn, s), before[i], "window {i}");
+        assert_eq!(report(db, s), before[i], "window {i}");
     }
-    let spend_after = spend_since(&conn, windows[0]).unwrap();
+    let spend_after = spend_since(db, windows[0]).unwrap();
     assert_eq!(spend_after.total, spend_before.total);
     assert_eq!(spend_after.by_key, spend_before.by_key);
 
     // a row for a folded hour still counts
     let mut late = row("late", "paid", 5_000, false, false);
     late.ts_ms = hour - 30 * 60_000;
-    write_batch(&mut conn, &[late]).unwrap();
-    let with_late = report(&conn, windows[0]);
+    write_batch(db, &[late]).unwrap();
+    let with_late = report(db, windows[0]);
     assert_eq!(
         with_late["requests"],
         before[0]["requests"].as_u64().unwrap() + 1
@@ -157,25 +202,22 @@ fn rollups_keep_every_report_exact_and_retention_keeps_the_days() {
     );
 
     // retention: rows before `hour - 2h` go, their hours' figures stay
-    let all = report(&conn, windows[2]);
-    let count = |conn: &Connection| -> i64 {
-        conn.query_row("SELECT COUNT(*) FROM requests", [], |r| r.get(0))
-            .unwrap()
-    };
-    let rows_before = count(&conn);
-    assert!(rollup::prune(&conn, hour - 2 * rollup::HOUR_MS).unwrap() > 0);
-    assert!(count(&conn) < rows_before);
-    assert_eq!(report(&conn, windows[2]), all);
+    let all = report(db, windows[2]);
+    let count = |db: &mut dyn Db| db.one("SELECT COUNT(*) FROM requests", &[]).unwrap().int();
+    let rows_before = count(db);
+    assert!(rollup::prune(db, hour - 2 * rollup::HOUR_MS).unwrap() > 0);
+    assert!(count(db) < rows_before);
+    assert_eq!(report(db, windows[2]), all);
     // never from an hour not folded yet
-    rollup::prune(&conn, now + rollup::HOUR_MS).unwrap();
-    let left: i64 = conn
-        .query_row(
+    rollup::prune(db, now + rollup::HOUR_MS).unwrap();
+    let left = db
+        .one(
             "SELECT COUNT(*) FROM requests WHERE ts_ms >= ?1",
-            [hour],
-            |r| r.get(0),
+            &[Val::Int(hour)],
         )
-        .unwrap();
+        .unwrap()
+        .int();
     assert!(left > 0);
-    assert_eq!(report(&conn, windows[2]), all);
-    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    assert_eq!(report(db, windows[2]), all);
+    remove(store);
 }

@@ -203,7 +203,8 @@ pub async fn status(State(state): State<AppState>, headers: HeaderMap) -> Respon
     });
     let ledger = state.ledger().map(|l| {
         json!({
-            "path": l.path().display().to_string(),
+            "backend": l.backend(),
+            "path": l.location(),
             "rows_flushed": l.rows_flushed(),
             "queued": l.queued(),
         })

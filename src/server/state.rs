@@ -32,10 +32,10 @@ impl AppState {
     /// Open the ledger the config names (if any), load budget spend from it.
     pub fn new(runtime: Runtime, metrics: Arc<Metrics>) -> Result<Self, String> {
         let cfg = Arc::clone(&runtime.config);
-        let ledger = match &cfg.ledger.path {
-            Some(path) => Some(Arc::new(
+        let ledger = match &cfg.ledger.store {
+            Some(store) => Some(Arc::new(
                 Ledger::open(
-                    path,
+                    store,
                     (cfg.ledger.flush_interval, cfg.ledger.retention),
                     metrics.ledger_dropped.clone(),
                 )

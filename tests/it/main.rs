@@ -19,6 +19,7 @@ mod ledger;
 mod lifecycle;
 mod messages;
 mod protection;
+mod replicas;
 mod responses;
 mod routing;
 mod streaming;

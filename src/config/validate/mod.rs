@@ -346,21 +346,14 @@ pub(super) fn validate(path: &Path, raw: RawConfig, env: &Env) -> Result<Config,
         })
         .collect::<Vec<_>>();
 
-    let ledger_path = raw.ledger.path.trim();
     let ledger = Ledger {
-        path: (!ledger_path.is_empty()).then(|| PathBuf::from(ledger_path)),
+        store: ledger_store(&mut c, &raw.ledger, env),
         flush_interval: c.ms("ledger.flush_interval_ms", raw.ledger.flush_interval_ms),
         retention: match c.count("ledger.retention_days", raw.ledger.retention_days) {
             0 => None,
             days => Some(std::time::Duration::from_secs(u64::from(days) * 86_400)),
         },
     };
-    if raw.ledger.url.is_some() {
-        c.err(
-            "ledger.url",
-            "a shared ledger URL is planned but not supported yet",
-        );
-    }
 
     let budget = raw.budget.as_ref().map(|b| Budget {
         daily: b.daily_usd.map(|v| c.usd("budget.daily_usd", v)),
@@ -369,7 +362,7 @@ pub(super) fn validate(path: &Path, raw: RawConfig, env: &Env) -> Result<Config,
         on_exhausted: on_exhausted(&mut c, b.on_exhausted.as_deref()),
     });
     let key_budgets = keys.iter().any(|k| k.daily.is_some());
-    if (budget.is_some() || key_budgets) && ledger.path.is_none() {
+    if (budget.is_some() || key_budgets) && ledger.store.is_none() {
         c.err(
             if budget.is_some() { "budget" } else { "keys" },
             "a budget needs the ledger (ledger.path is empty)",
@@ -485,6 +478,59 @@ fn on_exhausted(c: &mut Checker, v: Option<&str>) -> OnExhausted {
                 format!("unknown value {other:?} (free_only | reject)"),
             );
             OnExhausted::FreeOnly
+        }
+    }
+}
+
+/// `[ledger]`: a SQLite file (`path`; empty disables the ledger) or a
+/// PostgreSQL database (`url` or `url_env`).
+fn ledger_store(c: &mut Checker, raw: &RawLedger, env: &Env) -> Option<LedgerStore> {
+    let pool_size = c.positive("ledger.pool_size", raw.pool_size);
+    match raw.backend.as_deref().unwrap_or("sqlite") {
+        "sqlite" => {
+            for (key, set) in [
+                ("ledger.url", raw.url.is_some()),
+                ("ledger.url_env", raw.url_env.is_some()),
+            ] {
+                if set {
+                    c.err(
+                        key,
+                        "is for backend = \"postgres\" (this ledger is a SQLite file: set path)",
+                    );
+                }
+            }
+            let path = raw.path.trim();
+            (!path.is_empty()).then(|| LedgerStore::Sqlite(PathBuf::from(path)))
+        }
+        "postgres" => {
+            let url = match (&raw.url, &raw.url_env) {
+                (Some(_), Some(_)) => {
+                    c.err("ledger.url", "set url or url_env, not both");
+                    None
+                }
+                (Some(u), None) => Some(Secret::new(u.trim())),
+                (None, Some(var)) => c.secret_from_env("ledger.url_env", var, env),
+                (None, None) => {
+                    c.err("ledger", "backend = \"postgres\" needs url or url_env");
+                    None
+                }
+            }?;
+            // never echo the URL: it holds the password
+            if url.expose().parse::<postgres::Config>().is_err() {
+                c.err(
+                    "ledger.url",
+                    "is not a PostgreSQL connection string (postgres://user:password@host:port/db or key=value pairs)",
+                );
+                return None;
+            }
+            Some(LedgerStore::Postgres { url, pool_size })
+        }
+        other => {
+            c.err(
+                "ledger.backend",
+                format!("must be \"sqlite\" or \"postgres\", got {other:?}"),
+            );
+            None
         }
     }
 }

@@ -1,5 +1,6 @@
 pub mod gateway;
 pub mod messages;
+pub mod pg_cluster;
 pub mod process;
 pub mod upstream;
 
