@@ -35,6 +35,13 @@ if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb 
         || { apt-get update -q >/dev/null && apt-get install -y -q postgresql >/dev/null; }
 fi
 
+# the shared-state tests start their own redis-server on a free loopback port
+if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then
+    step "apt-get install redis-server (for the shared-state tests)"
+    apt-get install -y -q redis-server >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null; }
+fi
+
 step "cargo build --locked"
 cargo build --locked
 

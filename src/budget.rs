@@ -11,14 +11,15 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use arc_swap::ArcSwap;
 
 use crate::config::{Config, NamedKey, OnExhausted};
 use crate::cost::Usd;
 use crate::ledger::{time, Ledger, LedgerError};
+use crate::shared::Link;
 
 /// The spend of the current period of one kind (a UTC day, a UTC month).
 ///
@@ -32,8 +33,24 @@ struct Period {
     id: AtomicI64,
     /// The one before it: a clock reading of that period is a late reader.
     previous: AtomicI64,
-    nanos: AtomicI64,
+    /// This replica's spend in the period.
+    own: AtomicI64,
+    /// The part of `own` added to the shared counter.
+    sent: AtomicI64,
+    /// The shared counter as last seen (every replica's sent spend; from
+    /// the ledger at start). Spent = shared + own - sent.
+    shared: AtomicI64,
     roll: Mutex<()>,
+}
+
+/// A period's spend this replica has not added to the shared counter yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unsent {
+    /// The period (a day number, a month's first millisecond).
+    pub id: i64,
+    /// `own` when it was read: what the shared counter holds once `delta` is in.
+    pub own: i64,
+    pub delta: i64,
 }
 
 impl Period {
@@ -42,7 +59,9 @@ impl Period {
             next,
             id: AtomicI64::new(id),
             previous: AtomicI64::new(id),
-            nanos: AtomicI64::new(nanos),
+            own: AtomicI64::new(0),
+            sent: AtomicI64::new(0),
+            shared: AtomicI64::new(nanos),
             roll: Mutex::new(()),
         }
     }
@@ -57,7 +76,9 @@ impl Period {
         let _once = self.roll.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.id.load(Ordering::Acquire);
         if current != id {
-            self.nanos.store(0, Ordering::Release);
+            self.own.store(0, Ordering::Release);
+            self.sent.store(0, Ordering::Release);
+            self.shared.store(0, Ordering::Release);
             // only the period just before the new one has late readers
             let previous = if (self.next)(current) == id {
                 current
@@ -85,7 +106,7 @@ impl Period {
     fn add(&self, id: i64, nanos: i64) {
         self.roll(id);
         let _ = self
-            .nanos
+            .own
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 Some(n.saturating_add(nanos))
             });
@@ -93,7 +114,43 @@ impl Period {
 
     fn spent(&self, id: i64) -> i64 {
         self.roll(id);
-        self.nanos.load(Ordering::Acquire)
+        let shared = self.shared.load(Ordering::Acquire);
+        // `sent` before `own`: a concurrent ack can only make this larger
+        let sent = self.sent.load(Ordering::Acquire);
+        shared.saturating_add(self.own.load(Ordering::Acquire).saturating_sub(sent))
+    }
+
+    /// What the worker should add to the shared counter, if anything.
+    fn unsent(&self) -> Option<Unsent> {
+        let _p = self.roll.lock().unwrap_or_else(|e| e.into_inner());
+        let own = self.own.load(Ordering::Acquire);
+        let delta = own - self.sent.load(Ordering::Acquire);
+        (delta != 0).then(|| Unsent {
+            id: self.id.load(Ordering::Acquire),
+            own,
+            delta,
+        })
+    }
+
+    /// The shared counter is `total` (None: unknown), and holds `own` of
+    /// this replica's spend. Ignored once the period has changed.
+    fn ack(&self, id: i64, own: Option<i64>, total: Option<i64>) {
+        // a total for a later period (no spend here since it began) starts it
+        if id > self.id.load(Ordering::Acquire) {
+            self.roll(id);
+        }
+        let _p = self.roll.lock().unwrap_or_else(|e| e.into_inner());
+        if self.id.load(Ordering::Acquire) != id {
+            return;
+        }
+        // raise the total before counting the spend as sent: a reader in
+        // between sees the spend twice, never not at all
+        if let Some(t) = total {
+            self.shared.fetch_max(t, Ordering::AcqRel);
+        }
+        if let Some(o) = own {
+            self.sent.fetch_max(o, Ordering::AcqRel);
+        }
     }
 }
 
@@ -105,10 +162,19 @@ const SESSION_SHARDS: usize = 16;
 /// for SESSION_MEMORY_MS.
 const SESSION_SHARD_PRUNE_AT: usize = 4096;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct SessionSpend {
     last_ms: i64,
-    nanos: i64,
+    /// As `Period`: this replica's spend, the part sent, the shared total.
+    own: i64,
+    sent: i64,
+    shared: i64,
+}
+
+impl SessionSpend {
+    fn spent(&self) -> i64 {
+        self.shared.saturating_add(self.own - self.sent)
+    }
 }
 
 type SessionShard = Mutex<HashMap<String, SessionSpend>>;
@@ -120,6 +186,10 @@ pub struct Budgets {
     /// Per named key, its spend per day.
     keys: ArcSwap<HashMap<String, Arc<Period>>>,
     sessions: [SessionShard; SESSION_SHARDS],
+    /// Some session has spend not sent yet.
+    sessions_unsent: AtomicBool,
+    /// With shared state: nudged at each spend.
+    link: OnceLock<Arc<Link>>,
 }
 
 impl Default for Budgets {
@@ -136,6 +206,8 @@ impl Budgets {
             month: Period::month(time::month_start_ms(now), 0),
             keys: ArcSwap::default(),
             sessions: std::array::from_fn(|_| Mutex::default()),
+            sessions_unsent: AtomicBool::new(false),
+            link: OnceLock::new(),
         }
     }
 
@@ -157,10 +229,19 @@ impl Budgets {
                     .collect(),
             ),
             sessions: std::array::from_fn(|_| Mutex::default()),
+            sessions_unsent: AtomicBool::new(false),
+            link: OnceLock::new(),
         };
         for (id, nanos) in sessions.by_session {
             let last_ms = now_ms;
-            b.shard(&id).insert(id, SessionSpend { last_ms, nanos });
+            b.shard(&id).insert(
+                id,
+                SessionSpend {
+                    last_ms,
+                    shared: nanos,
+                    ..SessionSpend::default()
+                },
+            );
         }
         Ok(b)
     }
@@ -208,12 +289,13 @@ impl Budgets {
             if n >= SESSION_SHARD_PRUNE_AT && n.is_power_of_two() && !shard.contains_key(id) {
                 shard.retain(|_, s| s.last_ms >= now_ms - SESSION_MEMORY_MS);
             }
-            let s = shard.entry(id.to_string()).or_insert(SessionSpend {
-                last_ms: now_ms,
-                nanos: 0,
-            });
+            let s = shard.entry(id.to_string()).or_default();
             s.last_ms = now_ms;
-            s.nanos = s.nanos.saturating_add(nanos);
+            s.own = s.own.saturating_add(nanos);
+            self.sessions_unsent.store(true, Ordering::Release);
+        }
+        if let Some(link) = self.link.get() {
+            link.spent();
         }
     }
 
@@ -257,7 +339,7 @@ impl Budgets {
                 tighten(nanos(m).saturating_sub(self.month.spent(time::month_start_ms(now_ms))));
             }
             if let (Some(limit), Some(id)) = (b.session, session) {
-                let spent = self.shard(id).get(id).map_or(0, |s| s.nanos);
+                let spent = self.shard(id).get(id).map_or(0, SessionSpend::spent);
                 tighten(nanos(limit).saturating_sub(spent));
             }
         }
@@ -268,6 +350,99 @@ impl Budgets {
             }
         }
         left.map(|l| Usd::from_femto(i128::from(l.max(0)) * 1_000_000))
+    }
+}
+
+/// A shared counter: the whole gateway's day or month, a named key's day,
+/// a session.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Counter {
+    Day,
+    Month,
+    Key(String),
+    Session(String),
+}
+
+/// The worker's side of the budgets (shared state): what to send, what came
+/// back.
+impl Budgets {
+    /// Nudge `link` at every spend from now on.
+    pub fn attach(&self, link: &Arc<Link>) {
+        let _ = self.link.set(Arc::clone(link));
+    }
+
+    /// Every counter with spend not sent yet.
+    pub fn unsent(&self) -> Vec<(Counter, Unsent)> {
+        let mut out = Vec::new();
+        if let Some(u) = self.day.unsent() {
+            out.push((Counter::Day, u));
+        }
+        if let Some(u) = self.month.unsent() {
+            out.push((Counter::Month, u));
+        }
+        for (name, p) in self.keys.load().iter() {
+            if let Some(u) = p.unsent() {
+                out.push((Counter::Key(name.clone()), u));
+            }
+        }
+        if self.sessions_unsent.swap(false, Ordering::AcqRel) {
+            let before = out.len();
+            for shard in &self.sessions {
+                let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+                for (id, s) in shard.iter().filter(|(_, s)| s.own != s.sent) {
+                    let u = Unsent {
+                        id: 0,
+                        own: s.own,
+                        delta: s.own - s.sent,
+                    };
+                    out.push((Counter::Session(id.clone()), u));
+                }
+            }
+            // until they are acknowledged, they are looked for again
+            if out.len() > before {
+                self.sessions_unsent.store(true, Ordering::Release);
+            }
+        }
+        out
+    }
+
+    /// The current period of a counter (a day number, a month's first ms;
+    /// 0 for sessions).
+    pub fn period(&self, counter: &Counter, now_ms: i64) -> i64 {
+        match counter {
+            Counter::Day | Counter::Key(_) => time::day(now_ms),
+            Counter::Month => time::month_start_ms(now_ms),
+            Counter::Session(_) => 0,
+        }
+    }
+
+    /// The shared counter of `counter` for period `id` is `total` (None:
+    /// not known) and holds this replica's spend up to `own` (None: only
+    /// what it held before). A failed send passes neither: the spend stays
+    /// unsent, counted here, and is sent again.
+    pub fn ack(&self, counter: &Counter, id: i64, own: Option<i64>, total: Option<i64>) {
+        match counter {
+            Counter::Day => self.day.ack(id, own, total),
+            Counter::Month => self.month.ack(id, own, total),
+            Counter::Key(name) => {
+                if own.is_some() || total.is_some_and(|t| t > 0) {
+                    self.key(name).ack(id, own, total);
+                }
+            }
+            Counter::Session(sid) => {
+                let mut shard = self.shard(sid);
+                if own.is_none() && !shard.contains_key(sid) && total.is_none_or(|t| t <= 0) {
+                    return;
+                }
+                let s = shard.entry(sid.clone()).or_default();
+                if let Some(t) = total {
+                    s.shared = s.shared.max(t);
+                }
+                if let Some(o) = own {
+                    s.sent = s.sent.max(o);
+                }
+            }
+        }
     }
 }
 
@@ -339,8 +514,8 @@ mod tests {
         assert_eq!(b.key("a").spent(today), 11);
         assert_eq!(b.key("b").spent(today), 7);
         assert_eq!(b.key("a").spent(today + 1), 0);
-        assert_eq!(b.shard("s1").get("s1").map(|s| s.nanos), Some(12));
-        assert_eq!(b.shard("s2").get("s2").map(|s| s.nanos), Some(6));
+        assert_eq!(b.shard("s1").get("s1").map(SessionSpend::spent), Some(12));
+        assert_eq!(b.shard("s2").get("s2").map(SessionSpend::spent), Some(6));
         assert_eq!(b.day.spent(today), 18);
     }
 
@@ -365,7 +540,10 @@ mod tests {
         assert_eq!(b.day.spent(today), 8 * 10_000 * 3);
         assert_eq!(b.key("even").spent(today), 4 * 10_000 * 3);
         assert_eq!(b.key("odd").spent(today), 4 * 10_000 * 3);
-        assert_eq!(b.shard("s").get("s").map(|s| s.nanos), Some(8 * 10_000 * 3));
+        assert_eq!(
+            b.shard("s").get("s").map(SessionSpend::spent),
+            Some(8 * 10_000 * 3)
+        );
     }
 
     #[test]
@@ -380,6 +558,39 @@ mod tests {
         b.record(None, Some("new"), usd(1), NOON);
         let shard = b.shard("new");
         assert_eq!(shard.len(), 1, "the old sessions of that shard are gone");
-        assert_eq!(shard.get("new").map(|s| s.nanos), Some(1));
+        assert_eq!(shard.get("new").map(SessionSpend::spent), Some(1));
+    }
+
+    #[test]
+    fn shared_counters_add_own_unsent_spend_and_never_count_it_twice() {
+        let b = Budgets::empty(NOON);
+        let day = time::day(NOON);
+        b.record(Some("k"), Some("s"), usd(5), NOON);
+        // another replica's total arrives: 100, then our 5 is sent (105)
+        b.ack(&Counter::Day, day, None, Some(100));
+        assert_eq!(b.day.spent(day), 105);
+        let unsent = b.unsent();
+        let (_, u) = unsent.iter().find(|(c, _)| *c == Counter::Day).unwrap();
+        assert_eq!((u.own, u.delta), (5, 5));
+        b.record(None, None, usd(2), NOON); // spent while the send is on its way
+        b.ack(&Counter::Day, day, Some(u.own), Some(105));
+        assert_eq!(b.day.spent(day), 107);
+        assert_eq!(b.day.unsent().map(|u| u.delta), Some(2));
+        // a stale total never lowers it; a total for another day is ignored
+        b.ack(&Counter::Day, day, None, Some(50));
+        b.ack(&Counter::Day, day - 1, None, Some(10_000));
+        assert_eq!(b.day.spent(day), 107);
+        // sessions and keys likewise
+        let unsent = b.unsent();
+        assert!(unsent
+            .iter()
+            .any(|(c, u)| *c == Counter::Session("s".into()) && u.delta == 5));
+        b.ack(&Counter::Session("s".into()), 0, Some(5), Some(40));
+        assert_eq!(b.shard("s").get("s").map(SessionSpend::spent), Some(40));
+        b.ack(&Counter::Key("k".into()), day, Some(5), Some(9));
+        assert_eq!(b.spent(Some("k"), NOON).2, usd(9));
+        // a later period's total starts it
+        b.ack(&Counter::Day, day + 1, None, Some(3));
+        assert_eq!(b.day.spent(day + 1), 3);
     }
 }

@@ -242,6 +242,25 @@ pub fn describe(cfg: &Config) -> String {
                 cfg.ledger.flush_interval.as_millis()
             ))
     );
+    match &cfg.state {
+        crate::config::SharedState::Local => {
+            let _ = writeln!(s, "state: local (this process only)");
+        }
+        crate::config::SharedState::Redis { key_prefix, .. } => {
+            let _ = writeln!(s, "state: redis (key prefix {key_prefix:?})");
+            if matches!(
+                cfg.ledger.store,
+                Some(crate::ledger::LedgerStore::Sqlite(_)) | None
+            ) {
+                let _ = writeln!(
+                    s,
+                    "  warning: state is shared through Redis but the ledger is this replica's own (SQLite): \
+                     budget counters missing from Redis are rebuilt from this replica's rows only, and each \
+                     replica's report shows its own requests (use [ledger] backend = \"postgres\")"
+                );
+            }
+        }
+    }
     if let Some(b) = &cfg.budget {
         let _ = writeln!(
             s,

@@ -19,6 +19,7 @@ pub mod routing;
 pub mod runtime;
 pub mod secret;
 pub mod server;
+pub mod shared;
 pub mod telemetry;
 #[cfg(test)]
 mod testing;

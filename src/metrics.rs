@@ -28,6 +28,8 @@ pub struct Metrics {
     pub client_disconnects: IntCounterVec,
     pub stream_events_dropped: IntCounterVec,
     pub ledger_dropped: IntCounter,
+    /// cascade_shared_state_up: 1 while Redis answers (always 1 with `local`).
+    pub shared_state_up: IntGauge,
     pub config_reloads: IntCounterVec,
     pub hedges: IntCounterVec,
     pub spans_dropped: IntCounter,
@@ -103,6 +105,12 @@ impl Metrics {
             "Ledger rows dropped because the writer's queue was full",
         )?;
         r.register(Box::new(ledger_dropped.clone()))?;
+        let shared_state_up = IntGauge::new(
+            "cascade_shared_state_up",
+            "1 while the shared state (Redis) answers; always 1 with the local backend",
+        )?;
+        shared_state_up.set(1);
+        r.register(Box::new(shared_state_up.clone()))?;
         let spans_dropped = IntCounter::new(
             "cascade_spans_dropped_total",
             "Spans not exported: the export queue was full or the collector did not take them",
@@ -196,6 +204,7 @@ impl Metrics {
                 &["tier", "model"],
             )?,
             ledger_dropped,
+            shared_state_up,
             config_reloads: counter(
                 &r,
                 "cascade_config_reloads_total",

@@ -4,8 +4,8 @@
 //! State is per model; the lock is held for a few instructions, never across
 //! an await.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus::IntGauge;
@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use super::classify::HealthEffect;
 use crate::config::Breaker;
+use crate::shared::{Attached, Event};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Circuit {
@@ -41,6 +42,10 @@ pub struct Health {
     in_flight: AtomicU32,
     state: Mutex<State>,
     open_gauge: IntGauge,
+    /// With shared state: the link, and whether this replica holds the
+    /// half-open probe (only the holder probes while Redis answers).
+    shared: OnceLock<Attached>,
+    probe_claimed: AtomicBool,
 }
 
 /// Why a model was skipped, and when it may be back.
@@ -83,7 +88,77 @@ impl Health {
                 rest_until: None,
             }),
             open_gauge,
+            shared: OnceLock::new(),
+            probe_claimed: AtomicBool::new(false),
         }
+    }
+
+    /// Share this model's circuit and rests (once; later calls do nothing).
+    pub fn attach(&self, link: &Arc<crate::shared::Link>, model: &str) {
+        let _ = self.shared.set(Attached::new(link, model));
+    }
+
+    /// Shared, and Redis answering: probes are claimed, changes sent.
+    fn shared_live(&self) -> Option<&Attached> {
+        self.shared.get().filter(|a| a.live())
+    }
+
+    /// A probe is due (or nearly: within `lead`) and nobody here holds it.
+    pub fn wants_probe(&self, now: Instant, lead: Duration) -> bool {
+        if self.breaker.failure_threshold == 0 || self.probe_claimed.load(Ordering::Acquire) {
+            return false;
+        }
+        match self.lock().circuit {
+            Circuit::Open { until } => until <= now + lead,
+            Circuit::HalfOpen { probing } => !probing,
+            Circuit::Closed { .. } => false,
+        }
+    }
+
+    /// This replica won the half-open probe.
+    pub fn claim_probe(&self) {
+        self.probe_claimed.store(true, Ordering::Release);
+    }
+
+    /// Another replica opened the circuit (or probes it): skip the model for
+    /// `remaining`.
+    pub fn apply_open(&self, remaining: Duration) {
+        if self.breaker.failure_threshold == 0 {
+            return;
+        }
+        let until = Instant::now() + remaining;
+        let mut s = self.lock();
+        let later = match s.circuit {
+            Circuit::Open { until: u } => until > u + Duration::from_millis(50),
+            _ => true,
+        };
+        if later {
+            self.set_circuit(&mut s, Circuit::Open { until });
+        }
+        self.probe_claimed.store(false, Ordering::Release);
+    }
+
+    /// Another replica found the model up.
+    pub fn apply_close(&self) {
+        let mut s = self.lock();
+        if !matches!(s.circuit, Circuit::Closed { .. }) {
+            self.set_circuit(&mut s, Circuit::Closed { failures: 0 });
+        }
+        self.probe_claimed.store(false, Ordering::Release);
+    }
+
+    /// Another replica got a 429: rest at least `remaining`.
+    pub fn apply_rest(&self, remaining: Duration) {
+        let until = Instant::now() + remaining;
+        let mut s = self.lock();
+        if s.rest_until.is_none_or(|t| t < until) {
+            s.rest_until = Some(until);
+        }
+    }
+
+    /// With shared state, only the replica holding the probe may probe.
+    fn may_probe(&self) -> bool {
+        self.shared_live().is_none() || self.probe_claimed.load(Ordering::Acquire)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -116,8 +191,9 @@ impl Health {
             return false;
         }
         match s.circuit {
-            Circuit::Closed { .. } | Circuit::HalfOpen { probing: false } => true,
-            Circuit::Open { until } => until <= now,
+            Circuit::Closed { .. } => true,
+            Circuit::HalfOpen { probing: false } => self.may_probe(),
+            Circuit::Open { until } => until <= now && self.may_probe(),
             Circuit::HalfOpen { probing: true } => false,
         }
     }
@@ -135,6 +211,12 @@ impl Health {
             match s.circuit {
                 Circuit::Closed { .. } => {}
                 Circuit::Open { until } if until > now => return Err(Unavailable::Open(until)),
+                // another replica holds the probe
+                Circuit::Open { .. } | Circuit::HalfOpen { probing: false }
+                    if !self.may_probe() =>
+                {
+                    return Err(Unavailable::Probing)
+                }
                 Circuit::Open { .. } | Circuit::HalfOpen { probing: false } => {
                     s.circuit = Circuit::HalfOpen { probing: true };
                     probe = true;
@@ -178,6 +260,8 @@ impl Permit {
         }
         let now = Instant::now();
         let mut s = h.lock();
+        let before = s.circuit;
+        let mut rested = None;
         match effect {
             HealthEffect::Success => h.set_circuit(&mut s, Circuit::Closed { failures: 0 }),
             HealthEffect::Neutral => {
@@ -192,6 +276,7 @@ impl Permit {
                 if self.probe {
                     h.set_circuit(&mut s, Circuit::HalfOpen { probing: false });
                 }
+                rested = Some(rest);
             }
             HealthEffect::Failure => {
                 let open = Circuit::Open {
@@ -212,7 +297,37 @@ impl Permit {
                 }
             }
         }
+        let opened = matches!(s.circuit, Circuit::Open { .. }) && s.circuit != before;
+        let closed = !matches!(before, Circuit::Closed { .. })
+            && matches!(s.circuit, Circuit::Closed { .. });
+        drop(s);
+        if self.probe {
+            // the probe is spent: the next one is claimed again
+            h.probe_claimed.store(false, Ordering::Release);
+        }
+        let Some(shared) = h.shared_live() else {
+            return;
+        };
+        let model = Arc::clone(&shared.name);
+        if let Some(rest) = rested {
+            shared.link.send(Event::Rest {
+                model: Arc::clone(&model),
+                ms: millis(rest),
+            });
+        }
+        if closed {
+            shared.link.send(Event::Close { model });
+        } else if opened {
+            shared.link.send(Event::Open {
+                model,
+                ms: millis(h.breaker.open),
+            });
+        }
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Drop for Permit {

@@ -2,7 +2,7 @@
 //! steps point at, each model's health, each tier's escalation state.
 
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -13,6 +13,7 @@ use super::latency::{Kind, Latency};
 use crate::config::{Config, Hedge, Limit, MidStream, ModelId, Strategy, TierId};
 use crate::metrics::{AttemptMetrics, LazyCounters, Metrics};
 use crate::outcome::RequestOutcome;
+use crate::shared::{Attached, Event};
 
 /// Something a chain step can point at: a tier, or (for requests naming a
 /// model directly) a single model.
@@ -54,18 +55,37 @@ pub struct Target {
 }
 
 /// A tier's escalation state (docs/configuration.md, tiers): consecutive failed attempts across
-/// requests, and escalations owed to the next requests.
+/// requests, and escalations owed to the next requests. With shared state
+/// (and Redis answering) both are counted in Redis and mirrored here.
 #[derive(Debug, Default)]
 pub struct Escalation {
     consecutive: AtomicU32,
     pending: AtomicU32,
+    shared: OnceLock<Attached>,
 }
 
 impl Escalation {
+    /// Share this tier's counts (once; later calls do nothing).
+    pub fn attach(&self, link: &Arc<crate::shared::Link>, tier: &str) {
+        let _ = self.shared.set(Attached::new(link, tier));
+    }
+
+    fn shared_live(&self) -> Option<&Attached> {
+        self.shared.get().filter(|a| a.live())
+    }
+
     /// Count a failed attempt; when the count reaches `after` it starts again
     /// from zero and one escalation is owed. Exact under concurrency: each
     /// failure moves the count by one, and only the one reaching `after` fires.
+    /// Shared: Redis counts (exactly once per `after` across replicas).
     pub fn failure(&self, after: u32) -> bool {
+        if let Some(s) = self.shared_live() {
+            s.link.send(Event::EscFailure {
+                tier: Arc::clone(&s.name),
+                after,
+            });
+            return false;
+        }
         let mut cur = self.consecutive.load(Ordering::Acquire);
         loop {
             let next = if cur + 1 >= after { 0 } else { cur + 1 };
@@ -88,14 +108,27 @@ impl Escalation {
     }
 
     pub fn success(&self) {
-        self.consecutive.store(0, Ordering::Release);
+        if self.consecutive.swap(0, Ordering::AcqRel) != 0 {
+            if let Some(s) = self.shared_live() {
+                s.link.send(Event::EscSuccess {
+                    tier: Arc::clone(&s.name),
+                });
+            }
+        }
     }
 
     /// Take one owed escalation, if any.
     pub fn take(&self) -> bool {
-        self.pending
+        let took = self
+            .pending
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| p.checked_sub(1))
-            .is_ok()
+            .is_ok();
+        if let Some(s) = self.shared_live().filter(|_| took) {
+            s.link.send(Event::EscTaken {
+                tier: Arc::clone(&s.name),
+            });
+        }
+        took
     }
 
     pub fn consecutive(&self) -> u32 {
@@ -104,6 +137,12 @@ impl Escalation {
 
     pub fn pending(&self) -> u32 {
         self.pending.load(Ordering::Acquire)
+    }
+
+    /// The counts as Redis has them (the worker).
+    pub fn mirror(&self, consecutive: u32, pending: u32) {
+        self.consecutive.store(consecutive, Ordering::Release);
+        self.pending.store(pending, Ordering::Release);
     }
 }
 

@@ -21,6 +21,7 @@ pub struct RawConfig {
     pub budget: Option<RawBudget>,
     pub cost: RawCost,
     pub ledger: RawLedger,
+    pub state: RawState,
     pub circuit_breaker: RawBreaker,
     pub telemetry: RawTelemetry,
 }
@@ -370,4 +371,25 @@ impl Default for RawBreaker {
 
 fn yes() -> bool {
     true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawState {
+    /// `local` (default) or `redis`.
+    pub backend: Option<String>,
+    pub url: Option<String>,
+    pub url_env: Option<String>,
+    pub key_prefix: String,
+}
+
+impl Default for RawState {
+    fn default() -> Self {
+        Self {
+            backend: None,
+            url: None,
+            url_env: None,
+            key_prefix: "cascade".into(),
+        }
+    }
 }

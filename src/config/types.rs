@@ -41,6 +41,7 @@ pub struct Config {
     pub budget: Option<Budget>,
     pub baseline_model: Option<ModelId>,
     pub ledger: Ledger,
+    pub state: SharedState,
     pub breaker: Breaker,
     pub telemetry: Telemetry,
     pub(super) names: HashMap<String, Name>,
@@ -451,6 +452,15 @@ pub struct Budget {
     pub monthly: Option<Usd>,
     pub session: Option<Usd>,
     pub on_exhausted: OnExhausted,
+}
+
+/// Where budgets, circuits, rests and escalation counts live.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SharedState {
+    /// In this process only.
+    Local,
+    /// In Redis, shared by every replica with the same `key_prefix`.
+    Redis { url: Secret, key_prefix: String },
 }
 
 /// Where the ledger lives.

@@ -34,6 +34,19 @@ impl Dialect {
         }
     }
 
+    /// A sum that is 0 over no rows and an integer, saturated rather than
+    /// an error whatever the rows hold (SQLite's TOTAL is a float; the
+    /// PostgreSQL sum of BIGINTs is an exact NUMERIC, clamped).
+    pub fn sum(self, expr: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!("CAST(TOTAL({expr}) AS INTEGER)"),
+            Dialect::Postgres => format!(
+                "CAST(LEAST(GREATEST(COALESCE(SUM({expr}), 0), -9223372036854775808), \
+                 9223372036854775807) AS BIGINT)"
+            ),
+        }
+    }
+
     /// The physical row id, for deleting in batches.
     pub fn row_id(self) -> &'static str {
         match self {
@@ -41,11 +54,6 @@ impl Dialect {
             Dialect::Postgres => "ctid",
         }
     }
-}
-
-/// A sum that is 0 over no rows and an integer on both stores.
-pub fn sum(expr: &str) -> String {
-    format!("CAST(COALESCE(SUM({expr}), 0) AS BIGINT)")
 }
 
 /// 1 when `cond` holds, else 0 (booleans are 0/1 in SQLite, a type in
@@ -454,7 +462,10 @@ mod tests {
         assert_eq!(n, 2);
         let rows = db
             .rows(
-                &format!("SELECT {}, b FROM t GROUP BY b ORDER BY b", sum("a")),
+                &format!(
+                    "SELECT {}, b FROM t GROUP BY b ORDER BY b",
+                    Dialect::Sqlite.sum("a")
+                ),
                 &[],
             )
             .unwrap();

@@ -24,7 +24,7 @@ use r2d2_postgres::{postgres::NoTls, r2d2, PostgresConnectionManager};
 use tokio::sync::mpsc;
 
 pub use crate::config::LedgerStore;
-use db::{off_runtime, sum, transaction, Db, DbError, Dialect, Postgres, Sqlite, Val};
+use db::{off_runtime, transaction, Db, DbError, Dialect, Postgres, Sqlite, Val};
 pub use report::{render_table, Report, Window};
 
 /// How many rows may wait in the channel, and again in the writer's hand
@@ -103,7 +103,7 @@ impl Reader {
                     r2d2::Pool::builder()
                         .max_size(u32::try_from(*pool_size).unwrap_or(u32::MAX))
                         .min_idle(Some(0))
-                        .connection_timeout(Duration::from_secs(10))
+                        .connection_timeout(Duration::from_secs(5))
                         .build_unchecked(manager),
                 )
             }
@@ -343,10 +343,11 @@ pub struct Spend {
 }
 
 fn spend_since(db: &mut dyn Db, since_ms: i64) -> Result<Spend, DbError> {
+    let d = db.dialect();
     // rollups for folded whole hours, rows for the rest (sessions: rows only,
     // within retention)
     let src = rollup::Sources::new(db, since_ms)?;
-    let spent = sum("cost + wasted");
+    let spent = d.sum("cost + wasted");
     let total = src
         .rows(db, &format!("SELECT {spent} FROM r"))?
         .first()
@@ -364,7 +365,7 @@ fn spend_since(db: &mut dyn Db, since_ms: i64) -> Result<Spend, DbError> {
             &format!(
                 "SELECT session, {} FROM requests WHERE ts_ms >= ?1 AND session IS NOT NULL \
                  GROUP BY session",
-                sum("cost_nanos + wasted_nanos")
+                d.sum("cost_nanos + wasted_nanos")
             ),
             &[Val::Int(since_ms)],
         )?

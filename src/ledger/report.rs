@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use super::db::{sum, Db, DbError};
+use super::db::{Db, DbError};
 use super::rollup::Sources;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -172,6 +172,7 @@ impl Report {
 }
 
 pub fn build(db: &mut dyn Db, window: Window, now_ms: i64) -> Result<Report, DbError> {
+    let d = db.dialect();
     let since = now_ms - window.ms;
     let mut r = Report {
         since: window.label.to_string(),
@@ -183,12 +184,12 @@ pub fn build(db: &mut dyn Db, window: Window, now_ms: i64) -> Result<Report, DbE
         db,
         &format!(
             "SELECT {}, {}, {}, {}, {}, {} FROM r",
-            sum("requests"),
-            sum("cost"),
-            sum("wasted"),
-            sum("savings"),
-            sum("free_served"),
-            sum("fallbacks")
+            d.sum("requests"),
+            d.sum("cost"),
+            d.sum("wasted"),
+            d.sum("savings"),
+            d.sum("free_served"),
+            d.sum("fallbacks")
         ),
     )?;
     if let Some(row) = totals.first() {
@@ -204,10 +205,10 @@ pub fn build(db: &mut dyn Db, window: Window, now_ms: i64) -> Result<Report, DbE
         db,
         &format!(
             "SELECT tier, model, {}, {}, {}, {} FROM r WHERE tier IS NOT NULL GROUP BY tier, model",
-            sum("requests"),
-            sum("prompt"),
-            sum("completion"),
-            sum("cost")
+            d.sum("requests"),
+            d.sum("prompt"),
+            d.sum("completion"),
+            d.sum("cost")
         ),
     )?;
     for row in served {
@@ -231,8 +232,8 @@ pub fn build(db: &mut dyn Db, window: Window, now_ms: i64) -> Result<Report, DbE
         db,
         &format!(
             "SELECT tier, model, {}, {} FROM a GROUP BY tier, model",
-            sum("attempts"),
-            sum("failures")
+            d.sum("attempts"),
+            d.sum("failures")
         ),
     )?;
     for row in tried {
@@ -248,7 +249,7 @@ pub fn build(db: &mut dyn Db, window: Window, now_ms: i64) -> Result<Report, DbE
         db,
         &format!(
             "SELECT model, {} FROM r WHERE wasted <> 0 AND model IS NOT NULL GROUP BY model",
-            sum("wasted")
+            d.sum("wasted")
         ),
     )?;
     for row in wasted {
@@ -261,7 +262,7 @@ pub fn build(db: &mut dyn Db, window: Window, now_ms: i64) -> Result<Report, DbE
         db,
         &format!(
             "SELECT hour, tier, {} FROM r WHERE tier IS NOT NULL GROUP BY hour, tier",
-            sum("cost + wasted")
+            d.sum("cost + wasted")
         ),
     )?;
     for row in hours {
@@ -279,12 +280,13 @@ fn spend_by(
     src: &Sources,
     column: &'static str,
 ) -> Result<BTreeMap<String, KeyLine>, DbError> {
+    let d = db.dialect();
     let rows = src.rows(
         db,
         &format!(
             "SELECT {column}, {}, {} FROM r WHERE {column} IS NOT NULL GROUP BY {column}",
-            sum("requests"),
-            sum("cost + wasted")
+            d.sum("requests"),
+            d.sum("cost + wasted")
         ),
     )?;
     Ok(rows

@@ -9,7 +9,7 @@
 //! older than `retention_days` are deleted in small batches, only from
 //! folded hours: their hours live on in the rollups.
 
-use super::db::{ints, one_if, sum, transaction, Cell, Db, DbError, Dialect};
+use super::db::{ints, one_if, transaction, Cell, Db, DbError, Dialect};
 
 pub const HOUR_MS: i64 = 3_600_000;
 /// An hour is folded this long after it ended (rows may still be queued).
@@ -60,6 +60,7 @@ pub fn fold(db: &mut dyn Db, now_ms: i64) -> Result<usize, DbError> {
             return Ok(0); // another replica folded meanwhile
         };
         let p = ints(&[from, upto]);
+        let d = db.dialect();
         let n = db.run(
             &format!(
                 "INSERT INTO rollups (hour_ms, endpoint, tier, model, key, requests, free_served, fallbacks, \
@@ -67,13 +68,13 @@ pub fn fold(db: &mut dyn Db, now_ms: i64) -> Result<usize, DbError> {
                  SELECT (ts_ms / 3600000) * 3600000 AS h, endpoint, tier, model, key, COUNT(*), {}, {}, \
                  {}, {}, {}, {}, {} \
                  FROM requests WHERE ts_ms >= ?1 AND ts_ms < ?2 GROUP BY h, endpoint, tier, model, key",
-                sum(&one_if("free AND tier IS NOT NULL")),
-                sum(&one_if("fallback")),
-                sum("prompt_tokens"),
-                sum("completion_tokens"),
-                sum("cost_nanos"),
-                sum("wasted_nanos"),
-                sum("savings_nanos"),
+                d.sum(&one_if("free AND tier IS NOT NULL")),
+                d.sum(&one_if("fallback")),
+                d.sum("prompt_tokens"),
+                d.sum("completion_tokens"),
+                d.sum("cost_nanos"),
+                d.sum("wasted_nanos"),
+                d.sum("savings_nanos"),
             ),
             &p,
         )?;
@@ -82,7 +83,7 @@ pub fn fold(db: &mut dyn Db, now_ms: i64) -> Result<usize, DbError> {
                 "INSERT INTO attempt_rollups (hour_ms, tier, model, attempts, failures) \
                  SELECT (ts_ms / 3600000) * 3600000 AS h, tier, model, COUNT(*), {} \
                  FROM attempts WHERE ts_ms >= ?1 AND ts_ms < ?2 GROUP BY h, tier, model",
-                sum(&one_if("outcome <> 'success'"))
+                d.sum(&one_if("outcome <> 'success'"))
             ),
             &p,
         )?;

@@ -12,6 +12,7 @@ mod pipeline;
 mod recent;
 mod responses;
 mod settle;
+mod shared_state;
 mod splice;
 mod state;
 mod stream;

@@ -209,9 +209,19 @@ pub async fn status(State(state): State<AppState>, headers: HeaderMap) -> Respon
             "queued": l.queued(),
         })
     });
-    plain_json(
-        &json!({"tiers": tiers, "tasks": tasks, "models": models, "budget": budget, "ledger": ledger}),
-    )
+    let shared = match &cfg.state {
+        crate::config::SharedState::Local => json!({"backend": "local", "up": true}),
+        crate::config::SharedState::Redis { key_prefix, .. } => json!({
+            "backend": "redis",
+            "up": state.link().is_some_and(|l| l.up()),
+            "key_prefix": key_prefix,
+            "replica": state.link().map(|l| l.replica.clone()),
+        }),
+    };
+    plain_json(&json!({
+        "tiers": tiers, "tasks": tasks, "models": models, "budget": budget, "ledger": ledger,
+        "state": shared,
+    }))
 }
 
 /// GET /v1/cascade/requests: the last requests settled, newest first.

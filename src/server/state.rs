@@ -8,9 +8,11 @@ use arc_swap::ArcSwap;
 
 use super::recent::Recent;
 use crate::budget::Budgets;
+use crate::config::SharedState;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
+use crate::shared::Link;
 
 /// State shared by every request. The runtime is swapped whole on reload;
 /// a request keeps the one it started with.
@@ -26,6 +28,8 @@ struct Shared {
     ledger: Option<Arc<Ledger>>,
     budgets: Budgets,
     recent: Recent,
+    /// With `[state] backend = "redis"`.
+    link: Option<Arc<Link>>,
 }
 
 impl AppState {
@@ -49,7 +53,17 @@ impl AppState {
             }
             None => Budgets::default(),
         };
-        Ok(Self {
+        let shared = match &cfg.state {
+            SharedState::Local => None,
+            SharedState::Redis { url, key_prefix } => {
+                let (link, events) = Link::new();
+                budgets.attach(&link);
+                // down until the worker has reached Redis
+                metrics.shared_state_up.set(0);
+                Some((link, events, url, key_prefix))
+            }
+        };
+        let state = Self {
             inner: Arc::new(Shared {
                 runtime: ArcSwap::from_pointee(runtime),
                 metrics,
@@ -57,8 +71,18 @@ impl AppState {
                 ledger,
                 budgets,
                 recent: Recent::default(),
+                link: shared.as_ref().map(|(l, ..)| Arc::clone(l)),
             }),
-        })
+        };
+        if let Some((link, events, url, prefix)) = shared {
+            super::shared_state::spawn(state.clone(), link, events, url, prefix);
+        }
+        Ok(state)
+    }
+
+    /// The shared-state link (None with the local backend).
+    pub fn link(&self) -> Option<&Arc<Link>> {
+        self.inner.link.as_ref()
     }
 
     pub fn ledger(&self) -> Option<&Arc<Ledger>> {
@@ -99,5 +123,23 @@ impl AppState {
 
     pub fn is_ready(&self) -> bool {
         self.inner.ready.load(Ordering::SeqCst)
+    }
+}
+
+impl super::shared_state::Host for AppState {
+    fn runtime(&self) -> Arc<Runtime> {
+        AppState::runtime(self)
+    }
+
+    fn budgets(&self) -> &Budgets {
+        AppState::budgets(self)
+    }
+
+    fn ledger(&self) -> Option<&Arc<Ledger>> {
+        AppState::ledger(self)
+    }
+
+    fn metrics(&self) -> &Arc<Metrics> {
+        AppState::metrics(self)
     }
 }

@@ -22,6 +22,7 @@ mod protection;
 mod replicas;
 mod responses;
 mod routing;
+mod shared_state;
 mod streaming;
 
 use common::Upstream;

@@ -14,7 +14,7 @@ use crate::{model, prelude, tier, UP_KEY};
 
 /// A prelude whose ledger is the PostgreSQL database in CASCADE_LEDGER_URL,
 /// flushed every 10 ms, with `extra` config after it.
-fn config(up: &Upstream, extra: &str) -> String {
+pub fn config(up: &Upstream, extra: &str) -> String {
     [
         prelude(up, "").replace(
             "path = \"\"",
@@ -28,13 +28,13 @@ fn config(up: &Upstream, extra: &str) -> String {
 }
 
 /// A replica: the binary on a free port, its log in `dir`.
-struct Replica {
-    url: String,
+pub struct Replica {
+    pub url: String,
     log: std::path::PathBuf,
     proc: Proc,
 }
 
-async fn replica(http: &reqwest::Client, config: &Path, db_url: &str, name: &str) -> Replica {
+pub async fn replica(http: &reqwest::Client, config: &Path, db_url: &str, name: &str) -> Replica {
     let port = free_port();
     let log = config.with_file_name(format!("{name}.log"));
     let proc = spawn_logged(
@@ -49,8 +49,18 @@ async fn replica(http: &reqwest::Client, config: &Path, db_url: &str, name: &str
 }
 
 impl Replica {
+    pub async fn metrics(&self, http: &reqwest::Client) -> String {
+        http.get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// A chat request; its cost header in nano-dollars.
-    async fn ask(&self, http: &reqwest::Client) -> i64 {
+    pub async fn ask(&self, http: &reqwest::Client) -> i64 {
         let resp = http
             .post(format!("{}/v1/chat/completions", self.url))
             .json(
@@ -69,7 +79,7 @@ impl Replica {
         cost
     }
 
-    async fn get(&self, http: &reqwest::Client, path: &str) -> Value {
+    pub async fn get(&self, http: &reqwest::Client, path: &str) -> Value {
         http.get(format!("{}{path}", self.url))
             .send()
             .await
@@ -80,7 +90,7 @@ impl Replica {
     }
 
     /// SIGTERM, and wait for the drain (the ledger flushed).
-    fn stop(mut self) -> String {
+    pub fn stop(mut self) -> String {
         // SAFETY: a signal to our own child.
         unsafe { libc::kill(self.proc.0.id() as i32, libc::SIGTERM) };
         let status = self.proc.0.wait().unwrap();
@@ -89,7 +99,7 @@ impl Replica {
     }
 }
 
-fn nanos(usd: f64) -> i64 {
+pub fn nanos(usd: f64) -> i64 {
     (usd * 1e9).round() as i64
 }
 

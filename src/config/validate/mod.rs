@@ -405,6 +405,7 @@ pub(super) fn validate(path: &Path, raw: RawConfig, env: &Env) -> Result<Config,
         budget,
         baseline_model,
         ledger,
+        state: shared_state(&mut c, &raw.state, env),
         breaker,
         telemetry: timing::telemetry(&mut c, &raw.telemetry, env),
         names,
@@ -531,6 +532,72 @@ fn ledger_store(c: &mut Checker, raw: &RawLedger, env: &Env) -> Option<LedgerSto
                 format!("must be \"sqlite\" or \"postgres\", got {other:?}"),
             );
             None
+        }
+    }
+}
+
+/// `[state]`: local, or Redis (`url` or `url_env`).
+fn shared_state(c: &mut Checker, raw: &RawState, env: &Env) -> SharedState {
+    match raw.backend.as_deref().unwrap_or("local") {
+        "local" => {
+            for (key, set) in [
+                ("state.url", raw.url.is_some()),
+                ("state.url_env", raw.url_env.is_some()),
+            ] {
+                if set {
+                    c.err(key, "is for backend = \"redis\"");
+                }
+            }
+            SharedState::Local
+        }
+        "redis" => {
+            let url = match (&raw.url, &raw.url_env) {
+                (Some(_), Some(_)) => {
+                    c.err("state.url", "set url or url_env, not both");
+                    None
+                }
+                (Some(u), None) => Some(Secret::new(u.trim())),
+                (None, Some(var)) => c.secret_from_env("state.url_env", var, env),
+                (None, None) => {
+                    c.err("state", "backend = \"redis\" needs url or url_env");
+                    None
+                }
+            };
+            let prefix = raw.key_prefix.trim();
+            if prefix.is_empty() || prefix.len() > 64 || prefix.contains(char::is_whitespace) {
+                c.err("state.key_prefix", "must be 1-64 characters without spaces");
+            }
+            // never echo the URL: it may hold a password
+            let Some(url) = url else {
+                return SharedState::Local;
+            };
+            match redis::parse_redis_url(url.expose()) {
+                Some(u) if u.scheme() == "redis" => SharedState::Redis {
+                    url,
+                    key_prefix: prefix.to_string(),
+                },
+                Some(_) => {
+                    c.err(
+                        "state.url",
+                        "must be redis://host:port/db (TLS, rediss://, is not supported)",
+                    );
+                    SharedState::Local
+                }
+                None => {
+                    c.err(
+                        "state.url",
+                        "is not a Redis URL (redis://[:password@]host:port/db)",
+                    );
+                    SharedState::Local
+                }
+            }
+        }
+        other => {
+            c.err(
+                "state.backend",
+                format!("must be \"local\" or \"redis\", got {other:?}"),
+            );
+            SharedState::Local
         }
     }
 }
