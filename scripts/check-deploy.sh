@@ -133,7 +133,7 @@ cp -r config "$CLEAN/config"
 compose_clean() {
     (cd "$CLEAN" && env -u OPENROUTER_API_KEY -u ANTHROPIC_API_KEY -u CASCADE_API_KEYS \
         -u CASCADE_ADMIN_KEY -u CASCADE_CONFIG -u RUST_LOG -u GRAFANA_ADMIN_PASSWORD \
-        -u COMPOSE_PROFILES -u COMPOSE_FILE -u COMPOSE_PROJECT_NAME \
+        -u COMPOSE_PROFILES -u COMPOSE_FILE -u COMPOSE_PROJECT_NAME -u POSTGRES_PASSWORD \
         docker-compose -p cascadecheck -f docker-compose.yml "$@")
 }
 info "docker-compose -f docker-compose.yml config -q"
@@ -160,6 +160,12 @@ if [ "$PROFILES_OK" = 1 ]; then
     TSERVICES=$(OTEL_EXPORTER_OTLP_ENDPOINT=http://jaeger:4318 compose_clean --profile tracing config --services | sort | tr '\n' ' ')
     info "services (--profile tracing): $TSERVICES"
     case " $TSERVICES " in *" jaeger "*) ;; *) fail "--profile tracing does not enable the jaeger service" ;; esac
+    RSERVICES=$(compose_clean --profile replicas config --services | sort | tr '\n' ' ')
+    info "services (--profile replicas): $RSERVICES"
+    for s in redis postgres replica lb; do
+        case " $RSERVICES " in *" $s "*) ;; *) fail "--profile replicas does not enable the $s service" ;; esac
+    done
+    compose_clean --profile replicas config -q || fail "the replicas profile does not validate"
 fi
 # The Grafana provisioning files are plain YAML: check they parse and point at
 # what compose provides (PyYAML comes with Debian's python docker-compose).

@@ -287,3 +287,41 @@ fn ledger_backends() {
     );
     assert!(e.contains("ledger.url"), "{e}");
 }
+
+#[test]
+fn shared_state_backends() {
+    let cfg = load(BASE, &[("OR_KEY", "k")]).unwrap();
+    assert_eq!(cfg.state, SharedState::Local);
+    let redis = format!("{BASE}\n[state]\nbackend = \"redis\"\nurl_env = \"R_URL\"\n");
+    let cfg = load(
+        &redis,
+        &[("OR_KEY", "k"), ("R_URL", "redis://:pw-91@r:6380/2")],
+    )
+    .unwrap();
+    match &cfg.state {
+        SharedState::Redis { url, key_prefix } => {
+            assert_eq!(url.expose(), "redis://:pw-91@r:6380/2");
+            assert_eq!(key_prefix, "cascade");
+        }
+        other => panic!("{other:?}"),
+    }
+    // unset variable; TLS and a malformed URL refused without echoing it;
+    // an unknown backend; a URL on the local backend; a bad prefix
+    let e = problems(load(&redis, &[("OR_KEY", "k")]).unwrap_err());
+    assert!(e.contains("R_URL"), "{e}");
+    for bad in ["rediss://:pw-91@r:6380/0", "http://:pw-91@r"] {
+        let e = problems(load(&redis, &[("OR_KEY", "k"), ("R_URL", bad)]).unwrap_err());
+        assert!(e.contains("state.url") && !e.contains("pw-91"), "{e}");
+    }
+    for (toml, key) in [
+        ("[state]\nbackend = \"memcached\"\n", "state.backend"),
+        ("[state]\nurl = \"redis://r\"\n", "state.url"),
+        (
+            "[state]\nbackend = \"redis\"\nurl = \"redis://r\"\nkey_prefix = \" \"\n",
+            "state.key_prefix",
+        ),
+    ] {
+        let e = problems(load(&format!("{BASE}\n{toml}"), &[("OR_KEY", "k")]).unwrap_err());
+        assert!(e.contains(key), "{e}");
+    }
+}

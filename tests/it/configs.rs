@@ -8,6 +8,7 @@ const SHIPPED: &[&str] = &[
     "config/examples/bughive.toml",
     "config/examples/strategic-planner.toml",
     "config/examples/strategic-planner-demo.toml",
+    "config/examples/replicas.toml",
 ];
 
 fn check(path: &str) -> std::process::Output {
@@ -16,6 +17,11 @@ fn check(path: &str) -> std::process::Output {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("OPENROUTER_API_KEY", "dummy-or")
         .env("ANTHROPIC_API_KEY", "dummy-ant")
+        .env("CASCADE_REDIS_URL", "redis://:dummy-redis@127.0.0.1:6379/0")
+        .env(
+            "CASCADE_LEDGER_URL",
+            "postgres://c:dummy-pg@127.0.0.1:5432/cascade",
+        )
         .output()
         .unwrap()
 }
@@ -35,7 +41,10 @@ fn every_shipped_config_passes_check() {
             "{path}: {stdout}"
         );
         assert!(
-            !stdout.contains("dummy-or") && !stdout.contains("dummy-ant"),
+            !stdout.contains("dummy-or")
+                && !stdout.contains("dummy-ant")
+                && !stdout.contains("dummy-redis")
+                && !stdout.contains("dummy-pg"),
             "check printed a key"
         );
     }
@@ -209,4 +218,44 @@ fn check_explains_faster_chains() {
         "{text}"
     );
     assert!(text.contains("clamped to 250..30000ms"), "{text}");
+}
+
+/// Shared state with a per-replica (SQLite) ledger: `check` warns; with the
+/// PostgreSQL ledger of the replicas example it does not.
+#[test]
+fn check_warns_when_state_is_shared_but_the_ledger_is_not() {
+    let out = check("config/examples/replicas.toml");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(stdout.contains("state: redis"), "{stdout}");
+    assert!(
+        stdout.contains("postgres://127.0.0.1:5432/cascade"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("warning"), "{stdout}");
+
+    let dir = crate::common::gateway::temp_dir();
+    let path = dir.0.join("sqlite-ledger.toml");
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples/replicas.toml"),
+    )
+    .unwrap()
+    .replace(
+        "backend = \"postgres\"\nurl_env = \"CASCADE_LEDGER_URL\"",
+        "path = \"data/replica.db\"",
+    );
+    std::fs::write(&path, text).unwrap();
+    let out = check(path.to_str().unwrap());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(
+            "warning: state is shared through Redis but the ledger is this replica's own"
+        ),
+        "{stdout}"
+    );
 }

@@ -346,6 +346,7 @@ pub(super) fn validate(path: &Path, raw: RawConfig, env: &Env) -> Result<Config,
         })
         .collect::<Vec<_>>();
 
+    let state = shared_state(&mut c, &raw.state, env);
     let ledger = Ledger {
         store: ledger_store(&mut c, &raw.ledger, env),
         flush_interval: c.ms("ledger.flush_interval_ms", raw.ledger.flush_interval_ms),
@@ -405,7 +406,7 @@ pub(super) fn validate(path: &Path, raw: RawConfig, env: &Env) -> Result<Config,
         budget,
         baseline_model,
         ledger,
-        state: shared_state(&mut c, &raw.state, env),
+        state,
         breaker,
         telemetry: timing::telemetry(&mut c, &raw.telemetry, env),
         names,
