@@ -46,6 +46,7 @@ def main():
     ap.add_argument("--out", default="docs/benchmarks.md")
     ap.add_argument("--tail", default=None, help="bench/heavy-tail.sh output")
     ap.add_argument("--tracing", default=None, help="bench/tracing.sh output")
+    ap.add_argument("--shared", default=None, help="bench/shared-state.sh output")
     a = ap.parse_args()
 
     rows = list(csv.DictReader(open(a.results), delimiter="\t"))
@@ -153,6 +154,22 @@ def main():
             pc = num(r.get("rps_per_core"))
             rel = f"{pc / base:.2f}x" if pc and base else "-"
             lines.append(f"| {r['variant']} | {r['rps_c32']} | {r['cpu_s']} | {r['rps_per_core']} | {rel} | {r['spans_dropped']} | {r['non2xx']} |")
+        lines.append("")
+
+    if a.shared and os.path.exists(a.shared):
+        rows_s = list(csv.DictReader(open(a.shared), delimiter="\t"))
+        lines.append("## Shared state (Redis)\n")
+        lines.append("`bench/shared-state.sh`: one replica, the one-tier gateway (nginx upstream, a priced model, a daily budget, a SQLite ledger: every request spends) with `[state] backend = \"local\"` and `\"redis\"` (a redis-server on loopback); wrk, 32 connections for requests/s, 1 for p50; the gateway unpinned; per core = requests / the gateway's CPU seconds. Targets: per core within 10% of local, p50 at c=1 within 0.05 ms.\n")
+        lines.append("| variant | req/s c=32 | gateway CPU s | req/s per core | vs local | p50 c=1 ms | added p50 ms | non-2xx |")
+        lines.append("|---|---|---|---|---|---|---|---|")
+        base = num(rows_s[0].get("rps_per_core")) if rows_s else None
+        base_p50 = num(rows_s[0].get("p50_c1_ms")) if rows_s else None
+        for r in rows_s:
+            pc = num(r.get("rps_per_core"))
+            p50 = num(r.get("p50_c1_ms"))
+            rel = f"{pc / base:.2f}x" if pc and base else "-"
+            added = f"{p50 - base_p50:+.3f}" if p50 is not None and base_p50 is not None else "-"
+            lines.append(f"| {r['variant']} | {r['rps_c32']} | {r['cpu_s']} | {r['rps_per_core']} | {rel} | {r['p50_c1_ms']} | {added} | {r['non2xx']} |")
         lines.append("")
 
     plotted = False

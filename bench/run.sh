@@ -162,6 +162,10 @@ bench/heavy-tail.sh "$( [ "$MODE" = smoke ] && echo 3 || echo 15 )" "$BIN" > "$O
 say "tracing"
 bench/tracing.sh "$( [ "$MODE" = smoke ] && echo 2 || echo 15 )" "$BIN" > "$OUT/tracing.tsv"
 
+# --- shared state: one replica with [state] on Redis against local state -----------------
+say "shared state"
+bench/shared-state.sh "$( [ "$MODE" = smoke ] && echo 2 || echo 15 )" "$BIN" > "$OUT/shared-state.tsv"
+
 # --- report ------------------------------------------------------------------------------
 PY=python3
 if [ "$MODE" = full ]; then   # the plot needs matplotlib; the smoke run skips it
@@ -170,5 +174,5 @@ if [ "$MODE" = full ]; then   # the plot needs matplotlib; the smoke run skips i
     PY=bench/out/venv/bin/python
 fi
 $PY bench/report.py --results "$RESULTS" --streams "$OUT/streams.json" --mode "$MODE" \
-    --command "bench/run.sh $*" --plot "$OUT/latency.png" --pinned "$PIN" --tail "$OUT/heavy-tail.tsv" --tracing "$OUT/tracing.tsv" \
+    --command "bench/run.sh $*" --plot "$OUT/latency.png" --pinned "$PIN" --tail "$OUT/heavy-tail.tsv" --tracing "$OUT/tracing.tsv" --shared "$OUT/shared-state.tsv" \
     --out "$( [ "$MODE" = smoke ] && echo "$OUT/benchmarks-smoke.md" || echo docs/benchmarks.md )"

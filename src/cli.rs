@@ -328,23 +328,21 @@ pub fn serve(path: &Path, log_format: &str) -> ExitCode {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    // one worker: the current-thread scheduler, with no cross-thread hand-off
-    // of tasks (the accept loop and every connection on one thread)
-    let mut builder = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(workers);
-        b
-    };
-    let tokio_rt = match builder.enable_all().build() {
+    // each worker: one thread, its own current-thread runtime and listener
+    // (SO_REUSEPORT), so a connection never changes threads; this thread is
+    // worker 0 and also runs the background tasks (reload, shared state)
+    crate::runtime::set_workers(workers);
+    let tokio_rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match tokio_rt.block_on(run(path, cfg)) {
+    match tokio_rt.block_on(run(path, cfg, workers)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -354,7 +352,24 @@ pub fn serve(path: &Path, log_format: &str) -> ExitCode {
     }
 }
 
-async fn run(path: &Path, cfg: Config) -> Result<(), String> {
+/// A socket bound to `addr` that other workers may bind too.
+fn reuseport_socket(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let s = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    s.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    s.set_reuseport(true)?;
+    s.bind(addr)?;
+    Ok(s)
+}
+
+/// How many connections may wait in the kernel for `accept` (tokio's default).
+const BACKLOG: u32 = 1024;
+
+async fn run(path: &Path, cfg: Config, workers: usize) -> Result<(), String> {
     let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
     let listen = cfg.server.listen;
     if !cfg.auth_required() && !listen.ip().is_loopback() {
@@ -363,17 +378,87 @@ async fn run(path: &Path, cfg: Config) -> Result<(), String> {
     server::conn::raise_open_files_limit();
     let runtime = Runtime::build(cfg, &metrics, None)?;
     let state = AppState::new(runtime, Arc::clone(&metrics))?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    tracing::info!(%listen, config = %path.display(), "cascade is serving");
+    let cannot = |e: std::io::Error| format!("cannot listen on {listen}: {e}");
+    let listener = if workers == 1 {
+        tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(cannot)?
+    } else {
+        reuseport_socket(listen)
+            .and_then(|s| s.listen(BACKLOG))
+            .map_err(cannot)?
+    };
+    // with port 0, the others join the port the first one got
+    let bound = listener.local_addr().map_err(cannot)?;
+    let others = (1..workers)
+        .map(|i| reuseport_socket(bound).map(|s| (i, s)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(cannot)?;
+    tracing::info!(%listen, workers, config = %path.display(), "cascade is serving");
     spawn_reloader(path.to_path_buf(), state.clone());
-    server::serve(listener, state.clone(), shutdown_signal())
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let threads = others
+        .into_iter()
+        .map(|(i, socket)| spawn_worker(i, socket, state.clone(), stopped.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let signal = async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    };
+    server::serve(listener, state.clone(), signal)
         .await
         .map_err(|e| format!("server error: {e}"))?;
+    // every worker drains at the same time; wait for the last
+    let _ = tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+    })
+    .await;
     state.close();
     tracing::info!("ledger flushed; cascade stopped");
     Ok(())
+}
+
+/// Worker `i`: a thread with its own runtime, serving its own listener
+/// until `stopped` turns true.
+fn spawn_worker(
+    i: usize,
+    socket: tokio::net::TcpSocket,
+    state: AppState,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> Result<std::thread::JoinHandle<()>, String> {
+    std::thread::Builder::new()
+        .name(format!("cascade-worker-{i}"))
+        .spawn(move || {
+            crate::runtime::set_worker(i);
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(worker = i, "cannot start the worker's runtime: {e}");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let listener = match socket.listen(BACKLOG) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(worker = i, "worker cannot listen: {e}");
+                        return;
+                    }
+                };
+                let stop = async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                };
+                if let Err(e) = server::serve(listener, state, stop).await {
+                    tracing::error!(worker = i, "server error: {e}");
+                }
+            });
+        })
+        .map_err(|e| format!("cannot start worker {i}: {e}"))
 }
 
 async fn shutdown_signal() {

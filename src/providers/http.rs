@@ -59,7 +59,9 @@ pub fn copy_forwarded(from: &HeaderMap, into: &mut HeaderMap) {
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 
 pub struct HttpUpstream {
-    http: Client<HttpsConnector<Connector>, Full<Bytes>>,
+    /// One pool per worker (`runtime::worker`): a worker's upstream
+    /// connections are driven by its own thread.
+    http: Vec<Client<HttpsConnector<Connector>, Full<Bytes>>>,
     uri: Uri,
     /// The kind's own headers, then the provider's `headers`, then auth.
     headers: HeaderMap,
@@ -135,12 +137,16 @@ impl HttpUpstream {
         // The pool's idle timeout only takes effect with a timer (hyper-util
         // has none by default): without it a connection the upstream closed
         // after its own keep-alive would sit in the pool until reused.
-        let http = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(pool_idle)
-            .pool_max_idle_per_host(256)
-            .build(https);
+        let http = (0..crate::runtime::workers())
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .pool_timer(TokioTimer::new())
+                    .pool_idle_timeout(pool_idle)
+                    .pool_max_idle_per_host(256)
+                    .build(https.clone())
+            })
+            .collect();
         Ok(Self { http, uri, headers })
     }
 
@@ -222,7 +228,8 @@ impl HttpUpstream {
         *req.method_mut() = Method::POST;
         *req.uri_mut() = uri.clone();
         *req.headers_mut() = headers;
-        let resp = self.http.request(req).await.map_err(|e| transport(&e))?;
+        let http = &self.http[crate::runtime::worker() % self.http.len()];
+        let resp = http.request(req).await.map_err(|e| transport(&e))?;
         let status = resp.status();
         if !status.is_success() {
             let headers = resp.headers().clone();

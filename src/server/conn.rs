@@ -41,6 +41,23 @@ use tower::ServiceExt;
 /// Connections beyond `max_connections` that still serve the ops endpoints.
 pub const RESERVED: usize = 16;
 
+/// The connection slots: `max_connections` regular ones and `RESERVED`
+/// for the ops endpoints. One set per process, shared by every worker.
+#[derive(Clone, Debug)]
+pub struct Slots {
+    regular: Arc<Semaphore>,
+    reserved: Arc<Semaphore>,
+}
+
+impl Slots {
+    pub fn new(max_connections: usize) -> Self {
+        Slots {
+            regular: Arc::new(Semaphore::new(max_connections)),
+            reserved: Arc::new(Semaphore::new(RESERVED)),
+        }
+    }
+}
+
 /// The connection limits, read from `[server]` at start.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -379,14 +396,12 @@ async fn watchdog(
 /// Returns whether every connection finished in time.
 pub async fn run(
     listener: TcpListener,
-    app: Router,
-    ops: Router,
-    limits: Limits,
+    (app, ops): (Router, Router),
+    (limits, slots): (Limits, Slots),
     stop: impl Future<Output = ()>,
     grace: Duration,
 ) -> bool {
-    let regular = Arc::new(Semaphore::new(limits.max_connections));
-    let reserved = Arc::new(Semaphore::new(RESERVED));
+    let Slots { regular, reserved } = slots;
     // dropping `signal` asks every connection to finish; each holds a
     // receiver of `closed` until it is gone
     let (signal, signal_rx) = watch::channel(());

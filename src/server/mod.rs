@@ -103,11 +103,11 @@ pub async fn serve(
         );
         tokio::time::sleep(delay).await;
     };
+    let slots = state.slots().clone();
     let finished = conn::run(
         listener,
-        app(state.clone()),
-        ops_app(state),
-        limits,
+        (app(state.clone()), ops_app(state)),
+        (limits, slots),
         stop_accepting,
         grace,
     )

@@ -30,6 +30,8 @@ struct Shared {
     recent: Recent,
     /// With `[state] backend = "redis"`.
     link: Option<Arc<Link>>,
+    /// `max_connections`, for every worker together.
+    slots: super::conn::Slots,
 }
 
 impl AppState {
@@ -72,12 +74,18 @@ impl AppState {
                 budgets,
                 recent: Recent::default(),
                 link: shared.as_ref().map(|(l, ..)| Arc::clone(l)),
+                slots: super::conn::Slots::new(cfg.server.max_connections),
             }),
         };
         if let Some((link, events, url, prefix)) = shared {
             super::shared_state::spawn(state.clone(), link, events, url, prefix);
         }
         Ok(state)
+    }
+
+    /// The connection slots every worker takes from.
+    pub fn slots(&self) -> &super::conn::Slots {
+        &self.inner.slots
     }
 
     /// The shared-state link (None with the local backend).

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::common::gateway::{body, temp_dir};
 
-fn signal(p: &Proc, sig: &str) {
+pub fn signal(p: &Proc, sig: &str) {
     let status = Command::new("kill")
         .args([sig, &p.0.id().to_string()])
         .status()
@@ -18,7 +18,7 @@ fn signal(p: &Proc, sig: &str) {
 }
 
 /// Bounded poll of `check` every 20 ms.
-async fn until<F, Fut>(what: &str, secs: u64, mut check: F)
+pub async fn until<F, Fut>(what: &str, secs: u64, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -34,7 +34,7 @@ async fn get_status(http: &reqwest::Client, url: &str) -> Option<u16> {
     http.get(url).send().await.ok().map(|r| r.status().as_u16())
 }
 
-async fn metric(http: &reqwest::Client, base: &str, series: &str) -> f64 {
+pub async fn metric(http: &reqwest::Client, base: &str, series: &str) -> f64 {
     let Ok(resp) = http.get(format!("{base}/metrics")).send().await else {
         return -1.0;
     };

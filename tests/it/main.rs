@@ -24,6 +24,7 @@ mod responses;
 mod routing;
 mod shared_state;
 mod streaming;
+mod workers;
 
 use common::Upstream;
 
