@@ -47,11 +47,20 @@ impl Dialect {
         }
     }
 
-    /// The physical row id, for deleting in batches.
-    pub fn row_id(self) -> &'static str {
+    /// Delete up to `?2` rows of `table` older than `?1`, found through its
+    /// `ts_ms` index and deleted by physical row id. PostgreSQL plans
+    /// `ctid IN (subquery)` as a join over the whole table; `= ANY(ARRAY(..))`
+    /// is a TID scan of just the batch.
+    pub fn delete_batch(self, table: &str) -> String {
         match self {
-            Dialect::Sqlite => "rowid",
-            Dialect::Postgres => "ctid",
+            Dialect::Sqlite => format!(
+                "DELETE FROM {table} WHERE rowid IN \
+                 (SELECT rowid FROM {table} WHERE ts_ms < ?1 LIMIT ?2)"
+            ),
+            Dialect::Postgres => format!(
+                "DELETE FROM {table} WHERE ctid = ANY(ARRAY(\
+                 SELECT ctid FROM {table} WHERE ts_ms < ?1 LIMIT ?2))"
+            ),
         }
     }
 }

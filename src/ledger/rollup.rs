@@ -111,17 +111,11 @@ pub fn prune(db: &mut dyn Db, before_ms: i64) -> Result<usize, DbError> {
         "UPDATE rollup_state SET pruned_until_ms = ?1 WHERE pruned_until_ms < ?1",
         &ints(&[before]),
     )?;
-    let id = db.dialect().row_id();
     let mut deleted = 0;
     for table in ["requests", "attempts"] {
+        let sql = db.dialect().delete_batch(table);
         for _ in 0..PRUNE_ROUNDS {
-            let n = db.run(
-                &format!(
-                    "DELETE FROM {table} WHERE {id} IN \
-                     (SELECT {id} FROM {table} WHERE ts_ms < ?1 LIMIT ?2)"
-                ),
-                &ints(&[before, PRUNE_BATCH]),
-            )? as usize;
+            let n = db.run(&sql, &ints(&[before, PRUNE_BATCH]))? as usize;
             deleted += n;
             if (n as i64) < PRUNE_BATCH {
                 break;
