@@ -332,10 +332,7 @@ pub fn serve(path: &Path, log_format: &str) -> ExitCode {
     // (SO_REUSEPORT), so a connection never changes threads; this thread is
     // worker 0 and also runs the background tasks (reload, shared state)
     crate::runtime::set_workers(workers);
-    let tokio_rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let tokio_rt = match worker_runtime() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -350,6 +347,13 @@ pub fn serve(path: &Path, log_format: &str) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A worker's runtime: one thread, timers and I/O.
+fn worker_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }
 
 /// A socket bound to `addr` that other workers may bind too.
@@ -432,10 +436,7 @@ fn spawn_worker(
         .name(format!("cascade-worker-{i}"))
         .spawn(move || {
             crate::runtime::set_worker(i);
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match worker_runtime() {
                 Ok(rt) => rt,
                 Err(e) => {
                     tracing::error!(worker = i, "cannot start the worker's runtime: {e}");

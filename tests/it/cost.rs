@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::gateway::{body, db_value, header, named, rows_flushed, temp_dir, TempDir};
+use crate::common::gateway::{
+    body, db_value, get_json, header, named, rows_flushed, temp_dir, TempDir,
+};
 use crate::common::process::{free_port, spawn, wait_ready};
 use crate::common::{Gateway, Step, Upstream};
 use crate::{model, prelude_with, tier, with_ledger, ENV};
@@ -368,14 +370,7 @@ async fn kill_9_loses_at_most_the_last_flush_and_never_corrupts() {
     let mut reported = 0;
     let deadline = Instant::now() + Duration::from_secs(10);
     while reported < 100 {
-        let s: Value = http
-            .get(format!("{url}/v1/cascade/status"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let s: Value = get_json(&http, &format!("{url}/v1/cascade/status")).await;
         reported = s["ledger"]["rows_flushed"].as_u64().unwrap();
         assert!(
             Instant::now() < deadline,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::gateway::{header, rows_flushed, temp_dir};
+use crate::common::gateway::{get_json, get_text, header, rows_flushed, temp_dir};
 use crate::common::pg_cluster::{PgCluster, PASSWORD};
 use crate::common::process::{free_port, spawn_logged, wait_ready, Proc};
 use crate::common::Upstream;
@@ -50,13 +50,7 @@ pub async fn replica(http: &reqwest::Client, config: &Path, db_url: &str, name: 
 
 impl Replica {
     pub async fn metrics(&self, http: &reqwest::Client) -> String {
-        http.get(format!("{}/metrics", self.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        get_text(http, &format!("{}/metrics", self.url)).await
     }
 
     /// A chat request; its cost header in nano-dollars.
@@ -80,13 +74,7 @@ impl Replica {
     }
 
     pub async fn get(&self, http: &reqwest::Client, path: &str) -> Value {
-        http.get(format!("{}{path}", self.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        get_json(http, &format!("{}{path}", self.url)).await
     }
 
     /// SIGTERM, and wait for the drain (the ledger flushed).
@@ -167,14 +155,7 @@ async fn two_replicas_share_one_postgres_ledger_and_budgets_survive_restarts() {
         spent,
         "{status}"
     );
-    let metrics = http
-        .get(format!("{}/metrics", again.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = again.metrics(&http).await;
     let log = again.stop();
     for text in logs.iter().chain([&log, &metrics]) {
         assert!(!text.contains(PASSWORD), "the database password leaked");
@@ -218,14 +199,7 @@ async fn postgres_stopped_mid_run_loses_no_row() {
         35,
         "each request's attempt"
     );
-    let metrics = http
-        .get(format!("{}/metrics", gw.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics(&http).await;
     assert!(
         metrics.contains("cascade_ledger_dropped_total 0"),
         "no row dropped"

@@ -99,4 +99,30 @@ impl Checker {
             }
         }
     }
+
+    /// A store's connection URL, from `url` or from the variable `url_env`
+    /// names (one of the two) in `[section]`, for `backend = "name"`.
+    pub(super) fn store_url(
+        &mut self,
+        (section, backend): (&str, &str),
+        url: Option<&str>,
+        url_env: Option<&str>,
+        env: &Env,
+    ) -> Option<Secret> {
+        match (url, url_env) {
+            (Some(_), Some(_)) => {
+                self.err(format!("{section}.url"), "set url or url_env, not both");
+                None
+            }
+            (Some(u), None) => Some(Secret::new(u.trim())),
+            (None, Some(var)) => self.secret_from_env(&format!("{section}.url_env"), var, env),
+            (None, None) => {
+                self.err(
+                    section,
+                    format!("backend = \"{backend}\" needs url or url_env"),
+                );
+                None
+            }
+        }
+    }
 }

@@ -505,18 +505,12 @@ fn ledger_store(c: &mut Checker, raw: &RawLedger, env: &Env) -> Option<LedgerSto
             (!path.is_empty()).then(|| LedgerStore::Sqlite(PathBuf::from(path)))
         }
         "postgres" => {
-            let url = match (&raw.url, &raw.url_env) {
-                (Some(_), Some(_)) => {
-                    c.err("ledger.url", "set url or url_env, not both");
-                    None
-                }
-                (Some(u), None) => Some(Secret::new(u.trim())),
-                (None, Some(var)) => c.secret_from_env("ledger.url_env", var, env),
-                (None, None) => {
-                    c.err("ledger", "backend = \"postgres\" needs url or url_env");
-                    None
-                }
-            }?;
+            let url = c.store_url(
+                ("ledger", "postgres"),
+                raw.url.as_deref(),
+                raw.url_env.as_deref(),
+                env,
+            )?;
             // never echo the URL: it holds the password
             if url.expose().parse::<postgres::Config>().is_err() {
                 c.err(
@@ -552,18 +546,12 @@ fn shared_state(c: &mut Checker, raw: &RawState, env: &Env) -> SharedState {
             SharedState::Local
         }
         "redis" => {
-            let url = match (&raw.url, &raw.url_env) {
-                (Some(_), Some(_)) => {
-                    c.err("state.url", "set url or url_env, not both");
-                    None
-                }
-                (Some(u), None) => Some(Secret::new(u.trim())),
-                (None, Some(var)) => c.secret_from_env("state.url_env", var, env),
-                (None, None) => {
-                    c.err("state", "backend = \"redis\" needs url or url_env");
-                    None
-                }
-            };
+            let url = c.store_url(
+                ("state", "redis"),
+                raw.url.as_deref(),
+                raw.url_env.as_deref(),
+                env,
+            );
             let prefix = raw.key_prefix.trim();
             if prefix.is_empty() || prefix.len() > 64 || prefix.contains(char::is_whitespace) {
                 c.err("state.key_prefix", "must be 1-64 characters without spaces");

@@ -91,25 +91,11 @@ impl Gateway {
 
     /// GET a gateway path (no auth) and parse the JSON answer.
     pub async fn get_json(&self, path: &str) -> Value {
-        self.http
-            .get(format!("{}{path}", self.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        get_json(&self.http, &format!("{}{path}", self.url)).await
     }
 
     pub async fn metrics(&self) -> String {
-        self.http
-            .get(format!("{}/metrics", self.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        get_text(&self.http, &format!("{}/metrics", self.url)).await
     }
 
     /// The value of one metric series, by its full name with labels in the
@@ -132,6 +118,16 @@ impl Drop for Gateway {
             let _ = tx.send(());
         }
     }
+}
+
+/// GET `url` (no auth) and parse the JSON answer.
+pub async fn get_json(http: &reqwest::Client, url: &str) -> Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// GET `url` (no auth), the answer as text.
+pub async fn get_text(http: &reqwest::Client, url: &str) -> String {
+    http.get(url).send().await.unwrap().text().await.unwrap()
 }
 
 pub fn body(model: &str) -> Value {
@@ -159,14 +155,7 @@ pub fn named(list: &Value, name: &str) -> Value {
 pub async fn rows_flushed(http: &reqwest::Client, url: &str, n: u64) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        let s: Value = http
-            .get(format!("{url}/v1/cascade/status"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let s = get_json(http, &format!("{url}/v1/cascade/status")).await;
         if s["ledger"]["rows_flushed"].as_u64().unwrap() >= n {
             return;
         }
