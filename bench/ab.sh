@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 2 ] || { echo "usage: bench/ab.sh OLD_BINARY NEW_BINARY [rounds] [seconds]" >&2; exit 2; }
 A=$(realpath "$1"); B=$(realpath "$2"); ROUNDS=${3:-3}; DUR=${4:-10}
-PIN=1
+PIN=${PIN:-1}
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 bench_tools

@@ -4,6 +4,7 @@
 # and times the DAYS-day report; with and without a 7-day retention.
 #
 #   bench/ledger.sh [DAYS] [PER_DAY] [sqlite|postgres|both]
+#   RETENTIONS="7" bench/ledger.sh ...   only the retained run ("none 7" by default)
 #
 # PostgreSQL: a throwaway cluster (initdb into a temporary directory, on a
 # free loopback port; as the postgres user when run as root). Needs disk:
@@ -13,6 +14,7 @@ cd "$(dirname "$0")/.."
 DAYS=${1:-30}
 PER_DAY=${2:-1000000}
 WHICH=${3:-both}
+RETENTIONS=${RETENTIONS:-none 7}
 PIN=0
 . bench/lib.sh
 
@@ -20,9 +22,11 @@ cargo build --release --locked --example ledger_fill >&2
 FILL=target/release/examples/ledger_fill
 
 if [ "$WHICH" != postgres ]; then
-    say "SQLite, no retention"; $FILL "$TMP/ledger.db" "$DAYS" "$PER_DAY"
-    say "SQLite, retention 7 days"; $FILL "$TMP/ledger.db" "$DAYS" "$PER_DAY" 7
-    rm -f "$TMP"/ledger.db*
+    for ret in $RETENTIONS; do
+        [ "$ret" = none ] && ret=
+        say "SQLite, retention ${ret:-none}"; $FILL "$TMP/ledger.db" "$DAYS" "$PER_DAY" $ret
+        rm -f "$TMP"/ledger.db*
+    done
 fi
 if [ "$WHICH" != sqlite ]; then
     command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt postgresql
@@ -33,7 +37,8 @@ if [ "$WHICH" != sqlite ]; then
     "${AS[@]}" "$BIN/pg_ctl" -D "$TMP/pg" -l "$TMP/pg.log" -w -o "-p $PORT -k $TMP -c listen_addresses=127.0.0.1 -c shared_buffers=512MB -c max_wal_size=8GB" start >/dev/null
     stop_pg() { "${AS[@]}" "$BIN/pg_ctl" -D "$TMP/pg" -m fast stop >/dev/null 2>&1 || true; cleanup; }
     trap stop_pg EXIT
-    for ret in "" 7; do
+    for ret in $RETENTIONS; do
+        [ "$ret" = none ] && ret=
         db="fill${ret:-all}"
         psql -q -h 127.0.0.1 -p "$PORT" -U cascade -d postgres -c "CREATE DATABASE $db"
         say "PostgreSQL, retention ${ret:-none}"

@@ -1,12 +1,21 @@
 # Shared by bench/run.sh and bench/ab.sh (sourced, from the repository root):
 # pinning, the nginx upstream and reference proxy, Cascade's bench config, wrk
-# and the /proc readings. Set PIN (1 or 0) before sourcing; it sets TMP and an
-# EXIT trap that stops whatever was started.
+# and the /proc readings. Set PIN (1 or 0) before sourcing (set_pin changes it
+# later); it sets TMP and an EXIT trap that stops whatever was started.
 
 # Every process is started through taskset (which execs it, so $! is the real
 # pid): the load generator and the upstream on LOAD_CPUS, the target on TARGET_CPUS.
-[ "$(nproc)" -ge 2 ] || PIN=0
-if [ "$PIN" = 1 ]; then LOAD_CPUS=0; TARGET_CPUS=1; else LOAD_CPUS=0-$(( $(nproc) - 1 )); TARGET_CPUS=$LOAD_CPUS; fi
+set_pin() { # $1 = 1 (target on CPU 1, the rest on CPU 0) or 0 (every CPU for everyone)
+    PIN=$1
+    [ "$(nproc)" -ge 2 ] || PIN=0
+    if [ "$PIN" = 1 ]; then LOAD_CPUS=0; TARGET_CPUS=1; else LOAD_CPUS=0-$(( $(nproc) - 1 )); TARGET_CPUS=$LOAD_CPUS; fi
+}
+set_pin "$PIN"
+# moves a running process tree, every thread, onto a CPU list
+repin() { # $1 pid, $2 cpu list
+    local p
+    for p in $(procs "$1"); do taskset -a -p -c "$2" "$p" >/dev/null; done
+}
 
 TMP=$(mktemp -d)
 PIDS=()
@@ -72,10 +81,11 @@ start_nginx() { # $1 = upstream port, $2 = proxy port (optional)
 }
 
 # --- Cascade -----------------------------------------------------------------
-gateway_config() { # $1 = listen port, $2 = first tier base URL, $3 = the good upstream port
+gateway_config() { # $1 = listen port, $2 = first tier base URL, $3 = the good upstream port, $4 = more [server] lines
 cat <<TOML
 [server]
 listen = "127.0.0.1:$1"
+${4:-}
 [policy]
 max_total_attempts = 3
 [circuit_breaker]
@@ -177,8 +187,7 @@ run_wrk() { # $1 url, $2 connections, $3 seconds, extra header args...
 # runs move the load generator and the upstream onto the target's core, and
 # "added latency" is the target's own work on the request path.
 upstream_to() { # $1 cpu list
-    local p
-    for p in $(procs "$(cat "$TMP/upstream.pid")"); do taskset -a -p -c "$1" "$p" >/dev/null; done
+    repin "$(cat "$TMP/upstream.pid")" "$1"
 }
 run_wrk_c1() { # $1 url, $2 seconds, extra header args... (prints what run_wrk prints)
     local url=$1 d=$2; shift 2

@@ -2,40 +2,41 @@
 # Cascade's benchmark: one command, one run, every target measured back to back
 # on this machine, results written to docs/benchmarks.md.
 #
-#   bench/run.sh            full run (~5 min once tools are installed)
+#   bench/run.sh            full run (~12 min once tools are installed)
 #   bench/run.sh --smoke    a few seconds per target, no thresholds (CI)
 #   bench/run.sh --peers    also LiteLLM proxy and the Portkey gateway (installs them)
-#   bench/run.sh --no-pin   do not pin processes to cores (see below)
 #
-# On a machine with 2+ cores the target under test (nginx-as-proxy, Cascade, a
-# peer) runs pinned to one core (taskset) and the load generator and the
-# upstream to another, so the target's tail latency is its own and not time
-# spent waiting for a core that wrk holds; for the c=1 runs the load generator
-# and the upstream join the target's core (bench/lib.sh says why). --no-pin
-# lets the scheduler decide.
+# Two passes over the same targets. The headline pass runs everything as a user
+# runs it: default config, nothing pinned, the scheduler places every process
+# (Cascade's `worker_threads = 0` is one worker per core). The second pass pins:
+# the target under test (nginx-as-proxy, Cascade, a peer) on CPU 1, so it runs
+# one worker, and the load generator and the upstream on CPU 0, so the target's
+# tail latency is its own and not time spent waiting for a core that wrk holds;
+# for the c=1 runs the load generator and the upstream join the target's core
+# (bench/lib.sh says why).
 #
 # Targets: direct to the upstream (nginx returning a fixed completion), through
-# Cascade (one tier), through Cascade with a fallback on every request (first
-# tier answers 503, max_retries = 0, breaker off), through nginx as a plain
-# reverse proxy (the practical floor for any proxy), and with --peers LiteLLM and
-# Portkey against the same upstream; and the same request as a Responses request
-# (POST /v1/responses on the one-tier gateway); then the heavy-tail scenario
-# (bench/heavy-tail.sh: p50/p99 with and without hedging). Gateways are compared per CPU core of the
-# gateway process (CPU time read from /proc), since at high concurrency the load
-# generator itself takes a core.
+# Cascade (one tier), through Cascade with `worker_threads = 1` (headline pass),
+# through Cascade with a fallback on every request (first tier answers 503,
+# max_retries = 0, breaker off), through nginx as a plain reverse proxy (the
+# practical floor for any proxy), and with --peers LiteLLM and Portkey against
+# the same upstream; and the same request as a Responses request (POST
+# /v1/responses on the one-tier gateway); then streams, the heavy-tail scenario
+# (bench/heavy-tail.sh: p50/p99 with and without hedging), tracing and shared
+# state. Gateways are compared per CPU core of the gateway process (CPU time
+# read from /proc), since at high concurrency the load generator itself takes a core.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
 MODE=full
 PEERS=0
-PIN=1
+PIN=0
 for a in "$@"; do
     case "$a" in
         --smoke) MODE=smoke ;;
         --peers) PEERS=1 ;;
-        --no-pin) PIN=0 ;;
-        *) echo "usage: bench/run.sh [--smoke] [--peers] [--no-pin]" >&2; exit 2 ;;
+        *) echo "usage: bench/run.sh [--smoke] [--peers]" >&2; exit 2 ;;
     esac
 done
 if [ "$MODE" = smoke ]; then DUR=2; else DUR=15; fi
@@ -61,17 +62,28 @@ else
     BIN=$ROOT/target/release/cascade
 fi
 
-UP=$(free_port); PROXY=$(free_port); GW1=$(free_port); GW2=$(free_port)
+UP=$(free_port); PROXY=$(free_port); GW1=$(free_port); GW2=$(free_port); GW3=$(free_port)
 start_nginx "$UP" "$PROXY"
 gateway_config "$GW1" "http://127.0.0.1:$UP/v1" "$UP" > "$TMP/one.toml"
 gateway_config "$GW2" "http://127.0.0.1:$UP/fail/v1" "$UP" > "$TMP/fallback.toml"
+gateway_config "$GW3" "http://127.0.0.1:$UP/v1" "$UP" "worker_threads = 1" > "$TMP/one-worker.toml"
 
-G1=$(start_gateway "$BIN" "$TMP/one.toml"); PIDS+=("$G1")
-G2=$(start_gateway "$BIN" "$TMP/fallback.toml"); PIDS+=("$G2")
-wait_http "http://127.0.0.1:$GW1/readyz"; wait_http "http://127.0.0.1:$GW2/readyz"
-# prove the fallback target really falls back on every request
-hdr=$(curl -s -D - -o /dev/null "http://127.0.0.1:$GW2/v1/chat/completions" -H 'content-type: application/json' -d '{"model":"bench","messages":[{"role":"user","content":"x"}]}' | tr -d '\r')
-echo "$hdr" | grep -q "x-cascade-chain: bench,backup" || { echo "the fallback target did not fall back: $hdr" >&2; exit 1; }
+# Cascade's gateways, started afresh for each pass: the worker count follows the
+# CPUs the process may use when it starts
+G1=; G2=; G3=
+start_gateways() {
+    local p
+    for p in $G1 $G2 $G3; do kill "$p"; while [ -e "/proc/$p" ]; do sleep 0.05; done; done
+    G1=$(start_gateway "$BIN" "$TMP/one.toml"); PIDS+=("$G1")
+    G2=$(start_gateway "$BIN" "$TMP/fallback.toml"); PIDS+=("$G2")
+    G3=$(start_gateway "$BIN" "$TMP/one-worker.toml"); PIDS+=("$G3")
+    wait_http "http://127.0.0.1:$GW1/readyz"; wait_http "http://127.0.0.1:$GW2/readyz"; wait_http "http://127.0.0.1:$GW3/readyz"
+    # prove the fallback target really falls back on every request
+    local hdr
+    hdr=$(curl -s -D - -o /dev/null "http://127.0.0.1:$GW2/v1/chat/completions" -H 'content-type: application/json' -d '{"model":"bench","messages":[{"role":"user","content":"x"}]}' | tr -d '\r')
+    echo "$hdr" | grep -q "x-cascade-chain: bench,backup" || { echo "the fallback target did not fall back: $hdr" >&2; exit 1; }
+}
+start_gateways
 
 # --- peers (optional) ---------------------------------------------------------------
 PEER_TARGETS=()
@@ -116,39 +128,60 @@ YAML
                   "portkey|http://127.0.0.1:$PK/v1/chat/completions|$PKPID|x-portkey-provider: openai|x-portkey-custom-host: http://127.0.0.1:$UP/v1|authorization: Bearer none")
 fi
 
-TARGETS=("direct|http://127.0.0.1:$UP/v1/chat/completions||"
-         "nginx-proxy|http://127.0.0.1:$PROXY/v1/chat/completions|NGINX_PROXY|"
-         "cascade|http://127.0.0.1:$GW1/v1/chat/completions|$G1|"
-         "cascade-fallback|http://127.0.0.1:$GW2/v1/chat/completions|$G2|"
-         "cascade-responses|http://127.0.0.1:$GW1/v1/responses|$G1|")
-TARGETS+=("${PEER_TARGETS[@]}")
+# every target of one pass -> $1 (a results file)
+measure() {
+    local results=$1 t name url pid h1 h2 h3 h
+    local targets=("direct|http://127.0.0.1:$UP/v1/chat/completions||"
+                   "nginx-proxy|http://127.0.0.1:$PROXY/v1/chat/completions|$(cat "$TMP/proxy.pid")|"
+                   "cascade|http://127.0.0.1:$GW1/v1/chat/completions|$G1|")
+    # worker_threads = 1 beside the default only where the default runs more than one
+    [ "$PIN" = 0 ] && targets+=("cascade-1-worker|http://127.0.0.1:$GW3/v1/chat/completions|$G3|")
+    targets+=("cascade-fallback|http://127.0.0.1:$GW2/v1/chat/completions|$G2|"
+              "cascade-responses|http://127.0.0.1:$GW1/v1/responses|$G1|")
+    targets+=("${PEER_TARGETS[@]}")
+    printf 'target\tbusy_before_pct\trps_c32\trps_c256\tcpu_s_c32\trps_per_core_c32\tp50_c1_ms\tp99_c1_ms\tp50_c32_ms\tp99_c32_ms\tcpu_s_per_10k\trss_idle_mib\trss_peak_mib\tnon2xx\n' > "$results"
+    for t in "${targets[@]}"; do
+        IFS='|' read -r name url pid h1 h2 h3 <<<"$t"
+        hdrs=(); for h in "$h1" "$h2" "$h3"; do [ -n "$h" ] && hdrs+=("$h"); done
+        # the Responses target: the same request as a Responses body
+        if [ "$name" = cascade-responses ]; then export WRK_SCRIPT=bench/post-responses.lua; else unset WRK_SCRIPT; fi
+        busy=$(wait_quiet)
+        say "$name ($( [ "$PIN" = 1 ] && echo pinned || echo unpinned ); machine busy before: ${busy}%)"
+        rss_idle=0; [ -n "$pid" ] && rss_idle=$(rss_kib "$pid")
+        run_wrk "$url" 4 1 "${hdrs[@]}" >/dev/null            # warm up connections
+        read -r _ p50_1 p99_1 e1 < <(run_wrk_c1 "$url" "$DUR" "${hdrs[@]}")
+        t0=$(cpu_ticks "$pid")
+        read -r rps32 p50_32 p99_32 e32 < <(run_wrk "$url" 32 "$DUR" "${hdrs[@]}")
+        t1=$(cpu_ticks "$pid")
+        read -r rps256 _ _ e256 < <(run_wrk "$url" 256 "$DUR" "${hdrs[@]}")
+        cpu32=$(awk -v a="$t0" -v b="$t1" -v k="$CLK" 'BEGIN{printf "%.2f", (b-a)/k}')
+        per_core=$(awk -v r="$rps32" -v d="$DUR" -v c="$cpu32" 'BEGIN{ if (c>0) printf "%.0f", r*d/c; else print "-" }')
+        per10k=$(awk -v r="$rps32" -v d="$DUR" -v c="$cpu32" 'BEGIN{ if (r>0 && c>0) printf "%.3f", c/(r*d)*10000; else print "-" }')
+        rss_peak=0; [ -n "$pid" ] && rss_peak=$(hwm_kib "$pid")
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$busy" "$rps32" "$rps256" "$cpu32" "$per_core" \
+            "$p50_1" "$p99_1" "$p50_32" "$p99_32" "$per10k" \
+            "$(awk -v k="$rss_idle" 'BEGIN{printf "%.1f", k/1024}')" "$(awk -v k="$rss_peak" 'BEGIN{printf "%.1f", k/1024}')" \
+            "$((e1 + e32 + e256))" >> "$results"
+    done
+}
 
-RESULTS="$OUT/results.tsv"
-printf 'target\tbusy_before_pct\trps_c32\trps_c256\tcpu_s_c32\trps_per_core_c32\tp50_c1_ms\tp99_c1_ms\tp50_c32_ms\tp99_c32_ms\tcpu_s_per_10k\trss_idle_mib\trss_peak_mib\tnon2xx\n' > "$RESULTS"
-for t in "${TARGETS[@]}"; do
-    IFS='|' read -r name url pid h1 h2 h3 <<<"$t"
-    [ "$pid" = NGINX_PROXY ] && pid=$(cat "$TMP/proxy.pid")
-    hdrs=(); for h in "$h1" "$h2" "$h3"; do [ -n "$h" ] && hdrs+=("$h"); done
-    # the Responses target: the same request as a Responses body
-    if [ "$name" = cascade-responses ]; then export WRK_SCRIPT=bench/post-responses.lua; else unset WRK_SCRIPT; fi
-    busy=$(wait_quiet)
-    say "$name (machine busy before: ${busy}%)"
-    rss_idle=0; [ -n "$pid" ] && rss_idle=$(rss_kib "$pid")
-    run_wrk "$url" 4 1 "${hdrs[@]}" >/dev/null            # warm up connections
-    read -r _ p50_1 p99_1 e1 < <(run_wrk_c1 "$url" "$DUR" "${hdrs[@]}")
-    t0=$(cpu_ticks "$pid")
-    read -r rps32 p50_32 p99_32 e32 < <(run_wrk "$url" 32 "$DUR" "${hdrs[@]}")
-    t1=$(cpu_ticks "$pid")
-    read -r rps256 _ _ e256 < <(run_wrk "$url" 256 "$DUR" "${hdrs[@]}")
-    cpu32=$(awk -v a="$t0" -v b="$t1" -v k="$CLK" 'BEGIN{printf "%.2f", (b-a)/k}')
-    per_core=$(awk -v r="$rps32" -v d="$DUR" -v c="$cpu32" 'BEGIN{ if (c>0) printf "%.0f", r*d/c; else print "-" }')
-    per10k=$(awk -v r="$rps32" -v d="$DUR" -v c="$cpu32" 'BEGIN{ if (r>0 && c>0) printf "%.3f", c/(r*d)*10000; else print "-" }')
-    rss_peak=0; [ -n "$pid" ] && rss_peak=$(hwm_kib "$pid")
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$busy" "$rps32" "$rps256" "$cpu32" "$per_core" \
-        "$p50_1" "$p99_1" "$p50_32" "$p99_32" "$per10k" \
-        "$(awk -v k="$rss_idle" 'BEGIN{printf "%.1f", k/1024}')" "$(awk -v k="$rss_peak" 'BEGIN{printf "%.1f", k/1024}')" \
-        "$((e1 + e32 + e256))" >> "$RESULTS"
-done
+# headline: nothing pinned, as a user runs it
+measure "$OUT/results.tsv"
+# second table: the target on CPU 1, the load on CPU 0 (the gateways restart so
+# they count one CPU; nginx and the peers are moved, thread by thread)
+set_pin 1
+if [ "$PIN" = 1 ]; then
+    repin "$(cat "$TMP/upstream.pid")" "$LOAD_CPUS"
+    repin "$(cat "$TMP/proxy.pid")" "$TARGET_CPUS"
+    [ "$PEERS" = 1 ] && { repin "$LLPID" "$TARGET_CPUS"; repin "$PKPID" "$TARGET_CPUS"; }
+    start_gateways
+    measure "$OUT/results-pinned.tsv"
+else
+    rm -f "$OUT/results-pinned.tsv"   # one core: nothing to pin
+fi
+# what follows runs unpinned, as the headline does
+set_pin 0
+repin "$(cat "$TMP/upstream.pid")" "$LOAD_CPUS"
 
 # --- streaming: many concurrent streams through Cascade ---------------------------------
 say "streaming"
@@ -173,6 +206,6 @@ if [ "$MODE" = full ]; then   # the plot needs matplotlib; the smoke run skips i
     bench/out/venv/bin/python -c 'import matplotlib' 2>/dev/null || bench/out/venv/bin/pip install -q --disable-pip-version-check matplotlib >&2 || true
     PY=bench/out/venv/bin/python
 fi
-$PY bench/report.py --results "$RESULTS" --streams "$OUT/streams.json" --mode "$MODE" \
-    --command "bench/run.sh $*" --plot "$OUT/latency.png" --pinned "$PIN" --tail "$OUT/heavy-tail.tsv" --tracing "$OUT/tracing.tsv" --shared "$OUT/shared-state.tsv" \
+$PY bench/report.py --results "$OUT/results.tsv" --pinned-results "$OUT/results-pinned.tsv" --streams "$OUT/streams.json" --mode "$MODE" \
+    --command "bench/run.sh $*" --plot "$OUT/latency.png" --tail "$OUT/heavy-tail.tsv" --tracing "$OUT/tracing.tsv" --shared "$OUT/shared-state.tsv" \
     --out "$( [ "$MODE" = smoke ] && echo "$OUT/benchmarks-smoke.md" || echo docs/benchmarks.md )"
