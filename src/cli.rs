@@ -331,7 +331,7 @@ pub fn serve(path: &Path, log_format: &str) -> ExitCode {
     // each worker: one thread, its own current-thread runtime and listener
     // (SO_REUSEPORT), so a connection never changes threads; this thread is
     // worker 0 and also runs the background tasks (reload, shared state)
-    crate::runtime::set_workers(workers);
+    crate::worker::set_workers(workers);
     let tokio_rt = match worker_runtime() {
         Ok(r) => r,
         Err(e) => {
@@ -435,7 +435,7 @@ fn spawn_worker(
     std::thread::Builder::new()
         .name(format!("cascade-worker-{i}"))
         .spawn(move || {
-            crate::runtime::set_worker(i);
+            crate::worker::set_current(i);
             let rt = match worker_runtime() {
                 Ok(rt) => rt,
                 Err(e) => {

@@ -23,6 +23,7 @@ pub mod shared;
 pub mod telemetry;
 #[cfg(test)]
 mod testing;
+pub mod worker;
 
 pub use server::{app, AppState};
 pub mod cli;

@@ -173,30 +173,3 @@ impl Runtime {
         ))
     }
 }
-
-/// Workers: each a thread with its own single-threaded async runtime and
-/// its own listener on the port (SO_REUSEPORT), so a connection is accepted,
-/// served and relayed upstream on one thread. `workers` is set once at start
-/// (before the providers' pools are made); `worker` is this thread's index
-/// (0 off the workers).
-static WORKERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
-
-thread_local! {
-    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-pub fn set_workers(n: usize) {
-    WORKERS.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
-}
-
-pub fn workers() -> usize {
-    WORKERS.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-pub fn set_worker(i: usize) {
-    WORKER.with(|w| w.set(i));
-}
-
-pub fn worker() -> usize {
-    WORKER.with(std::cell::Cell::get)
-}

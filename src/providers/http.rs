@@ -59,7 +59,7 @@ pub fn copy_forwarded(from: &HeaderMap, into: &mut HeaderMap) {
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 
 pub struct HttpUpstream {
-    /// One pool per worker (`runtime::worker`): a worker's upstream
+    /// One pool per worker (`worker::current`): a worker's upstream
     /// connections are driven by its own thread.
     http: Vec<Client<HttpsConnector<Connector>, Full<Bytes>>>,
     uri: Uri,
@@ -137,7 +137,7 @@ impl HttpUpstream {
         // The pool's idle timeout only takes effect with a timer (hyper-util
         // has none by default): without it a connection the upstream closed
         // after its own keep-alive would sit in the pool until reused.
-        let http = (0..crate::runtime::workers())
+        let http = (0..crate::worker::workers())
             .map(|_| {
                 Client::builder(TokioExecutor::new())
                     .timer(TokioTimer::new())
@@ -228,7 +228,7 @@ impl HttpUpstream {
         *req.method_mut() = Method::POST;
         *req.uri_mut() = uri.clone();
         *req.headers_mut() = headers;
-        let http = &self.http[crate::runtime::worker() % self.http.len()];
+        let http = &self.http[crate::worker::current() % self.http.len()];
         let resp = http.request(req).await.map_err(|e| transport(&e))?;
         let status = resp.status();
         if !status.is_success() {
