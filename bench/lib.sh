@@ -41,7 +41,17 @@ bench_tools() {
     need_apt wrk nginx-light
     ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# a free loopback port, never one this run handed out already (the gateway binds
+# with SO_REUSEPORT, so two of its processes on one port would both start)
+free_port() {
+    local p
+    while :; do
+        p=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+        grep -qx "$p" "$TMP/ports" 2>/dev/null || break
+    done
+    echo "$p" >> "$TMP/ports"
+    echo "$p"
+}
 
 # --- the upstream and the reference proxy: two nginx instances ---------------------
 # Separate processes, so the proxy's CPU time is the proxy's alone.
@@ -121,9 +131,12 @@ start_gateway() { # $1 binary, $2 config -> echoes pid
     RUST_LOG=warn taskset -c "$TARGET_CPUS" "$1" serve --config "$2" >"$TMP/$(basename "$2").log" 2>&1 &
     echo $!
 }
-wait_http() { # $1 url
-    for _ in $(seq 1 200); do curl -sf -o /dev/null "$1" && return 0; sleep 0.05; done
-    echo "not up: $1" >&2; return 1
+wait_http() { # $1 url; on failure, the logs of what was started
+    for _ in $(seq 1 600); do curl -sf -o /dev/null "$1" && return 0; sleep 0.05; done
+    echo "not up after 30 s: $1" >&2
+    local log
+    for log in "$TMP"/*.log; do [ -f "$log" ] && { echo "--- $log" >&2; tail -20 "$log" >&2; }; done
+    return 1
 }
 
 # --- measurement helpers ---------------------------------------------------------------

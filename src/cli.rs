@@ -383,6 +383,12 @@ async fn run(path: &Path, cfg: Config, workers: usize) -> Result<(), String> {
     let runtime = Runtime::build(cfg, &metrics, None)?;
     let state = AppState::new(runtime, Arc::clone(&metrics))?;
     let cannot = |e: std::io::Error| format!("cannot listen on {listen}: {e}");
+    // SO_REUSEPORT would let this process share a port another process of
+    // the same user already listens on: a plain bind first, so that is
+    // "address in use" as it is with one worker
+    if workers > 1 && listen.port() != 0 {
+        drop(std::net::TcpListener::bind(listen).map_err(cannot)?);
+    }
     let listener = if workers == 1 {
         tokio::net::TcpListener::bind(listen)
             .await

@@ -200,3 +200,49 @@ async fn a_reload_and_a_drain_reach_every_worker() {
     let exit = gw.0.wait().unwrap();
     assert!(exit.success(), "{exit:?}");
 }
+
+/// A second gateway on a port the first already serves is refused, as with
+/// one worker: the workers' SO_REUSEPORT does not let another process in.
+#[tokio::test]
+async fn a_second_process_on_the_same_port_is_refused() {
+    let up = Upstream::start().await;
+    let dir = temp_dir();
+    let config = dir.0.join("cascade.toml");
+    let text = [
+        prelude_with(&up, "", 0),
+        model("m1", ""),
+        tier("t", &["m1"], ""),
+    ]
+    .concat();
+    std::fs::write(&config, text).unwrap();
+    let (_first, url) = start(&config).await;
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_cascade"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("CASCADE__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .envs(WORKERS.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // bounded: a second process that did start is killed, and the test fails
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = second.kill();
+            let _ = second.wait();
+            break None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let status = status.expect("the second process started and served");
+    assert!(!status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("cannot listen on"), "{err}");
+    assert_eq!(ask(&reqwest::Client::new(), &url, "t").await.status(), 200);
+}
