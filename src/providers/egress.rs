@@ -122,6 +122,11 @@ impl Conn {
     fn new(io: TokioIo<TcpStream>, proxied: bool) -> Self {
         Conn { io, proxied }
     }
+
+    /// The socket's descriptor (open for as long as the connection lives).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(self.io.inner())
+    }
 }
 
 impl Connection for Conn {

@@ -5,16 +5,22 @@
 //! `policy.max_response_bytes`, an error body up to `ERROR_BODY_MAX`. What an
 //! upstream says is scrubbed of credentials by the chain, not here.
 //!
-//! The client is hyper-util's pooled client (HTTP/1.1, and HTTP/2 where TLS
-//! negotiates it) with rustls and the webpki roots. It was reqwest: reqwest's
-//! own layer parsed the URL twice and ran its redirect policy on every call;
-//! without it a request takes 25% fewer instructions (docs/benchmarks-notes.md).
+//! A plain-HTTP upstream is reached over HTTP/1.1 connections that the
+//! request's own task drives (`pool`); an `https://` one through hyper-util's
+//! pooled client (HTTP/1.1, and HTTP/2 where TLS negotiates it) with rustls
+//! and the webpki roots. It was reqwest: reqwest's own layer parsed the URL
+//! twice and ran its redirect policy on every call; without it a request
+//! takes 25% fewer instructions (docs/benchmarks-notes.md).
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::Stream;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyDataStream, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -24,11 +30,47 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::call::{Forward, UpstreamError};
 use super::egress::{proxy_authorization, tls_config, Connector};
+use super::pool::{Failure, Pool, PooledBody};
 use crate::config::{Auth, Provider};
 use crate::header_names as names;
 
 /// An upstream's answer: status and headers known, body still to read.
-pub type Response = http::Response<Incoming>;
+pub type Response = http::Response<UpBody>;
+
+/// An answer's body, from either kind of client.
+pub enum UpBody {
+    Direct(PooledBody),
+    Pooled(Incoming),
+}
+
+impl Body for UpBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            UpBody::Direct(b) => Pin::new(b).poll_frame(cx),
+            UpBody::Pooled(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpBody::Direct(b) => b.is_end_stream(),
+            UpBody::Pooled(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpBody::Direct(b) => b.size_hint(),
+            UpBody::Pooled(b) => b.size_hint(),
+        }
+    }
+}
 
 /// The client headers that may reach an upstream (docs/api.md). Names built at
 /// compile time: a lookup by `&str` parses the name on every call.
@@ -59,12 +101,35 @@ pub fn copy_forwarded(from: &HeaderMap, into: &mut HeaderMap) {
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 
 pub struct HttpUpstream {
-    /// One pool per worker (`worker::current`): a worker's upstream
-    /// connections are driven by its own thread.
-    http: Vec<Client<HttpsConnector<Connector>, Full<Bytes>>>,
+    client: Clients,
     uri: Uri,
     /// The kind's own headers, then the provider's `headers`, then auth.
     headers: HeaderMap,
+}
+
+/// How requests leave: per worker (`worker::current`), so a worker's upstream
+/// connections are driven by its own thread.
+enum Clients {
+    /// `http://`: HTTP/1.1 on connections the request drives; `host` is the
+    /// `Host` header, `absolute`: requests go to a proxy in absolute form.
+    Direct {
+        pool: Arc<Pool>,
+        host: HeaderValue,
+        absolute: bool,
+    },
+    /// `https://`: one hyper-util client per worker.
+    Pooled(Vec<Client<HttpsConnector<Connector>, Full<Bytes>>>),
+}
+
+/// The `Host` header for `uri`: its host, and its port when not the scheme's
+/// default.
+fn host_header(uri: &Uri) -> Result<HeaderValue, String> {
+    let host = uri.host().ok_or("no host in the URL")?;
+    let value = match uri.port_u16() {
+        Some(port) if port != 80 => format!("{host}:{port}"),
+        _ => host.to_string(),
+    };
+    HeaderValue::from_str(&value).map_err(|e| e.to_string())
 }
 
 /// An endpoint's URI: `url` with the provider's `query` added.
@@ -123,11 +188,22 @@ impl HttpUpstream {
         tcp.set_connect_timeout(Some(p.connect_timeout));
         tcp.set_nodelay(true);
         tcp.enforce_http(false);
-        // plain HTTP through a proxy: each request tells the proxy who may pass
-        if let (Some(proxy), false) = (&p.proxy, p.base_url.starts_with("https://")) {
-            if let Some(auth) = proxy_authorization(proxy) {
+        if uri.scheme() == Some(&http::uri::Scheme::HTTP) {
+            // plain HTTP through a proxy: each request tells the proxy who may pass
+            if let Some(auth) = p.proxy.as_ref().and_then(proxy_authorization) {
                 headers.insert(http::header::PROXY_AUTHORIZATION, auth);
             }
+            let client = Clients::Direct {
+                pool: Pool::new(Connector::new(p, tcp)?, pool_idle),
+                host: host_header(&uri)
+                    .map_err(|e| format!("providers.{}.base_url: {e}", p.name))?,
+                absolute: p.proxy.is_some(),
+            };
+            return Ok(Self {
+                client,
+                uri,
+                headers,
+            });
         }
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls_config(p)?)
@@ -137,7 +213,7 @@ impl HttpUpstream {
         // The pool's idle timeout only takes effect with a timer (hyper-util
         // has none by default): without it a connection the upstream closed
         // after its own keep-alive would sit in the pool until reused.
-        let http = (0..crate::worker::workers())
+        let clients = (0..crate::worker::workers())
             .map(|_| {
                 Client::builder(TokioExecutor::new())
                     .timer(TokioTimer::new())
@@ -147,7 +223,11 @@ impl HttpUpstream {
                     .build(https.clone())
             })
             .collect();
-        Ok(Self { http, uri, headers })
+        Ok(Self {
+            client: Clients::Pooled(clients),
+            uri,
+            headers,
+        })
     }
 
     /// POST a JSON body to the endpoint. Resolves once the status is known:
@@ -226,10 +306,33 @@ impl HttpUpstream {
         }
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = Method::POST;
-        *req.uri_mut() = uri.clone();
         *req.headers_mut() = headers;
-        let http = &self.http[crate::worker::current() % self.http.len()];
-        let resp = http.request(req).await.map_err(|e| transport(&e))?;
+        let resp = match &self.client {
+            Clients::Direct {
+                pool,
+                host,
+                absolute,
+            } => {
+                *req.uri_mut() = match uri.path_and_query() {
+                    Some(origin) if !absolute => Uri::from(origin.clone()),
+                    _ => uri.clone(),
+                };
+                if !req.headers().contains_key(http::header::HOST) {
+                    req.headers_mut().insert(http::header::HOST, host.clone());
+                }
+                match pool.send(uri, req).await {
+                    Ok(resp) => resp.map(UpBody::Direct),
+                    Err(Failure::Connect(e)) => return Err(transport(e.as_ref())),
+                    Err(Failure::Http(e)) => return Err(transport(&e)),
+                }
+            }
+            Clients::Pooled(clients) => {
+                *req.uri_mut() = uri.clone();
+                let http = &clients[crate::worker::current() % clients.len()];
+                let resp = http.request(req).await.map_err(|e| transport(&e))?;
+                resp.map(UpBody::Pooled)
+            }
+        };
         let status = resp.status();
         if !status.is_success() {
             let headers = resp.headers().clone();
@@ -388,8 +491,122 @@ mod tests {
         }
     }
 
-    /// The pool closes a connection left idle: hyper-util applies its idle
-    /// timeout only when the pool has a timer.
+    /// Reads one request from `sock` (head and a content-length body) and
+    /// answers it with `{}`; returns the head.
+    async fn serve_one(sock: &mut tokio::net::TcpStream) -> Option<String> {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        let head_end = loop {
+            if let Some(at) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            let n = sock.read(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            seen.extend_from_slice(&buf[..n]);
+        };
+        let head = String::from_utf8_lossy(&seen[..head_end]).to_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        while seen.len() < head_end + len {
+            let n = sock.read(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+        sock.write_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
+        )
+        .await
+        .ok()?;
+        Some(head)
+    }
+
+    fn no_forward() -> Forward<'static> {
+        static EMPTY: std::sync::OnceLock<HeaderMap> = std::sync::OnceLock::new();
+        Forward {
+            headers: EMPTY.get_or_init(HeaderMap::new),
+            request_id: None,
+            trace: None,
+        }
+    }
+
+    async fn call(up: &HttpUpstream) -> Result<Bytes, UpstreamError> {
+        let resp = up
+            .send(no_forward(), Bytes::from_static(b"{}"), false)
+            .await?;
+        up.read(resp, 1024).await
+    }
+
+    /// Requests to a plain-HTTP upstream go one after another over one
+    /// connection, in origin form with a `Host` header.
+    #[tokio::test]
+    async fn a_connection_serves_request_after_request() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut heads = Vec::new();
+            while let Some(head) = serve_one(&mut sock).await {
+                heads.push(head);
+            }
+            heads
+        });
+        let url = format!("http://{addr}/v1/chat/completions?x=1");
+        let up = HttpUpstream::new(&provider(), &url, HeaderMap::new(), Auth::None).unwrap();
+        for _ in 0..3 {
+            assert_eq!(&call(&up).await.unwrap()[..], b"{}");
+        }
+        drop(up); // closes the pooled connection: the server's loop ends
+        let heads = server.await.unwrap();
+        assert_eq!(heads.len(), 3, "one connection for the three requests");
+        for head in heads {
+            assert!(
+                head.starts_with("post /v1/chat/completions?x=1 http/1.1\r\n"),
+                "{head}"
+            );
+            assert!(head.contains(&format!("\r\nhost: {addr}\r\n")), "{head}");
+        }
+    }
+
+    /// An idle connection the upstream closed is not used: the next request
+    /// goes out on a new one and succeeds.
+    #[tokio::test]
+    async fn a_connection_closed_by_the_upstream_is_replaced() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let url = format!("http://{addr}/v1/chat/completions");
+        let up = HttpUpstream::new(&provider(), &url, HeaderMap::new(), Auth::None).unwrap();
+        let answer = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            serve_one(&mut sock).await.unwrap();
+            (listener, sock)
+        });
+        assert_eq!(&call(&up).await.unwrap()[..], b"{}");
+        let (listener, sock) = answer.await.unwrap();
+        drop(sock); // the upstream ends the kept-alive connection
+                    // the runtime's thread blocked: it cannot learn of the close by
+                    // itself, so it is the pool's check of a connection idle for over a
+                    // second that finds it
+        std::thread::sleep(super::super::pool::PEEK_AFTER + Duration::from_millis(50));
+        let second = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            serve_one(&mut sock).await.is_some()
+        });
+        assert_eq!(&call(&up).await.unwrap()[..], b"{}");
+        assert!(
+            second.await.unwrap(),
+            "the second request came on a new connection"
+        );
+    }
+
+    /// The pool closes a connection left idle (hyper-util applies its idle
+    /// timeout only when the pool has a timer; the direct pool sweeps).
     #[tokio::test]
     async fn idle_pooled_connections_are_closed() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

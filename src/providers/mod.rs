@@ -9,6 +9,7 @@ pub mod egress;
 mod http;
 mod mock;
 mod openai;
+mod pool;
 pub mod sse;
 pub mod stream;
 
