@@ -139,33 +139,32 @@ pub fn is_context_length(message: &str) -> bool {
 }
 
 /// Classify a complete 200 body: a completion with its usage, an error
-/// carried in a 200, or garbage.
+/// carried in a 200, or garbage. Only the top level is read (`scan`): the
+/// choices go to the client as they came.
 pub fn parse_completion(body: Bytes) -> Result<Completion, UpstreamError> {
-    #[derive(serde::Deserialize)]
-    struct Probe {
-        #[serde(default)]
-        choices: Option<serde::de::IgnoredAny>,
-        #[serde(default)]
-        error: Option<serde_json::Value>,
-        #[serde(default)]
-        usage: Option<crate::api::WireUsage>,
+    let not_json = |e: &dyn std::fmt::Display| UpstreamError::BadBody(format!("not JSON: {e}"));
+    let top = super::scan::top_level(&body).map_err(|e| not_json(&e))?;
+    fn present(v: Option<&[u8]>) -> Option<&[u8]> {
+        v.filter(|v| *v != b"null")
     }
-    let probe: Probe = serde_json::from_slice(&body)
-        .map_err(|e| UpstreamError::BadBody(format!("not JSON: {e}")))?;
-    if let Some(err) = probe.error.filter(|e| !e.is_null()) {
+    if let Some(err) = present(top.error) {
+        let err: serde_json::Value = serde_json::from_slice(err).map_err(|e| not_json(&e))?;
         let msg = crate::api::upstream_error_message(&serde_json::json!({ "error": err }))
             .unwrap_or_else(|| "an error object".into());
         return Err(UpstreamError::ErrorInBody(msg));
     }
-    if probe.choices.is_none() {
+    if present(top.choices).is_none() {
         return Err(UpstreamError::BadBody(
             "no 'choices' in the response".into(),
         ));
     }
-    Ok(Completion {
-        usage: probe.usage.as_ref().and_then(crate::api::WireUsage::usage),
-        body,
-    })
+    let usage = match present(top.usage) {
+        Some(u) => serde_json::from_slice::<crate::api::WireUsage>(u)
+            .map_err(|e| not_json(&e))?
+            .usage(),
+        None => None,
+    };
+    Ok(Completion { usage, body })
 }
 
 /// One embeddings call.

@@ -10,6 +10,7 @@ mod http;
 mod mock;
 mod openai;
 mod pool;
+mod scan;
 pub mod sse;
 pub mod stream;
 
