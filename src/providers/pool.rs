@@ -172,6 +172,13 @@ impl Pool {
                 None => Box::pin(self.connect(dst)).await?,
             };
             let mut sent = std::pin::pin!(link.sender.try_send_request(req));
+            // Written at the end of the worker's turn, with the other requests
+            // that became ready in it, not at once: the upstream then reads
+            // them in one wake-up. Writing each at once measured 17% fewer
+            // requests/s at c=32 (more cross-core wake-ups of the upstream, the
+            // kernel's `_raw_spin_unlock_irqrestore` 11% -> 15% of samples)
+            // for 8% less latency at c=1; yielding keeps both (benchmarks notes).
+            tokio::task::yield_now().await;
             let answer = poll_fn(|cx| {
                 link.drive(cx);
                 sent.as_mut().poll(cx)
