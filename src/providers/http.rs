@@ -605,6 +605,33 @@ mod tests {
         );
     }
 
+    /// An upstream that closes a kept-alive connection right after its
+    /// answer: the next request, sent at once, goes out on a new connection
+    /// and does not wait on the closed one.
+    #[tokio::test]
+    async fn a_request_queued_on_a_connection_that_closes_is_sent_again() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let url = format!("http://{addr}/v1/chat/completions");
+        let up = HttpUpstream::new(&provider(), &url, HeaderMap::new(), Auth::None).unwrap();
+        let server = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            serve_one(&mut sock).await.unwrap();
+            drop(sock);
+            let (mut sock, _) = listener.accept().await.unwrap();
+            serve_one(&mut sock).await.is_some()
+        });
+        assert_eq!(&call(&up).await.unwrap()[..], b"{}");
+        // the first connection is closed by now; the second request must not
+        // wait on it (a deadline here only turns a hang into a failure)
+        let second = tokio::time::timeout(Duration::from_secs(10), call(&up)).await;
+        assert_eq!(&second.expect("the request hung").unwrap()[..], b"{}");
+        assert!(
+            server.await.unwrap(),
+            "the second request came on a new connection"
+        );
+    }
+
     /// The pool closes a connection left idle (hyper-util applies its idle
     /// timeout only when the pool has a timer; the direct pool sweeps).
     #[tokio::test]

@@ -71,9 +71,9 @@ fn peer_closed(fd: std::os::fd::RawFd) -> bool {
 /// machine that reads and writes it (polled by whoever waits on it).
 struct Link {
     sender: Sender,
-    driver: Driver,
-    /// The driver has finished: the connection is closed.
-    done: bool,
+    /// None once it has finished (the connection is closed): dropped then,
+    /// so a request queued on it and never written comes back unsent.
+    driver: Option<Driver>,
     /// It served a request before (a request refused unsent is retried on a
     /// new connection).
     reused: bool,
@@ -85,21 +85,19 @@ impl Link {
     /// Let the connection read and write what it can; false once it is
     /// closed.
     fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.done && Pin::new(&mut self.driver).poll(cx).is_ready() {
-            self.done = true;
+        if let Some(driver) = &mut self.driver {
+            if Pin::new(driver).poll(cx).is_ready() {
+                self.driver = None;
+            }
         }
-        !self.done
+        self.driver.is_some()
     }
 
-    /// Ready for a request (false: closed).
+    /// Open and ready for a request now. A connection that needs more than
+    /// one turn to be ready is not waited for (the next one is taken).
     async fn ready(&mut self) -> bool {
         poll_fn(|cx| {
-            let alive = self.drive(cx);
-            match self.sender.poll_ready(cx) {
-                Poll::Ready(ready) => Poll::Ready(ready.is_ok()),
-                Poll::Pending if alive => Poll::Pending,
-                Poll::Pending => Poll::Ready(false),
-            }
+            Poll::Ready(self.drive(cx) && matches!(self.sender.poll_ready(cx), Poll::Ready(Ok(()))))
         })
         .await
     }
@@ -234,8 +232,7 @@ impl Pool {
         let (sender, driver) = http1::handshake(io).await.map_err(Failure::Http)?;
         Ok(Box::new(Link {
             sender,
-            driver,
-            done: false,
+            driver: Some(driver),
             reused: false,
             fd,
         }))
@@ -243,7 +240,7 @@ impl Pool {
 
     /// Back to the idle list, once its answer has been read to the end.
     fn put(self: &Arc<Self>, shard: usize, mut link: Boxed) {
-        if link.done || link.sender.is_closed() {
+        if link.driver.is_none() || link.sender.is_closed() {
             return;
         }
         link.reused = true;
