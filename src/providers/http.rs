@@ -12,17 +12,13 @@
 //! twice and ran its redirect policy on every call; without it a request
 //! takes 25% fewer instructions (docs/benchmarks-notes.md).
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::Stream;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
-use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyDataStream, BodyExt, Full};
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -30,47 +26,13 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::call::{Forward, UpstreamError};
 use super::egress::{proxy_authorization, tls_config, Connector};
-use super::pool::{Failure, Pool, PooledBody};
+use super::failure::{read_prefix, status_error, transport, ERROR_BODY_MAX};
+use super::pool::{Failure, Pool, UpBody};
 use crate::config::{Auth, Provider};
 use crate::header_names as names;
 
 /// An upstream's answer: status and headers known, body still to read.
 pub type Response = http::Response<UpBody>;
-
-/// An answer's body, from either kind of client.
-pub enum UpBody {
-    Direct(PooledBody),
-    Pooled(Incoming),
-}
-
-impl Body for UpBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            UpBody::Direct(b) => Pin::new(b).poll_frame(cx),
-            UpBody::Pooled(b) => Pin::new(b).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpBody::Direct(b) => b.is_end_stream(),
-            UpBody::Pooled(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpBody::Direct(b) => b.size_hint(),
-            UpBody::Pooled(b) => b.size_hint(),
-        }
-    }
-}
 
 /// The client headers that may reach an upstream (docs/api.md). Names built at
 /// compile time: a lookup by `&str` parses the name on every call.
@@ -143,10 +105,6 @@ pub fn endpoint_uri(p: &Provider, url: &str) -> Result<Uri, String> {
         .parse()
         .map_err(|e| format!("providers.{}.base_url: {e}", p.name))
 }
-
-/// How much of an error answer is read: enough for any real error message;
-/// the rest is never read (the connection is dropped, not pooled).
-pub const ERROR_BODY_MAX: usize = 8 * 1024;
 
 impl HttpUpstream {
     /// `url`: the endpoint (the provider's `query` is added to it);
@@ -321,7 +279,7 @@ impl HttpUpstream {
                     req.headers_mut().insert(http::header::HOST, host.clone());
                 }
                 match pool.send(uri, req).await {
-                    Ok(resp) => resp.map(UpBody::Direct),
+                    Ok(resp) => resp,
                     Err(Failure::Connect(e)) => return Err(transport(e.as_ref())),
                     Err(Failure::Http(e)) => return Err(transport(&e)),
                 }
@@ -330,13 +288,13 @@ impl HttpUpstream {
                 *req.uri_mut() = uri.clone();
                 let http = &clients[crate::worker::current() % clients.len()];
                 let resp = http.request(req).await.map_err(|e| transport(&e))?;
-                resp.map(UpBody::Pooled)
+                resp.map(UpBody::new)
             }
         };
         let status = resp.status();
         if !status.is_success() {
             let headers = resp.headers().clone();
-            let body = read_prefix(resp, ERROR_BODY_MAX).await;
+            let body = read_prefix(resp.into_body(), ERROR_BODY_MAX).await;
             return Err(status_error(status.as_u16(), &headers, body));
         }
         Ok(resp)
@@ -369,49 +327,6 @@ impl HttpUpstream {
     }
 }
 
-fn transport(e: &(dyn std::error::Error + 'static)) -> UpstreamError {
-    if is_timeout(e) {
-        return UpstreamError::Timeout;
-    }
-    UpstreamError::Connect(error_chain(e))
-}
-
-/// Up to `max` bytes of a body; the rest is left unread. A body that fails
-/// part way gives what arrived.
-async fn read_prefix(resp: Response, max: usize) -> Bytes {
-    let mut body = resp.into_body();
-    let mut out = Vec::new();
-    while out.len() < max {
-        match body.frame().await {
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
-                    let take = data.len().min(max - out.len());
-                    out.extend_from_slice(&data[..take]);
-                }
-            }
-            _ => break,
-        }
-    }
-    Bytes::from(out)
-}
-
-fn status_error(status: u16, headers: &HeaderMap, body: Bytes) -> UpstreamError {
-    let parsed: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
-    let message = parsed
-        .as_ref()
-        .and_then(crate::api::upstream_error_message)
-        .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
-    UpstreamError::Status {
-        status,
-        context_length: (status == 400 || status == 413)
-            && super::call::is_context_length(&message),
-        retry_after: retry_after(headers),
-        message,
-        // passed back to the client as is when its request was wrong
-        body: if parsed.is_some() { body } else { Bytes::new() },
-    }
-}
-
 /// Whether a response is an event stream.
 pub fn is_sse(resp: &Response) -> bool {
     resp.headers()
@@ -423,49 +338,6 @@ pub fn is_sse(resp: &Response) -> bool {
 /// A response body as it arrives, chunk by chunk.
 pub fn body_stream(resp: Response) -> impl Stream<Item = Result<Bytes, hyper::Error>> {
     BodyDataStream::new(resp.into_body())
-}
-
-/// A connect timeout, anywhere in the error's chain.
-fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if err
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
-}
-
-/// `retry-after-ms` (milliseconds) or `retry-after` (seconds) from a response.
-pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let get = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    };
-    if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
-        if ms.is_finite() && ms >= 0.0 {
-            return Some(Duration::from_micros((ms * 1000.0) as u64));
-        }
-    }
-    let secs = get("retry-after")?.parse::<f64>().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_millis((secs * 1000.0) as u64))
 }
 
 #[cfg(test)]
@@ -536,6 +408,17 @@ mod tests {
         }
     }
 
+    /// A loopback listener standing for an upstream, and the gateway's
+    /// client of it at `path`, idle connections kept for `idle`.
+    async fn upstream(path: &str, idle: Duration) -> (tokio::net::TcpListener, HttpUpstream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}{path}", listener.local_addr().unwrap());
+        let up =
+            HttpUpstream::with_pool_idle(&provider(), &url, HeaderMap::new(), Auth::None, idle)
+                .unwrap();
+        (listener, up)
+    }
+
     async fn call(up: &HttpUpstream) -> Result<Bytes, UpstreamError> {
         let resp = up
             .send(no_forward(), Bytes::from_static(b"{}"), false)
@@ -547,7 +430,7 @@ mod tests {
     /// connection, in origin form with a `Host` header.
     #[tokio::test]
     async fn a_connection_serves_request_after_request() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (listener, up) = upstream("/v1/chat/completions?x=1", POOL_IDLE_TIMEOUT).await;
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (mut sock, _) = listener.accept().await.unwrap();
@@ -557,8 +440,6 @@ mod tests {
             }
             heads
         });
-        let url = format!("http://{addr}/v1/chat/completions?x=1");
-        let up = HttpUpstream::new(&provider(), &url, HeaderMap::new(), Auth::None).unwrap();
         for _ in 0..3 {
             assert_eq!(&call(&up).await.unwrap()[..], b"{}");
         }
@@ -578,10 +459,7 @@ mod tests {
     /// goes out on a new one and succeeds.
     #[tokio::test]
     async fn a_connection_closed_by_the_upstream_is_replaced() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let url = format!("http://{addr}/v1/chat/completions");
-        let up = HttpUpstream::new(&provider(), &url, HeaderMap::new(), Auth::None).unwrap();
+        let (listener, up) = upstream("/v1/chat/completions", POOL_IDLE_TIMEOUT).await;
         let answer = tokio::spawn(async move {
             let (mut sock, _) = listener.accept().await.unwrap();
             serve_one(&mut sock).await.unwrap();
@@ -610,10 +488,7 @@ mod tests {
     /// and does not wait on the closed one.
     #[tokio::test]
     async fn a_request_queued_on_a_connection_that_closes_is_sent_again() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let url = format!("http://{addr}/v1/chat/completions");
-        let up = HttpUpstream::new(&provider(), &url, HeaderMap::new(), Auth::None).unwrap();
+        let (listener, up) = upstream("/v1/chat/completions", POOL_IDLE_TIMEOUT).await;
         let server = tokio::spawn(async move {
             let (mut sock, _) = listener.accept().await.unwrap();
             serve_one(&mut sock).await.unwrap();
@@ -636,8 +511,7 @@ mod tests {
     /// timeout only when the pool has a timer; the direct pool sweeps).
     #[tokio::test]
     async fn idle_pooled_connections_are_closed() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (listener, up) = upstream("/v1/chat/completions", Duration::from_millis(200)).await;
         let server = tokio::spawn(async move {
             let (mut sock, _) = listener.accept().await.unwrap();
             let mut seen = Vec::new();
@@ -655,45 +529,12 @@ mod tests {
             // kept alive by both sides; then the gateway's pool lets it go
             tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await
         });
-        let url = format!("http://{addr}/v1/chat/completions");
-        let up = HttpUpstream::with_pool_idle(
-            &provider(),
-            &url,
-            HeaderMap::new(),
-            Auth::None,
-            Duration::from_millis(200),
-        )
-        .unwrap();
-        let resp = up
-            .send(
-                Forward {
-                    headers: &HeaderMap::new(),
-                    request_id: None,
-                    trace: None,
-                },
-                Bytes::from_static(b"{}"),
-                false,
-            )
-            .await
-            .unwrap();
-        assert_eq!(&up.read(resp, 1024).await.unwrap()[..], b"{}");
+        assert_eq!(&call(&up).await.unwrap()[..], b"{}");
         let closed = server.await.unwrap();
         assert!(
             matches!(closed, Ok(Ok(0))),
             "the idle connection was not closed: {closed:?}"
         );
         drop(up);
-    }
-
-    #[test]
-    fn reads_retry_after_in_both_forms() {
-        let mut h = HeaderMap::new();
-        assert_eq!(retry_after(&h), None);
-        h.insert("retry-after", HeaderValue::from_static("2"));
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
-        h.insert("retry-after-ms", HeaderValue::from_static("150"));
-        assert_eq!(retry_after(&h), Some(Duration::from_millis(150)));
-        h.insert("retry-after-ms", HeaderValue::from_static("soon"));
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
     }
 }

@@ -6,6 +6,7 @@
 mod anthropic;
 mod call;
 pub mod egress;
+mod failure;
 mod http;
 mod mock;
 mod openai;

@@ -160,7 +160,7 @@ impl Pool {
         self: &Arc<Self>,
         dst: &Uri,
         mut req: Request<Full<Bytes>>,
-    ) -> Result<http::Response<PooledBody>, Failure> {
+    ) -> Result<http::Response<UpBody>, Failure> {
         let shard = crate::worker::current() % self.shards.len();
         loop {
             let mut link = match self.take(shard).await {
@@ -184,12 +184,14 @@ impl Pool {
             .await;
             match answer {
                 Ok(resp) => {
-                    let pool = Arc::clone(self);
-                    return Ok(resp.map(|inner| PooledBody {
-                        inner,
-                        link: Some(link),
-                        pool,
+                    let held = Held {
+                        link,
+                        pool: Arc::clone(self),
                         shard,
+                    };
+                    return Ok(resp.map(|inner| UpBody {
+                        inner,
+                        held: Some(held),
                     }));
                 }
                 Err(mut e) => match e.take_message() {
@@ -292,24 +294,34 @@ impl Pool {
     }
 }
 
-/// An answer's body; reading it drives the connection, and its end gives the
-/// connection back to the pool.
-pub struct PooledBody {
+/// An upstream answer's body. From a pooled connection, reading it drives
+/// the connection and its end gives the connection back to the pool; from
+/// hyper-util's client (`UpBody::new`), it is hyper's body as it is.
+pub struct UpBody {
     inner: Incoming,
-    link: Option<Boxed>,
+    held: Option<Held>,
+}
+
+/// The pooled connection an answer is read from.
+struct Held {
+    link: Boxed,
     pool: Arc<Pool>,
     shard: usize,
 }
 
-impl PooledBody {
+impl UpBody {
+    pub fn new(inner: Incoming) -> UpBody {
+        UpBody { inner, held: None }
+    }
+
     fn release(&mut self) {
-        if let Some(link) = self.link.take() {
-            self.pool.put(self.shard, link);
+        if let Some(h) = self.held.take() {
+            h.pool.put(h.shard, h.link);
         }
     }
 }
 
-impl Body for PooledBody {
+impl Body for UpBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -320,15 +332,15 @@ impl Body for PooledBody {
         let this = self.get_mut();
         let mut frame = Pin::new(&mut this.inner).poll_frame(cx);
         if frame.is_pending() {
-            if let Some(link) = &mut this.link {
-                link.drive(cx);
+            if let Some(h) = &mut this.held {
+                h.link.drive(cx);
                 frame = Pin::new(&mut this.inner).poll_frame(cx);
             }
         }
         match &frame {
             Poll::Ready(None) => this.release(),
             Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
-            Poll::Ready(Some(Err(_))) => this.link = None,
+            Poll::Ready(Some(Err(_))) => this.held = None,
             _ => {}
         }
         frame
